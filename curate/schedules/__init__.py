@@ -1,0 +1,1 @@
+"""Curriculum schedules built from a difficulty table (`curate schedule`)."""

