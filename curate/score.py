@@ -242,8 +242,12 @@ def run_pass(
     prep: Prepared,
     compute: Callable[[list[int]], pl.DataFrame],
     progress: bool,
+    stats: dict[str, dict[str, float]],
 ) -> pl.DataFrame:
-    """Run one pass part by part, skipping parts already on disk; return all parts concatenated."""
+    """Run one pass part by part, skipping parts already on disk; return all parts concatenated.
+
+    `stats[name]` receives rows, tokens and seconds of the work done by this invocation (engine start included).
+    """
     from tqdm.auto import tqdm
 
     parts = prep.parts()
@@ -261,6 +265,9 @@ def run_pass(
         bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
         _crash_hook(written)
     bar.close()
+    seconds = time.perf_counter() - start
+    stats[name] = {"rows": total_rows - done_rows, "tokens": tokens, "seconds": round(seconds, 3),
+                   "tokens_per_second": round(tokens / seconds, 1) if tokens else 0.0}
     frames = [pl.read_parquet(pass_dir / f"part-{k:05d}.parquet") for k in range(len(parts))]
     return pl.concat(frames).drop("_tokens") if frames else pl.DataFrame()
 
@@ -427,12 +434,13 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
     gen_kind, ce_kind = default_engines(config)
     # Order matters for memory: all student work first (sharing one engine when gen and CE engines agree),
     # then the teacher, so only one model is ever loaded.
-    student_gen = run_pass("student-gen", work, prep, student_gen_pass(prep, gen_kind), progress)
-    student_ce = run_pass("student-ce", work, prep, ce_pass(prep, prep.student, ce_kind, "student_ce"), progress)
+    stats: dict[str, dict[str, float]] = {}
+    student_gen = run_pass("student-gen", work, prep, student_gen_pass(prep, gen_kind), progress, stats)
+    student_ce = run_pass("student-ce", work, prep, ce_pass(prep, prep.student, ce_kind, "student_ce"), progress, stats)
     if prep.teacher_table is not None:
         teacher_ce = teacher_from_table(prep)
     else:
-        teacher_ce = run_pass("teacher-ce", work, prep, ce_pass(prep, prep.teacher, ce_kind, "teacher_ce"), progress)
+        teacher_ce = run_pass("teacher-ce", work, prep, ce_pass(prep, prep.teacher, ce_kind, "teacher_ce"), progress, stats)
     from .engines import close_engine
 
     close_engine()
@@ -460,6 +468,7 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
         "generation": dataclasses.asdict(config.generation),
         "engines": {"generation": gen_kind, "cross_entropy": ce_kind, "dtype": config.dtype},
         "versions": versions(),
+        "pass_stats": stats,  # this invocation's work only (a resumed run counts what it computed)
         "shard": {"num_shards": config.num_shards, "shard_index": config.shard_index},
         "run_identity_sha256": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest(),
         "config": config.identity(),
