@@ -70,6 +70,7 @@ def score(
     from .score import ScoreConfig, ScoreError
     from .score import score as run_score
     from .summary import summarize_table
+    from .workdir import RunDirError
 
     try:
         config = ScoreConfig(
@@ -84,7 +85,7 @@ def score(
             gpu_memory_utilization=gpu_memory_utilization, keep_every=keep_every, overwrite=overwrite,
         )
         table = run_score(config, progress=not quiet)
-    except (DataError, ModelError, ScoreError, ValueError) as exc:
+    except (DataError, ModelError, ScoreError, RunDirError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(summarize_table(table))
     rejects = out / "rejects.jsonl"

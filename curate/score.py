@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -29,14 +28,13 @@ from typing import Any
 import polars as pl
 
 from . import data as data_mod
-from .engines.base import GenerationParams, ScoringRequest
+from .engines.base import GenerationParams, ScoringRequest, request_seed
 from .models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
 from .rouge import rouge_l
 from .table import Table, atomic_write_json, atomic_write_parquet, read_table, write_table
 from .tokens import Encoded, encode_pair
+from .workdir import claim_output
 
-WORK_DIR = "_work"
-RUN_FILE = "run.json"
 REJECTS_FILE = "rejects.jsonl"
 CE_ENGINES = ("auto", "hf", "vllm")
 GEN_ENGINES = ("auto", "vllm", "hf")
@@ -130,11 +128,6 @@ def default_engines(config: ScoreConfig) -> tuple[str, str]:
     return gen, ce
 
 
-def sample_seed(seed: int, sample_id: str) -> int:
-    """Per-sample generation seed: generations do not depend on batching or on where a resumed run restarted."""
-    return int(hashlib.sha256(f"{seed}:{sample_id}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-
-
 @dataclass
 class Prepared:
     """The usable rows of the dataset, tokenised, with their parts."""
@@ -196,37 +189,6 @@ def run_identity(prep: Prepared) -> dict[str, Any]:
         "teacher_table": prep.teacher_table.fingerprint if prep.teacher_table else None,
         "tokenizer_sha256": prep.tokenizer_hash,
     }
-
-
-def claim_output(out: Path, identity: dict[str, Any], overwrite: bool) -> Path:
-    """Create or reuse OUT/_work for this identity; refuse a directory that belongs to another run."""
-    work = out / WORK_DIR
-    run_file = work / RUN_FILE
-    if out.exists() and any(out.iterdir()):
-        previous = json.loads(run_file.read_text()) if run_file.exists() else None
-        if previous != identity and not overwrite:
-            what = "a different scoring run" if previous else "files that are not a scoring run of this command"
-            diff = _differences(previous or {}, identity)
-            raise ScoreError(
-                f"{out} holds {what}{(' (differs in: ' + ', '.join(diff) + ')') if diff and previous else ''}. "
-                "Use another --out, or --overwrite to replace it."
-            )
-        if previous != identity:
-            shutil.rmtree(out)
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_file, identity)
-    return work
-
-
-def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    out: list[str] = []
-    for k in keys:
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            out += _differences(a[k], b[k], f"{prefix}{k}.")
-        elif a.get(k) != b.get(k):
-            out.append(prefix + k)
-    return out
 
 
 def _crash_hook(parts_done: int) -> None:
@@ -294,7 +256,7 @@ def student_gen_pass(prep: Prepared, kind: str) -> Callable[[list[int]], pl.Data
     def compute(indices: list[int]) -> pl.DataFrame:
         engine = open_engine(kind, str(prep.student.path), **engine_options(config, kind))
         prompts = [prep.encoded[i].prompt_ids for i in indices]
-        seeds = [sample_seed(params.seed, prep.samples[i].sample_id) for i in indices]
+        seeds = [request_seed(params.seed, prep.samples[i].sample_id) for i in indices]
         gens = engine.generate(prompts, params, seeds)
         rows = []
         for i, samples_i in zip(indices, gens):

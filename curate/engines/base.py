@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
+
+
+def request_seed(seed: int, key: str) -> int:
+    """Per-request sampling seed from a run seed and a stable key (sample_id): a generation then depends on neither
+    the batch it ran in nor where a resumed run restarted."""
+    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)
@@ -15,6 +22,7 @@ class GenerationParams:
     max_new_tokens: int = 256
     num_samples: int = 1
     seed: int = 0
+    no_repeat_ngram_size: int = 0  # 0 = off; the MiniLLM evaluation protocol uses 6
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -23,6 +31,8 @@ class GenerationParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1 or self.num_samples < 1:
             raise ValueError("max_new_tokens and num_samples must be >= 1")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,7 @@ class HFEngine:
                 top_k=0 if sample else None,
                 max_new_tokens=params.max_new_tokens,
                 num_return_sequences=params.num_samples,
+                no_repeat_ngram_size=params.no_repeat_ngram_size or None,
                 pad_token_id=self.pad_id,
                 eos_token_id=eos,
                 output_logits=True,

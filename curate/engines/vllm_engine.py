@@ -7,6 +7,7 @@ Settings that matter (docs/methods.md, "Scoring"):
 - On CPU, `gpu_memory_utilization` is the KV-cache share of RAM (about 0.5 is safe) and `enforce_eager=True`
   starts in about 35 s instead of about 100 s for the compiled graph.
 - Log-probs are vLLM's default "raw" mode: computed from the model's logits before temperature or top-p.
+- `no_repeat_ngram_size` (evaluation protocol) is a logits processor of ours (`ngram.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Generation, GenerationParams, ScoringRequest
+from .ngram import EXTRA_ARG, PROCESSOR_FQCN
 
 
 def _on_cpu() -> bool:
@@ -54,6 +56,7 @@ class VLLMEngine:
             max_num_batched_tokens=max(max_model_len, 8192),
             seed=seed,
             max_logprobs=1,
+            logits_processors=[PROCESSOR_FQCN],  # no_repeat_ngram_size, for requests that ask for it
         )
 
     def close(self) -> None:
@@ -89,6 +92,7 @@ class VLLMEngine:
                 seed=seed,
                 logprobs=0,
                 detokenize=False,
+                extra_args={EXTRA_ARG: params.no_repeat_ngram_size} if params.no_repeat_ngram_size else None,
             )
             for seed in seeds
         ]

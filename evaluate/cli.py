@@ -1,0 +1,75 @@
+"""`evaluate`: measure students the way the papers do (MiniLLM protocol), and compare runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Evaluate students with the papers' protocol.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command()
+def run(
+    model: str = typer.Option(..., help="model directory, hub id, or default-teacher / default-student"),
+    out: Path = typer.Option(..., "--out", "-o", help="run directory (resumed if it holds this same run)"),
+    sets: str = typer.Option("dollyeval,selfinst,vicunaeval,sni,unni_short",
+                             help="comma-separated shipped set names (also gsm8k) or jsonl paths"),
+    seeds: str = typer.Option("10,20,30,40,50", help="comma-separated sampling seeds"),
+    limit: Optional[int] = typer.Option(None, help="first N rows of each set (a reduced run; recorded)"),
+    max_new_tokens: int = typer.Option(256),
+    max_prompt_tokens: int = typer.Option(256, help="prompts are cut to their first N tokens"),
+    temperature: float = typer.Option(1.0),
+    top_p: float = typer.Option(1.0),
+    no_repeat_ngram_size: int = typer.Option(6, help="0 turns n-gram blocking off"),
+    engine: str = typer.Option("auto", help="auto (vllm if installed), vllm or hf"),
+    dtype: str = typer.Option("bfloat16"),
+    label: Optional[str] = typer.Option(None, help="name of this model in comparisons"),
+    overwrite: bool = typer.Option(False, help="replace OUT if it holds a different run"),
+    quiet: bool = typer.Option(False),
+) -> None:
+    """Generate and score on each set under each seed; write generations, summary.json and summary.md."""
+    from syllabus.curate.models import ModelError
+
+    from .protocol import EvalProtocol
+    from .run import EvalConfig, evaluate, markdown_summary
+    from .sets import EvalSetError
+
+    try:
+        protocol = EvalProtocol(max_prompt_tokens, max_new_tokens, temperature, top_p, no_repeat_ngram_size,
+                                tuple(int(s) for s in _csv(seeds)))
+        config = EvalConfig(model, str(out), tuple(_csv(sets)), limit, protocol, engine, dtype, label=label,
+                            overwrite=overwrite)
+        summary = evaluate(config, progress=not quiet)
+    except (ModelError, EvalSetError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(markdown_summary(summary))
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="evaluation run directories"),
+    out: Path = typer.Option(..., "--out", "-o", help="directory for compare.md, compare.csv, compare.png"),
+    labels: Optional[str] = typer.Option(None, help="comma-separated row names (default: each run's label)"),
+    allow_mismatch: bool = typer.Option(False, help="compare runs evaluated under different protocols"),
+) -> None:
+    """One table in the papers' layout (rows = models, columns = sets, Avg.) and a bar chart with seed spread."""
+    from .compare import CompareError, compare_runs
+
+    try:
+        markdown = compare_runs(runs, out, _csv(labels) if labels else None, allow_mismatch)
+    except CompareError as exc:
+        _fail(str(exc))
+    typer.echo(markdown)
+    typer.echo(f"wrote {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'compare.png'}")

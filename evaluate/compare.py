@@ -1,0 +1,104 @@
+"""`evaluate compare`: several evaluation runs in one table, in the papers' layout, plus a bar chart."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from syllabus.curate.table import atomic_write_bytes
+from syllabus.curate.workdir import differences
+
+
+class CompareError(ValueError):
+    """Runs that cannot be compared (missing summary, or different protocols without --allow-mismatch)."""
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "summary.json"
+    if not path.exists():
+        raise CompareError(f"{run_dir}: no summary.json; is it a finished `evaluate run` directory?")
+    return json.loads(path.read_text())
+
+
+def comparable_key(summary: dict[str, Any]) -> dict[str, Any]:
+    """What must be equal for two runs to share a table: protocol, set contents and row limit."""
+    return {
+        "protocol": summary["protocol"],
+        "limit": summary["limit"],
+        "sets": {name: s["sha256"] for name, s in summary["results"]["sets"].items()},
+    }
+
+
+def compare_runs(run_dirs: list[Path], out: Path, labels: list[str] | None = None, allow_mismatch: bool = False) -> str:
+    """Write compare.md, compare.csv and compare.png into `out`; return the Markdown table.
+
+    Raises:
+        CompareError: a run has no summary, or protocols/sets differ and `allow_mismatch` is off.
+    """
+    summaries = [load_summary(d) for d in run_dirs]
+    if labels is not None and len(labels) != len(summaries):
+        raise CompareError(f"{len(labels)} labels for {len(summaries)} runs")
+    names = labels or [s["label"] for s in summaries]
+    reference = comparable_key(summaries[0])
+    for run_dir, summary in zip(run_dirs[1:], summaries[1:]):
+        diff = differences(reference, comparable_key(summary))
+        if diff and not allow_mismatch:
+            raise CompareError(
+                f"{run_dir} was evaluated under another protocol than {run_dirs[0]} (differs in: {', '.join(diff)}); "
+                "its numbers are not comparable. Pass --allow-mismatch to put them in one table anyway."
+            )
+    sets = list(dict.fromkeys(name for s in summaries for name in s["results"]["order"]))
+    header = ["model", *sets, "Avg."]
+    rows = []
+    for name, summary in zip(names, summaries):
+        cells = []
+        for set_name in sets:
+            r = summary["results"]["sets"].get(set_name)
+            cells.append(None if r is None else (r["mean"], r["std"]))
+        rows.append((name, cells, summary["results"]["average"]))
+    md = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for name, cells, avg in rows:
+        rendered = ["-" if c is None else f"{c[0]:.2f} ± {c[1]:.2f}" for c in cells]
+        md.append(f"| {name} | " + " | ".join(rendered) + f" | {avg:.2f} |")
+    note = "Scores x100 (ROUGE-L F1 or GSM8K accuracy); mean over seeds ± std across seeds."
+    if "unni_short" in sets:
+        note += " `unni_short` is a 1-2 word-answer subset of UnNI, not the papers' 10k set."
+    markdown = "\n".join(md) + "\n\n" + note + "\n"
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["model", *[f"{s}_{k}" for s in sets for k in ("mean", "std")], "avg"])
+    for name, cells, avg in rows:
+        writer.writerow([name, *[v for c in cells for v in (c if c else ("", ""))], avg])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "compare.md", markdown.encode())
+    atomic_write_bytes(out / "compare.csv", buf.getvalue().encode())
+    _bar_chart(out / "compare.png", sets, rows)
+    return markdown
+
+
+def _bar_chart(path: Path, sets: list[str], rows: list[tuple[str, list, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(sets))
+    width = 0.8 / max(1, len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(sets) + 2), 4.5))
+    for k, (name, cells, avg) in enumerate(rows):
+        means = [c[0] if c else np.nan for c in cells]
+        stds = [c[1] if c else 0 for c in cells]
+        ax.bar(x + (k - (len(rows) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=f"{name} (avg {avg:.1f})")
+    ax.set_xticks(x, sets)
+    ax.set_ylabel("score x100 (ROUGE-L F1 / accuracy)")
+    ax.set_title("Evaluation: mean over seeds, error bars = std across seeds")
+    ax.legend(fontsize=8)
+    ax.set_ylim(bottom=0)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,70 @@
+"""The MiniLLM/DistiLLM evaluation protocol and its per-row metrics."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from decimal import Decimal, InvalidOperation
+
+from syllabus.curate.rouge import rouge_l
+
+DEFAULT_SEEDS = (10, 20, 30, 40, 50)
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """Sampling settings of the papers' tables (MiniLLM protocol). Runs compare only under equal protocols."""
+
+    max_prompt_tokens: int = 256  # prompts are cut to their first 256 tokens
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0  # and no top-k
+    no_repeat_ngram_size: int = 6
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+        if self.max_prompt_tokens < 1 or self.max_new_tokens < 1:
+            raise ValueError("max_prompt_tokens and max_new_tokens must be >= 1")
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "seeds": list(self.seeds)}
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def _canonical(number: str) -> str | None:
+    cleaned = number.replace(",", "").rstrip(".")
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        return None
+    normal = value.normalize()
+    return format(normal, "f") if normal == normal.to_integral() else str(normal)
+
+
+def extract_final_number(text: str) -> str | None:
+    """The final numeric answer of a GSM8K solution, canonicalised ("1,000.00" -> "1000").
+
+    The number after the last "####" when there is one (the references' format), else the last number in the text.
+    """
+    if "####" in text:
+        match = _NUMBER.search(text.rsplit("####", 1)[1])
+        if match:
+            return _canonical(match.group())
+    numbers = _NUMBER.findall(text)
+    return _canonical(numbers[-1]) if numbers else None
+
+
+def gsm8k_correct(generation: str, reference: str) -> bool:
+    predicted = extract_final_number(generation)
+    return predicted is not None and predicted == extract_final_number(reference)
+
+
+def score_row(metric: str, generation: str, references: tuple[str, ...]) -> float:
+    """Per-row score x100: ROUGE-L F1 (max over references) or GSM8K exact match of the final number."""
+    if metric == "gsm8k_accuracy":
+        return 100.0 * gsm8k_correct(generation, references[0])
+    return 100.0 * rouge_l(generation, references)

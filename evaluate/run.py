@@ -1,0 +1,189 @@
+"""`evaluate run`: generate on each evaluation set under each seed, score, and summarise like the papers' tables.
+
+Output directory::
+
+    OUT/generations/<set>-seed<seed>.parquet   one row per prompt: row, seed, generation, score (x100)
+    OUT/summary.json, OUT/summary.md            per set: mean over seeds and spread across seeds; average over sets
+    OUT/_work/run.json                          the run identity (a re-run resumes, a different one is refused)
+
+Each (set, seed) file is written atomically when finished, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from syllabus.curate.engines.base import GenerationParams, request_seed
+from syllabus.curate.models import ModelRef, load_tokenizer, resolve_model
+from syllabus.curate.table import atomic_write_json, atomic_write_parquet, atomic_write_bytes
+from syllabus.curate.workdir import claim_output
+
+from .protocol import EvalProtocol, score_row
+from .sets import DEFAULT_SETS, EvalSet, load_set
+
+ENGINES = ("auto", "vllm", "hf")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str
+    out: str
+    sets: tuple[str, ...] = DEFAULT_SETS
+    limit: int | None = None
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
+    engine: str = "auto"
+    dtype: str = "bfloat16"
+    batch_tokens: int = 8192
+    label: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if not self.sets:
+            raise ValueError("--sets is empty")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+
+
+def resolve_engine(choice: str) -> str:
+    from syllabus.curate.engines import vllm_available
+
+    if choice == "auto":
+        return "vllm" if vllm_available() else "hf"
+    if choice == "vllm" and not vllm_available():
+        raise ValueError("the vllm engine needs `pip install syllabus[vllm]` (GPU) or `syllabus[cpu]`")
+    return choice
+
+
+def engine_options(config: EvalConfig, kind: str) -> dict[str, Any]:
+    p = config.protocol
+    if kind == "vllm":
+        return {"dtype": config.dtype, "max_model_len": p.max_prompt_tokens + p.max_new_tokens, "seed": 0}
+    return {"dtype": config.dtype, "batch_tokens": config.batch_tokens}
+
+
+def generate_set(
+    eval_set: EvalSet, seed: int, model: ModelRef, tokenizer: Any, config: EvalConfig, kind: str
+) -> pl.DataFrame:
+    """One (set, seed): generations and per-row scores."""
+    from syllabus.curate.engines import open_engine
+
+    p = config.protocol
+    engine = open_engine(kind, str(model.path), **engine_options(config, kind))
+    prompts = [tokenizer(r.prompt).input_ids[: p.max_prompt_tokens] for r in eval_set.rows]
+    params = GenerationParams(
+        temperature=p.temperature, top_p=p.top_p, max_new_tokens=p.max_new_tokens, seed=seed,
+        no_repeat_ngram_size=p.no_repeat_ngram_size,
+    )
+    seeds = [request_seed(seed, f"{eval_set.name}:{i}") for i in range(len(prompts))]
+    gens = engine.generate(prompts, params, seeds)
+    texts = [tokenizer.decode(g[0].token_ids, skip_special_tokens=True).strip() for g in gens]
+    return pl.DataFrame(
+        {
+            "set": eval_set.name,
+            "row": list(range(len(texts))),
+            "seed": seed,
+            "generation": texts,
+            "generation_tokens": [len(g[0].token_ids) for g in gens],
+            "score": [score_row(eval_set.metric, t, r.references) for t, r in zip(texts, eval_set.rows)],
+        },
+        schema_overrides={"row": pl.Int32, "seed": pl.Int32, "generation_tokens": pl.Int32},
+    )
+
+
+def summarize(per_seed: dict[str, dict[int, float]], sets: dict[str, EvalSet]) -> dict[str, Any]:
+    """Mean over seeds and sample standard deviation across seeds, per set; unweighted average over sets."""
+    out: dict[str, Any] = {}
+    for name, by_seed in per_seed.items():
+        values = [by_seed[s] for s in sorted(by_seed)]
+        out[name] = {
+            "metric": sets[name].metric,
+            "rows": len(sets[name].rows),
+            "sha256": sets[name].sha256,
+            "per_seed": {str(s): round(by_seed[s], 4) for s in sorted(by_seed)},
+            "mean": round(statistics.fmean(values), 4),
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+        }
+    means = [v["mean"] for v in out.values()]
+    # JSON is written with sorted keys; `order` keeps the user's set order for tables
+    return {"sets": out, "order": list(per_seed), "average": round(statistics.fmean(means), 4)}
+
+
+def markdown_summary(summary: dict[str, Any]) -> str:
+    lines = [
+        f"# Evaluation of {summary['label']}",
+        "",
+        f"model `{summary['model']['path']}`, engine {summary['engine']}, seeds {summary['protocol']['seeds']}"
+        + (f", first {summary['limit']} rows per set" if summary["limit"] else ""),
+        "",
+        "| set | metric | rows | mean | spread (std over seeds) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name in summary["results"]["order"]:
+        s = summary["results"]["sets"][name]
+        lines.append(f"| {name} | {s['metric']} | {s['rows']} | {s['mean']:.2f} | {s['std']:.2f} |")
+    lines.append(f"| **Avg.** | | | **{summary['results']['average']:.2f}** | |")
+    if "unni_short" in summary["results"]["sets"]:
+        lines += ["", "`unni_short` is a 1-2 word-answer subset of UnNI, not the papers' 10k UnNI set."]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Run the protocol on every set and seed (resuming finished ones) and write the summaries.
+
+    Returns:
+        The summary (also written to OUT/summary.json).
+    """
+    from tqdm.auto import tqdm
+
+    from syllabus.curate.engines import close_engine
+    from syllabus.curate.score import versions
+
+    out = Path(config.out)
+    model = resolve_model(config.model, "student")
+    tokenizer = load_tokenizer(model)
+    sets = {s.name: s for s in (load_set(name, config.limit) for name in config.sets)}
+    kind = resolve_engine(config.engine)
+    identity = {
+        "model": model.identity(),
+        "sets": {name: s.sha256 for name, s in sets.items()},
+        "limit": config.limit,
+        "protocol": config.protocol.as_dict(),
+        "engine": kind,
+        "dtype": config.dtype,
+    }
+    claim_output(out, identity, config.overwrite, what="evaluation run")
+    jobs = [(name, seed) for name in sets for seed in config.protocol.seeds]
+    bar = tqdm(jobs, desc="evaluate", unit="set-seed", disable=not progress, dynamic_ncols=True)
+    tokens, start = 0, time.perf_counter()
+    per_seed: dict[str, dict[int, float]] = {name: {} for name in sets}
+    for name, seed in bar:
+        path = out / "generations" / f"{name}-seed{seed}.parquet"
+        if not path.exists():
+            bar.set_description(f"evaluate {name} seed {seed}")
+            frame = generate_set(sets[name], seed, model, tokenizer, config, kind)
+            atomic_write_parquet(frame, path)
+            tokens += int(frame["generation_tokens"].sum())
+            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+        per_seed[name][seed] = pl.read_parquet(path, columns=["score"])["score"].mean()
+    close_engine()
+    summary = {
+        "label": config.label or model.name,
+        "model": identity["model"],
+        "engine": kind,
+        "dtype": config.dtype,
+        "limit": config.limit,
+        "protocol": identity["protocol"],
+        "versions": versions(),
+        "results": summarize(per_seed, sets),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_bytes(out / "summary.md", markdown_summary(summary).encode())
+    return summary
