@@ -100,3 +100,45 @@ def test_vllm_and_transformers_agree_on_ce(vllm_table, tiny_model):
     assert abs(sum(got) - sum(reference)) / sum(reference) < 0.01
 
 
+
+
+@pytest.fixture(scope="module")
+def eval_engine(vllm_table, tiny_model):
+    """Evaluation's engine (other max_model_len than scoring's): opened here, reused by the CLI run below."""
+    from syllabus.curate.engines import open_engine
+    from syllabus.evaluate.run import EvalConfig, engine_options
+
+    return open_engine("vllm", str(tiny_model), **engine_options(EvalConfig(model="-", out="-"), "vllm"))
+
+
+def test_no_repeat_ngram_blocking_runs_inside_vllm(eval_engine, tiny_model, dolly_rows):
+    """Greedy decoding of a random model loops; with n = 1 blocking no token may repeat one already in the sequence."""
+    from transformers import AutoTokenizer
+
+    from syllabus.curate.engines.base import GenerationParams
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompts = [tok(r["prompt"]).input_ids[:64] for r in dolly_rows[:3]]
+    free = eval_engine.generate(prompts, GenerationParams(temperature=0.0, max_new_tokens=40), seeds=[1, 2, 3])
+    blocked = eval_engine.generate(
+        prompts, GenerationParams(temperature=0.0, max_new_tokens=40, no_repeat_ngram_size=1), seeds=[1, 2, 3]
+    )
+    assert any(len(set(g[0].token_ids)) < len(g[0].token_ids) for g in free)  # it does loop without blocking
+    for prompt, (gen,) in zip(prompts, blocked):
+        seq = prompt + gen.token_ids
+        assert len(set(gen.token_ids)) == len(gen.token_ids) and not set(gen.token_ids) & set(prompt), seq
+
+
+def test_evaluate_run_on_vllm(eval_engine, tiny_model, tmp_path):
+    import json
+
+    from syllabus.evaluate.cli import app as eval_app
+
+    result = CliRunner().invoke(eval_app, [
+        "run", "--model", str(tiny_model), "--out", str(tmp_path / "ev"), "--sets", "dollyeval,gsm8k",
+        "--seeds", "10,20", "--limit", "3", "--engine", "vllm", "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["engine"] == "vllm" and summary["results"]["order"] == ["dollyeval", "gsm8k"]
+    assert summary["protocol"]["max_new_tokens"] == 256
