@@ -38,6 +38,53 @@ def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
+def token_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log q(target | prefix) for (N, H) final hidden states, in token chunks with an fp32 log-softmax."""
+    head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, targets.shape[0], LOGIT_CHUNK_TOKENS):
+        end = start + LOGIT_CHUNK_TOKENS
+        logits = head(hidden[start:end]).float()  # (chunk, V)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        out[start:end] = logits.gather(1, targets[start:end, None]).squeeze(1) - logits.logsumexp(-1)
+    return out
+
+
+@torch.inference_mode()
+def response_nll(model: Any, requests: list[ScoringRequest], batch_tokens: int, pad_id: int) -> list[float]:
+    """Mean NLL of ids[prompt_len:] per request: length-sorted padded batches, one forward each.
+
+    Shared by the scoring engine and the trainer's DA-KD re-scoring (which passes its in-memory student).
+    """
+    device = next(model.parameters()).device
+    lengths = [len(r.ids) for r in requests]
+    result = [0.0] * len(requests)
+    backbone = model.get_decoder()
+    for batch in length_batches(lengths, batch_tokens):
+        width = max(lengths[i] for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, : lengths[i]] = torch.tensor(requests[i].ids)
+            mask[row, : lengths[i]] = 1  # from lengths, never from pad ids (pad == eos here)
+        hidden = backbone(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        # Position t predicts token t+1: score predictions for prompt_len-1 .. len-2.
+        rows, cols, targets, owners = [], [], [], []
+        for row, i in enumerate(batch):
+            p, n = requests[i].prompt_len, lengths[i]
+            rows += [row] * (n - p)
+            cols += range(p - 1, n - 1)
+            targets += requests[i].ids[p:n]
+            owners += [row] * (n - p)
+        logprobs = token_logprobs(model, hidden[rows, cols], torch.tensor(targets, device=device))
+        sums = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, torch.tensor(owners), logprobs.double().cpu())
+        for row, i in enumerate(batch):
+            result[i] = -sums[row].item() / (lengths[i] - requests[i].prompt_len)
+    return result
+
+
 class HFEngine:
     name = "hf"
 
@@ -58,50 +105,12 @@ class HFEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.batch_tokens = batch_tokens
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
 
     def close(self) -> None:
         del self.model
 
-    def _token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """log q(target | prefix) for (N, H) final hidden states, computed in token chunks, fp32 softmax."""
-        head = self.model.get_output_embeddings()
-        out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
-        for start in range(0, targets.shape[0], LOGIT_CHUNK_TOKENS):
-            end = start + LOGIT_CHUNK_TOKENS
-            logits = head(hidden[start:end]).float()  # (chunk, V)
-            if self.softcap:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
-            out[start:end] = logits.gather(1, targets[start:end, None]).squeeze(1) - logits.logsumexp(-1)
-        return out
-
-    @torch.inference_mode()
     def response_nll(self, requests: list[ScoringRequest]) -> list[float]:
-        lengths = [len(r.ids) for r in requests]
-        result = [0.0] * len(requests)
-        backbone = self.model.get_decoder()
-        for batch in length_batches(lengths, self.batch_tokens):
-            width = max(lengths[i] for i in batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : lengths[i]] = torch.tensor(requests[i].ids)
-                mask[row, : lengths[i]] = 1  # from lengths, never from pad ids (pad == eos here)
-            hidden = backbone(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
-            # Position t predicts token t+1: score predictions for prompt_len-1 .. len-2.
-            rows, cols, targets, owners = [], [], [], []
-            for row, i in enumerate(batch):
-                p, n = requests[i].prompt_len, lengths[i]
-                span = list(range(p - 1, n - 1))
-                rows += [row] * len(span)
-                cols += span
-                targets += requests[i].ids[p:n]
-                owners += [row] * len(span)
-            logprobs = self._token_logprobs(hidden[rows, cols], torch.tensor(targets, device=self.device))
-            sums = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, torch.tensor(owners), logprobs.double().cpu())
-            for row, i in enumerate(batch):
-                result[i] = -sums[row].item() / (lengths[i] - requests[i].prompt_len)
-        return result
+        return response_nll(self.model, requests, self.batch_tokens, self.pad_id)
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], params: GenerationParams, seeds: list[int]) -> list[list[Generation]]:
