@@ -32,7 +32,9 @@ def score(
         "dolly_dev_1000", help="jsonl/json/parquet/csv file, a directory of them, a datasets hub id, or dolly_dev_1000"
     ),
     out: Path = typer.Option(..., "--out", "-o", help="table directory to write (resumed if it holds this same run)"),
-    student: str = typer.Option("default", help="student: local HF directory, hub id, or `default` (pruned SmolLM2)"),
+    student: str = typer.Option(
+        "default", help="student: local HF directory, hub id, `default` (pruned SmolLM2), or `none` (teacher-only table)"
+    ),
     teacher: Optional[str] = typer.Option("default", help="teacher: local HF directory, hub id, or `default` (ignored with --teacher-from)"),
     teacher_from: Optional[Path] = typer.Option(None, help="reuse teacher_ce from this table instead of running the teacher"),
     preset: str = typer.Option("minillm", help="field preset: minillm (prompt/instruction/input/output) or dolly"),
@@ -74,7 +76,8 @@ def score(
 
     try:
         config = ScoreConfig(
-            data=data, out=str(out), student=student, teacher=None if teacher_from else teacher,
+            data=data, out=str(out), student=None if student == "none" else student,
+            teacher=None if teacher_from else teacher,
             teacher_from=str(teacher_from) if teacher_from else None, preset=preset,
             instruction_field=instruction_field, input_field=input_field, prompt_field=prompt_field,
             response_field=response_field, template=template, split=split, limit=limit, max_seq_len=max_seq_len,

@@ -50,7 +50,7 @@ class ScoreConfig:
 
     data: str
     out: str
-    student: str = "default"
+    student: str | None = "default"  # None: a teacher-only table, to reuse with --teacher-from
     teacher: str | None = "default"
     teacher_from: str | None = None
     preset: str = "minillm"
@@ -90,6 +90,8 @@ class ScoreConfig:
             raise ScoreError("--part-size >= 1, --max-seq-len >= 2 and --batch-tokens >= --max-seq-len are required")
         if self.teacher is None and self.teacher_from is None:
             raise ScoreError("give a --teacher, or --teacher-from TABLE to reuse the teacher scores of another table")
+        if self.student is None and self.teacher is None:
+            raise ScoreError("a teacher-only table (--student none) needs a --teacher")
         if self.limit is not None and self.limit < 1:
             raise ScoreError(f"--limit must be >= 1, got {self.limit}")
 
@@ -136,7 +138,7 @@ class Prepared:
     loaded: data_mod.LoadResult
     samples: list[data_mod.Sample]
     encoded: list[Encoded]
-    student: ModelRef
+    student: ModelRef | None
     teacher: ModelRef | None
     tokenizer: Any
     tokenizer_hash: str
@@ -153,15 +155,15 @@ class Prepared:
 
 def prepare(config: ScoreConfig) -> Prepared:
     """Resolve models, check the tokenizer pairing, load, shard and tokenise the data."""
-    student = resolve_model(config.student, "student", config.keep_every)
+    student = resolve_model(config.student, "student", config.keep_every) if config.student else None
     teacher = resolve_model(config.teacher, "teacher", config.keep_every) if config.teacher else None
     teacher_table = None
     if config.teacher_from:
         teacher_table = read_table(config.teacher_from)
         if "teacher_ce" not in teacher_table.frame.columns:
             raise ScoreError(f"{config.teacher_from}: --teacher-from table has no teacher_ce column")
-    tokenizer = load_tokenizer(student)
-    tok_hash = check_same_tokenizer(student, teacher) if teacher else tokenizer_fingerprint(tokenizer)
+    tokenizer = load_tokenizer(student or teacher)
+    tok_hash = check_same_tokenizer(student, teacher) if student and teacher else tokenizer_fingerprint(tokenizer)
     if teacher_table is not None and teacher_table.metadata.get("tokenizer_sha256") != tok_hash:
         raise ScoreError(
             f"{config.teacher_from}: its teacher scores were computed with another tokenizer than the student's; "
@@ -184,7 +186,7 @@ def run_identity(prep: Prepared) -> dict[str, Any]:
     return {
         "config": prep.config.identity(),
         "dataset_fingerprint": prep.loaded.fingerprint(),
-        "student_weights": prep.student.identity()["weights_sha256"],
+        "student_weights": prep.student.identity()["weights_sha256"] if prep.student else None,
         "teacher_weights": prep.teacher.identity()["weights_sha256"] if prep.teacher else None,
         "teacher_table": prep.teacher_table.fingerprint if prep.teacher_table else None,
         "tokenizer_sha256": prep.tokenizer_hash,
@@ -397,8 +399,13 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
     # Order matters for memory: all student work first (sharing one engine when gen and CE engines agree),
     # then the teacher, so only one model is ever loaded.
     stats: dict[str, dict[str, float]] = {}
-    student_gen = run_pass("student-gen", work, prep, student_gen_pass(prep, gen_kind), progress, stats)
-    student_ce = run_pass("student-ce", work, prep, ce_pass(prep, prep.student, ce_kind, "student_ce"), progress, stats)
+    if prep.student is not None:
+        student_gen = run_pass("student-gen", work, prep, student_gen_pass(prep, gen_kind), progress, stats)
+        student_ce = run_pass("student-ce", work, prep, ce_pass(prep, prep.student, ce_kind, "student_ce"), progress, stats)
+    else:  # teacher-only table: the student columns stay null
+        student_gen = pl.DataFrame(schema={"sample_id": pl.String, "student_output": pl.String, "rouge_l": pl.Float64,
+                                           "output_ce": pl.Float64, "output_tokens": pl.Int64})
+        student_ce = pl.DataFrame(schema={"sample_id": pl.String, "student_ce": pl.Float64})
     if prep.teacher_table is not None:
         teacher_ce = teacher_from_table(prep)
     else:
@@ -419,7 +426,7 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
             "rejected_rows": len(prep.loaded.rejects),
             "duplicate_rows": prep.loaded.duplicates,
         },
-        "student": prep.student.identity(),
+        "student": prep.student.identity() if prep.student else None,
         "teacher": prep.teacher.identity() if prep.teacher else None,
         "teacher_from": {"path": config.teacher_from, "table_fingerprint": prep.teacher_table.fingerprint}
         if prep.teacher_table

@@ -196,3 +196,22 @@ def test_rejected_rows_are_written_and_do_not_stop_the_run(tmp_path, dolly_rows,
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert [(r["line"], r["field"]) for r in rejects] == [(2, None), (3, "output")]
     assert read_table(out).frame.height == 1 and "rejected input rows: 2" in result.output
+
+
+def test_teacher_only_table_then_student_reuses_it(tmp_path, small_dolly, tiny_model, tiny_teacher):
+    """Score the teacher once (--student none), then any number of students against it."""
+    teacher_table = tmp_path / "teacher"
+    result = invoke(["score", str(small_dolly), "--out", str(teacher_table), "--student", "none", "--teacher",
+                     str(tiny_teacher), "--ce-engine", "hf", "--max-seq-len", "512", "--part-size", "4", "--quiet"])
+    assert result.exit_code == 0, result.output
+    t = read_table(teacher_table)
+    assert t.frame["teacher_ce"].is_not_null().all() and t.frame["student_ce"].is_null().all()
+    assert t.metadata["student"] is None
+    assert not (teacher_table / "_work" / "student-gen").exists()
+    out = tmp_path / "student"
+    result = invoke(["score", str(small_dolly), "--out", str(out), "--student", str(tiny_model), "--teacher-from",
+                     str(teacher_table), "--gen-engine", "hf", "--ce-engine", "hf", "--max-new-tokens", "4",
+                     "--max-seq-len", "512", "--part-size", "4", "--quiet"])
+    assert result.exit_code == 0, result.output
+    frame = read_table(out).frame
+    assert frame["teacher_ce"].to_list() == t.frame["teacher_ce"].to_list() and frame["dds"].is_not_null().all()
