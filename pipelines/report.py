@@ -1,0 +1,47 @@
+"""report.md for a pipeline workdir: results table, plots, per-method training time and stage timings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from syllabus.curate.table import atomic_write_bytes
+
+
+def _training_summary(workdir: Path) -> list[str]:
+    rows = []
+    for run_dir in sorted((workdir / "runs").glob("*")):
+        metrics = run_dir / "metrics.jsonl"
+        if not metrics.exists():
+            continue
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+        if not records:
+            continue
+        tokens = sum(r["tokens"] for r in records)
+        seconds = sum(r["tokens"] / r["tokens_per_second"] for r in records if r["tokens_per_second"])
+        rows.append(f"| {run_dir.name} | {records[-1]['step']} | {tokens} | {seconds:.0f} | {records[-1]['loss']:.3f} |")
+    if not rows:
+        return []
+    return ["## Training", "", "| run | optimizer steps | response tokens | train seconds | last loss |",
+            "|---|---:|---:|---:|---:|", *rows, ""]
+
+
+def write_report(workdir: Path, title: str, recipe: Path | None = None) -> Path:
+    lines = [f"# {title}", ""]
+    compare = workdir / "compare" / "compare.md"
+    if compare.exists():
+        lines += ["## Results", "", compare.read_text(), "![results](compare/compare.png)", ""]
+    lines += _training_summary(workdir)
+    plots = sorted((workdir / "plots").glob("*.png")) if (workdir / "plots").exists() else []
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    if recipe is not None:
+        from .runner import load_pipeline, stage_times
+
+        times = stage_times(load_pipeline(recipe))
+        if times:
+            lines += ["## Stage timings", "", "| stage | seconds |", "|---|---:|"]
+            lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()] + [""]
+    path = workdir / "report.md"
+    atomic_write_bytes(path, "\n".join(lines).encode())
+    return path
