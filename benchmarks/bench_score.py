@@ -87,7 +87,7 @@ def ce_engine_speeds(rows: list[dict], model_dir: Path) -> dict:
         requests.append(ScoringRequest(enc.ids, len(enc.prompt_ids)))
     tokens = sum(len(r.ids) for r in requests)
     out = {}
-    for kind, options in (("hf", {"dtype": "bfloat16", "batch_tokens": 8192}),
+    for kind, options in (("hf", {"dtype": "bfloat16"}),
                           ("vllm", {"dtype": "bfloat16", "max_model_len": 1280})):
         engine = open_engine(kind, str(model_dir), **options)
         engine.response_nll(requests[:8])

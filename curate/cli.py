@@ -56,7 +56,7 @@ def score(
     ce_engine: str = typer.Option("auto", help="auto (vllm on GPU, hf on CPU), vllm or hf"),
     dtype: str = typer.Option("bfloat16", help="inference dtype (bf16 is ~9x faster than fp32 on AMX CPUs)"),
     part_size: int = typer.Option(256, help="rows per resumable part"),
-    batch_tokens: int = typer.Option(8192, help="padded tokens per transformers forward batch"),
+    batch_tokens: Optional[int] = typer.Option(None, help="padded tokens per transformers forward (default 2048 CPU, 16384 GPU)"),
     num_shards: int = typer.Option(1, help="split the rows into N shards by sample_id (many machines)"),
     shard_index: int = typer.Option(0, help="which shard this run scores"),
     tensor_parallel_size: int = typer.Option(1, help="vLLM tensor parallelism"),

@@ -39,7 +39,7 @@ class EvalConfig:
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
     engine: str = "auto"
     dtype: str = "bfloat16"
-    batch_tokens: int = 8192
+    batch_tokens: int | None = None
     label: str | None = None
     overwrite: bool = False
 
