@@ -158,12 +158,6 @@ def models_prepare(
     typer.echo(f"teacher: {teacher}\nstudent: {student}\n(cache: {cache_dir()}; set SYLLABUS_CACHE to move it)")
 
 
-def _register_schedule() -> None:
-    try:
-        from .schedules.cli import schedule
-    except ImportError:  # the schedule stage is optional while it is being built
-        return
-    app.command("schedule")(schedule)
+from .schedules.cli import schedule  # noqa: E402  (light: typer only; work is imported inside)
 
-
-_register_schedule()
+app.command("schedule")(schedule)
