@@ -32,6 +32,7 @@ def claim_output(out: Path, identity: dict[str, Any], overwrite: bool, what: str
     Raises:
         RunDirError: OUT holds another run (the differing settings are named) and `overwrite` is off.
     """
+    identity = json.loads(json.dumps(identity, default=str))  # compare as stored (tuples become lists)
     work = out / WORK_DIR
     run_file = work / RUN_FILE
     if out.exists() and any(out.iterdir()):

@@ -1,0 +1,154 @@
+"""`train run` end to end on tiny random Llamas: KD loss falls, stages restart, resume is exact, bad pairs refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from syllabus.curate.data import make_sample_id
+from syllabus.curate.schedules.build import build_schedule
+from syllabus.curate.table import write_table
+from syllabus.train.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory, dolly_rows):
+    rows = [r for r in dolly_rows if len(r["prompt"]) + len(r["output"]) < 500][:12]
+    rng = np.random.default_rng(0)
+    student_ce, teacher_ce = rng.uniform(1, 4, len(rows)), rng.uniform(0.5, 2, len(rows))
+    frame = pl.DataFrame({
+        "sample_id": [make_sample_id(r["prompt"], r["output"]) for r in rows],
+        "prompt": [r["prompt"] for r in rows], "response": [r["output"] for r in rows],
+        "student_ce": student_ce, "teacher_ce": teacher_ce, "dds": student_ce / teacher_ce,
+        "rouge_l": rng.uniform(0, 1, len(rows)), "output_ce": rng.uniform(0, 3, len(rows)), "status": ["ok"] * len(rows),
+    })
+    return write_table(frame, tmp_path_factory.mktemp("train") / "table", {"kind": "difficulty_table", "template": "alpaca"})
+
+
+def schedule(table, tmp_path, method, **params):
+    path, _ = build_schedule(table.path, method, tmp_path / f"sched-{method}", params)
+    return path
+
+
+def train_args(manifest, out, student, teacher, *extra):
+    return ["run", "--manifest", str(manifest), "--out", str(out), "--student", str(student), "--teacher", str(teacher),
+            "--micro-batch-size", "4", "--max-seq-len", "128", "--lr", "3e-3", "--precision", "fp32", *extra]
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_kd_loss_goes_down(table, tmp_path, tiny_model, tiny_teacher):
+    sched = schedule(table, tmp_path, "full", epochs=6, loss="kld")
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher))
+    assert result.exit_code == 0, result.output
+    m = metrics(out)
+    assert len(m) == 6 * 3  # 12 rows / micro-batch 4 = 3 steps per epoch
+    assert np.mean([r["kd"] for r in m[-3:]]) < 0.9 * np.mean([r["kd"] for r in m[:3]])
+    assert all(r["kd_weight"] == 1.0 and r["loss_name"] == "kld" for r in m)
+    final = out / "checkpoints" / "final"
+    assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
+    record = json.loads((final / "syllabus_train.json").read_text())
+    assert record["table_fingerprint"] == table.fingerprint and record["global_step"] == 18
+    config = json.loads((out / "config.json").read_text())
+    assert config["schedule"]["method"] == "full" and len(config["manifest_fingerprint"]) == 64
+
+
+def test_stage_restarts_and_stage_checkpoints(table, tmp_path, tiny_model, tiny_teacher):
+    sched = schedule(table, tmp_path, "srd", epochs=3, keep=1.0, ce_column="student_ce")  # 3 stages x 1 epoch
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher))
+    assert result.exit_code == 0, result.output
+    m = metrics(out)
+    stages = [r["stage"] for r in m]
+    first_of_stage = [i for i, s in enumerate(stages) if i == 0 or s != stages[i - 1]]
+    assert len(first_of_stage) == 3
+    for i in first_of_stage:  # cosine schedule restarted: every stage starts at the peak rate
+        assert m[i]["lr"] == pytest.approx(3e-3)
+    assert all(m[i + 1]["lr"] < 3e-3 for i in first_of_stage if i + 1 < len(m) and stages[i + 1] == stages[i])
+    assert [r["temperature"] for r in (m[i] for i in first_of_stage)] == [1.0, 1.5, 2.0]
+    assert [round(m[i]["kd_weight"], 6) for i in first_of_stage] == [0.7, 0.8, 0.9]
+    for name in ("stage-0", "stage-1", "stage-2", "final"):
+        assert (out / "checkpoints" / name / "model.safetensors").exists(), name
+
+
+def test_resume_after_sigkill_equals_uninterrupted(table, tmp_path, tiny_model, tiny_teacher):
+    sched = schedule(table, tmp_path, "l2m", stages=2, epochs_per_stage=2)
+    args = train_args(sched, tmp_path / "ref", tiny_model, tiny_teacher, "--save-every-steps", "2")
+    assert runner.invoke(app, args).exit_code == 0
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "syllabus.train", *train_args(sched, out, tiny_model, tiny_teacher, "--save-every-steps", "2")]
+    killed = subprocess.run(cmd, env={**os.environ, "SYLLABUS_KILL_AFTER_STEPS": "5"}, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    assert json.loads((out / "state" / "progress.json").read_text())["global_step"] == 4
+    refused = subprocess.run(cmd, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(tmp_path / "ref" / "checkpoints" / "final" / "model.safetensors")
+    b = load_file(out / "checkpoints" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    steps = [r["step"] for r in metrics(out)]
+    assert steps == list(range(1, len(steps) + 1))  # no step logged twice
+
+
+def test_dakd_dynamic_mode_rescores(table, tmp_path, tiny_model, tiny_teacher):
+    sched = schedule(table, tmp_path, "dakd", epochs=3)
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher))
+    assert result.exit_code == 0, result.output
+    rescores = [json.loads(line) for line in (out / "rescore.jsonl").read_text().splitlines()]
+    manifest = json.loads((sched / "manifest.json").read_text())
+    assert [r["epoch"] for r in rescores] == [1, 2]
+    assert [r["selected"] for r in rescores] == [e["num_samples"] for e in manifest["epochs"][1:]]
+    assert all(r["loss_name"] == "bdl" for r in metrics(out))
+
+
+def test_loss_override_for_ablations(table, tmp_path, tiny_model, tiny_teacher):
+    sched = schedule(table, tmp_path, "full", epochs=1)
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--loss", "skl", "--loss-param",
+                                           "skew=0.2", "--kd-weight", "0.5"))
+    assert result.exit_code == 0, result.output
+    assert all(r["loss_name"] == "skl" and r["kd_weight"] == 0.5 for r in metrics(out))
+
+
+def test_mismatched_table_is_refused(table, tmp_path, tiny_model, tiny_teacher):
+    sched = schedule(table, tmp_path, "full", epochs=1)
+    other = write_table(table.frame.head(6), tmp_path / "other", {"kind": "difficulty_table"})
+    result = runner.invoke(app, train_args(sched, tmp_path / "run", tiny_model, tiny_teacher, "--table", str(other.path)))
+    assert result.exit_code == 2 and "fingerprint" in result.output
+
+
+def test_different_tokenizer_is_refused(table, tmp_path, tiny_model, real_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from helpers import tiny_llama
+
+    tok = AutoTokenizer.from_pretrained(real_tokenizer_dir)
+    tok.add_tokens(["<another_token>"])
+    tok.save_pretrained(tmp_path / "tok")
+    other = tiny_llama(tmp_path / "tok", tmp_path / "other", seed=5)
+    sched = schedule(table, tmp_path, "full", epochs=1)
+    result = runner.invoke(app, train_args(sched, tmp_path / "run", tiny_model, other))
+    assert result.exit_code == 2 and "different tokenizers" in result.output
+
+
+def test_unknown_yaml_setting_is_refused(table, tmp_path, tiny_model, tiny_teacher):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 0.1\n")
+    sched = schedule(table, tmp_path, "full", epochs=1)
+    result = runner.invoke(app, train_args(sched, tmp_path / "run", tiny_model, tiny_teacher, "--config", str(cfg)))
+    assert result.exit_code == 2 and "unknown setting(s) learning_rate" in result.output

@@ -1,0 +1,93 @@
+"""`train run` configuration: one frozen, validated dataclass; YAML files may only use its field names."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEDULERS = ("cosine", "linear", "constant")
+PRECISIONS = ("bf16", "fp32")
+
+
+class ConfigError(ValueError):
+    """A training setting is missing, unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    manifest: str
+    out: str
+    student: str = "default"
+    teacher: str = "default"
+    table: str | None = None  # default: the table the schedule was built from (manifest's table path)
+    loss: str | None = None  # override every epoch's loss (loss ablations over one schedule)
+    loss_params: dict[str, float] = field(default_factory=dict)
+    kd_weight: float | None = None  # override every epoch's kd_weight
+    lr: float = 1e-5  # DA-KD's reproducibility card: AdamW, cosine, 1e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    scheduler: str = "cosine"
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    max_seq_len: int = 512
+    max_grad_norm: float = 1.0
+    precision: str = "bf16"
+    seed: int = 0
+    loss_chunk_tokens: int = 1024
+    save_every_steps: int = 50  # resumable state; HF checkpoints come at stage ends and at the end
+    rescore_batch_tokens: int | None = None  # DA-KD re-scoring forward batches (default: the scoring engine's)
+    keep_every: int = 2
+    eval_sets: tuple[str, ...] = ()  # evaluate at stage ends (keep the best checkpoint by average ROUGE-L)
+    eval_limit: int | None = 100
+    eval_seeds: tuple[int, ...] = (10,)
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs, benchmarks)
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (self.micro_batch_size >= 1 and self.grad_accum >= 1, "micro_batch_size and grad_accum must be >= 1"),
+            (self.max_seq_len >= 2, "max_seq_len must be >= 2"),
+            (self.loss_chunk_tokens >= 1, "loss_chunk_tokens must be >= 1"),
+            (self.kd_weight is None or 0 <= self.kd_weight <= 1, "kd_weight must be in [0, 1]"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.save_every_steps >= 1, "save_every_steps must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")
+
+    @classmethod
+    def from_sources(cls, yaml_path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
+        """YAML values first, then explicit command-line values; unknown YAML keys are errors."""
+        values: dict[str, Any] = {}
+        if yaml_path is not None:
+            import yaml
+
+            loaded = yaml.safe_load(yaml_path.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{yaml_path}: expected a mapping of setting: value")
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(loaded) - known)
+            if unknown:
+                raise ConfigError(f"{yaml_path}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+            values.update(loaded)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for key in ("eval_sets", "eval_seeds"):
+            if key in values and not isinstance(values[key], tuple):
+                values[key] = tuple(values[key])
+        missing = [k for k in ("manifest", "out") if k not in values]
+        if missing:
+            raise ConfigError(f"missing setting(s): {', '.join(missing)}")
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

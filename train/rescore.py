@@ -1,0 +1,51 @@
+"""DA-KD dynamic mode: before an epoch marked `rescore`, recompute DDS with the current student and reselect.
+
+The paper (Algorithm 1) recomputes each sample's difficulty with the student being trained; the teacher's CE does
+not change, so it comes from the table. Selection reuses the schedule's own code (`select_epoch`), so a static and
+a dynamic DA-KD epoch differ only in the DDS values they select from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+import torch
+
+from syllabus.curate.engines.base import ScoringRequest
+from syllabus.curate.engines.hf_engine import default_batch_tokens, response_nll
+from syllabus.curate.schedules import dakd
+
+from .manifest import EpochPlan
+
+
+def rescore_epoch(run: Any, plan: EpochPlan, model: Any) -> list[str]:
+    """Student CE of the whole pool under the current weights -> dds -> this epoch's sample ids."""
+    frame = run.table.frame
+    pool = frame.filter((pl.col("status") == "ok") & (pl.col("teacher_ce") > 0)).select("sample_id", "teacher_ce")
+    ids = pool["sample_id"].to_list()
+    requests = []
+    for sid in ids:
+        enc = run.store.encoded(sid)
+        requests.append(ScoringRequest(enc.ids, len(enc.prompt_ids)))
+    student = run.accelerator.unwrap_model(model).model
+    was_training = student.training
+    student.eval()
+    with run.accelerator.autocast():
+        student_ce = response_nll(student, requests, run.config.rescore_batch_tokens or default_batch_tokens(),
+                                   run.tokenizer.pad_token_id)
+    student.train(was_training)
+    scored = pool.with_columns(student_ce=pl.Series(student_ce)).with_columns(
+        dds=pl.col("student_ce") / pl.col("teacher_ce")
+    )
+    params = run.schedule.raw.get("params", {})
+    selected = dakd.select_epoch(scored.select("sample_id", "dds"), epoch=plan.index,
+                                 num_epochs=len(run.schedule.epochs), seed=run.schedule.seed, **dakd.selection_params(params))
+    if run.accelerator.is_main_process:
+        with (run.out / "rescore.jsonl").open("a") as f:
+            import json
+
+            f.write(json.dumps({"epoch": plan.index, "mean_student_ce": sum(student_ce) / len(student_ce),
+                                "mean_dds": scored["dds"].mean(), "selected": len(selected)}) + "\n")
+    torch.manual_seed(run.config.seed + plan.index)  # keep later randomness independent of re-scoring
+    return selected
