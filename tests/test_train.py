@@ -152,3 +152,16 @@ def test_unknown_yaml_setting_is_refused(table, tmp_path, tiny_model, tiny_teach
     sched = schedule(table, tmp_path, "full", epochs=1)
     result = runner.invoke(app, train_args(sched, tmp_path / "run", tiny_model, tiny_teacher, "--config", str(cfg)))
     assert result.exit_code == 2 and "unknown setting(s) learning_rate" in result.output
+
+
+def test_stage_end_evaluation_keeps_the_best_checkpoint(table, tmp_path, tiny_model, tiny_teacher):
+    sched = schedule(table, tmp_path, "srd", epochs=2, stages=2, keep=1.0, ce_column="student_ce")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("eval_sets: [dollyeval]\neval_limit: 2\n")
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--config", str(cfg)))
+    assert result.exit_code == 0, result.output
+    averages = {name: json.loads((out / "eval" / name / "summary.json").read_text())["results"]["average"]
+                for name in ("stage-0", "stage-1")}
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert best["average"] == max(averages.values()) and (out / "checkpoints" / "best" / "model.safetensors").exists()

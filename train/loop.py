@@ -245,10 +245,31 @@ def fit(run: Run) -> Path:
         progress.finish_epoch()
         state_io.save(run, model, optimizer, scheduler)
         if plan.index in schedule.stage_ends():
-            state_io.save_checkpoint(run, model, f"stage-{plan.stage}")
+            checkpoint = state_io.save_checkpoint(run, model, f"stage-{plan.stage}")
+            if config.eval_sets and acc.is_main_process:
+                evaluate_stage(run, checkpoint, plan.stage)
     bar.close()
     state_io.save(run, model, optimizer, scheduler)
     return state_io.save_checkpoint(run, model, "final")
+
+
+def evaluate_stage(run: Run, checkpoint: Path, stage: int) -> None:
+    """Evaluate a stage checkpoint on the dev sets (the papers keep the best checkpoint by ROUGE-L)."""
+    from syllabus.evaluate.protocol import EvalProtocol
+    from syllabus.evaluate.run import EvalConfig, evaluate
+
+    config = run.config
+    summary = evaluate(EvalConfig(model=str(checkpoint), out=str(run.out / "eval" / checkpoint.name),
+                                  sets=config.eval_sets, limit=config.eval_limit,
+                                  protocol=EvalProtocol(seeds=config.eval_seeds), engine="hf", overwrite=True),
+                       progress=False)
+    score = summary["results"]["average"]
+    best_file = run.out / "checkpoints" / "best.json"
+    best = json.loads(best_file.read_text()) if best_file.exists() else None
+    if best is None or score > best["average"]:
+        shutil.rmtree(run.out / "checkpoints" / "best", ignore_errors=True)
+        shutil.copytree(checkpoint, run.out / "checkpoints" / "best")
+        atomic_write_json(best_file, {"checkpoint": checkpoint.name, "stage": stage, "average": score})
 
 
 def _crash_hook(step: int) -> None:
