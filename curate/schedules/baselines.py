@@ -1,33 +1,43 @@
 """Baselines: `full` (every usable row, every epoch) and `random` (random subsets: DA-KD's "w/o DDS" ablation).
 
-`random` takes its per-epoch sizes from a fixed size or fraction, or from another schedule's manifest, so that an
-ablation sees exactly as many samples per epoch as the method it is compared with.
+`random` takes its per-epoch sizes from a fixed size or fraction, or from another schedule (`sizes_from`), so that
+an ablation sees exactly as many samples per epoch as the method it is compared with. With `sizes_from` it also
+copies that schedule's per-epoch training settings (stage, temperature, kd_weight, loss and its parameters,
+optimizer restarts), so that only the selection differs; explicit temperature / kd_weight / loss override them.
+It never marks `rescore`: random selection does not look at difficulty.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from .common import Epoch, ScheduleError, check_loss, check_range
+from .common import Epoch, floor_count
+from .config import ScheduleError, check_at_least, check_loss, check_positive, check_range, resolve_loss_params
+from .manifest import read_manifest
+
+RANDOM_DEFAULT_EPOCHS = 10  # DA-KD's "w/o DDS" ablation trains 10 epochs
 
 
 @dataclass(frozen=True)
 class FullConfig:
-    epochs: int = 20  # MiniLLM/SpectrumKD baselines train 20 epochs
+    """Every usable row every epoch: the papers' baselines, and DA-KD's "w/o DiffUp" with --loss bdl."""
+
+    epochs: int = 20  # the MiniLLM/DistiLLM protocol the papers compare with trains 20 epochs
     temperature: float = 1.0
     kd_weight: float = 1.0
     loss: str = "kld"
+    loss_params: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ScheduleError("parameter epochs must be >= 1")
+        check_at_least("epochs", self.epochs, 1)
+        check_positive("temperature", self.temperature)
         check_range("kd_weight", self.kd_weight, 0.0, 1.0)
-        check_loss(self.loss, {})
+        check_loss(self.loss, self.loss_params)
 
     def columns(self) -> list[str]:
         return []
@@ -35,51 +45,106 @@ class FullConfig:
 
 @dataclass(frozen=True)
 class RandomConfig:
-    epochs: int = 10
+    """Random subsets; exactly one of fraction, size, sizes_from sets the per-epoch sizes."""
+
+    epochs: int | None = None  # default 10, or the number of epochs of `sizes_from`
     fraction: float | None = None
     size: int | None = None
     sizes_from: str | None = None  # another schedule directory
-    temperature: float = 1.0
-    kd_weight: float = 1.0
-    loss: str = "kld"
+    temperature: float | None = None  # default 1.0, or per epoch from `sizes_from`
+    kd_weight: float | None = None  # default 1.0, or per epoch from `sizes_from`
+    loss: str | None = None  # default kld, or per epoch from `sizes_from`
+    loss_params: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        given = [x is not None for x in (self.fraction, self.size, self.sizes_from)]
-        if sum(given) != 1:
-            raise ScheduleError("method random needs exactly one of --fraction, --size, --sizes-from")
-        if self.fraction is not None:
-            check_range("fraction", self.fraction, 0.0, 1.0)
-        if self.size is not None and self.size < 1:
-            raise ScheduleError("parameter size must be >= 1")
-        check_range("kd_weight", self.kd_weight, 0.0, 1.0)
-        check_loss(self.loss, {})
+        given = [name for name in ("fraction", "size", "sizes_from") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ScheduleError(
+                "method random needs exactly one of the parameters fraction, size, sizes_from "
+                f"(got {', '.join(given) or 'none'})"
+            )
+        if self.epochs is not None:
+            check_at_least("epochs", self.epochs, 1)
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ScheduleError(f"parameter fraction must be in (0, 1], got {self.fraction}")
+        if self.size is not None:
+            check_at_least("size", self.size, 1)
+        if self.temperature is not None:
+            check_positive("temperature", self.temperature)
+        if self.kd_weight is not None:
+            check_range("kd_weight", self.kd_weight, 0.0, 1.0)
+        if self.loss is not None or self.sizes_from is None:
+            check_loss(self.loss or "kld", self.loss_params)
 
     def columns(self) -> list[str]:
         return []
 
-    def sizes(self, n: int) -> list[int]:
-        if self.sizes_from is not None:
-            path = Path(self.sizes_from) / "manifest.json"
-            if not path.exists():
-                raise ScheduleError(f"parameter sizes_from: {path} does not exist")
-            return [e["num_samples"] for e in json.loads(path.read_text())["epochs"]]
-        size = self.size if self.size is not None else max(1, round(self.fraction * n))
-        return [size] * self.epochs
-
 
 def build_full(frame: pl.DataFrame, config: FullConfig) -> list[Epoch]:
-    ids = frame.sort("sample_id")["sample_id"].to_list()
-    return [Epoch(list(ids), stage=0, temperature=config.temperature, kd_weight=config.kd_weight, loss=config.loss)
-            for _ in range(config.epochs)]
+    """Every usable row in every epoch (in sample_id order; the trainer shuffles within an epoch)."""
+    ids = frame["sample_id"].sort()
+    params = resolve_loss_params(config.loss, {}, config.loss_params)
+    return [Epoch(ids, stage=0, temperature=config.temperature, kd_weight=config.kd_weight, loss=config.loss,
+                  loss_params=params) for _ in range(config.epochs)]
+
+
+_NO_IDS = pl.Series("sample_id", [], dtype=pl.String)
+
+
+def _plans(config: RandomConfig, n: int) -> list[tuple[int, Epoch]]:
+    """(size, training settings with no ids yet) per epoch, from the config or from `sizes_from`."""
+    if config.sizes_from is None:
+        size = config.size if config.size is not None else max(1, floor_count(config.fraction, n))
+        if size > n:
+            raise ScheduleError(f"parameter size: {size} samples per epoch, but the table has {n} usable rows")
+        loss = config.loss or "kld"
+        plan = Epoch(
+            _NO_IDS,
+            stage=0,
+            temperature=1.0 if config.temperature is None else config.temperature,
+            kd_weight=1.0 if config.kd_weight is None else config.kd_weight,
+            loss=loss,
+            loss_params=resolve_loss_params(loss, {}, config.loss_params),
+        )
+        return [(size, plan)] * (config.epochs or RANDOM_DEFAULT_EPOCHS)
+    source = read_manifest(Path(config.sizes_from))
+    records = source["epochs"]
+    if config.epochs is not None and config.epochs != len(records):
+        raise ScheduleError(
+            f"parameter epochs: {config.epochs} given, but sizes_from {config.sizes_from} has {len(records)} epochs"
+        )
+    out = []
+    for i, e in enumerate(records):
+        if e["num_samples"] > n:
+            raise ScheduleError(
+                f"parameter sizes_from: epoch {i + 1} of {config.sizes_from} has {e['num_samples']} samples, "
+                f"but this table has {n} usable rows"
+            )
+        loss = config.loss or e["loss"]
+        given = config.loss_params if config.loss else {**e["loss_params"], **config.loss_params}
+        check_loss(loss, given)
+        out.append((e["num_samples"], Epoch(
+            _NO_IDS,
+            stage=e["stage"],
+            temperature=e["temperature"] if config.temperature is None else config.temperature,
+            kd_weight=e["kd_weight"] if config.kd_weight is None else config.kd_weight,
+            loss=loss,
+            loss_params=resolve_loss_params(loss, {}, given),
+            restart_optimizer=e["restart_optimizer"],
+        )))
+    return out
 
 
 def build_random(frame: pl.DataFrame, config: RandomConfig, seed: int) -> list[Epoch]:
-    ids = frame.sort("sample_id")["sample_id"].to_list()
+    """A uniform random subset per epoch (generator seeded by (seed, epoch)), in sample_id order.
+
+    Raises:
+        ScheduleError: an epoch larger than the usable rows, or a `sizes_from` that is not a schedule.
+    """
+    ids = frame["sample_id"].sort()
+    n = ids.len()
     epochs = []
-    for e, size in enumerate(config.sizes(len(ids))):
-        if size > len(ids):
-            raise ScheduleError(f"epoch {e + 1} asks for {size} samples but the table has {len(ids)} usable rows")
-        pick = np.sort(np.random.default_rng([seed, e]).choice(len(ids), size=size, replace=False))
-        epochs.append(Epoch([ids[i] for i in pick], stage=0, temperature=config.temperature,
-                            kd_weight=config.kd_weight, loss=config.loss))
+    for e, (size, plan) in enumerate(_plans(config, n)):
+        pick = np.sort(np.random.default_rng([seed, e]).choice(n, size=size, replace=False))
+        epochs.append(dataclasses.replace(plan, sample_ids=ids.gather(pick)))
     return epochs

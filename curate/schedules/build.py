@@ -1,4 +1,4 @@
-"""`curate schedule` as a library call: table + method + parameters -> schedule directory."""
+"""`curate schedule` as a library call: difficulty table + method + parameters -> schedule directory."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..table import read_table
-from . import baselines, dakd, l2m, spectrum, srd
-from .common import Epoch, ScheduleError, usable_rows, write_schedule
+import pyarrow.parquet as pq
 
-CONFIGS = {
+from ..table import PART_GLOB, Table, read_table
+from . import baselines, dakd, l2m, spectrum, srd
+from .common import Epoch, usable_rows
+from .config import ScheduleError, check_at_least, typed_params, typed_value
+from .manifest import manifest_bytes, write_schedule
+
+CONFIGS: dict[str, type] = {
     "spectrum": spectrum.SpectrumConfig,
     "srd": srd.SRDConfig,
     "l2m": l2m.L2MConfig,
@@ -19,35 +23,40 @@ CONFIGS = {
     "random": baselines.RandomConfig,
 }
 METHODS = tuple(CONFIGS)
+STAGED = ("srd", "l2m")
 
 
 def make_config(method: str, params: dict[str, Any]) -> Any:
-    """Build a method's frozen config; unknown parameter names are errors that list the valid ones.
+    """A method's frozen config from parameter names and values (flags or YAML keys).
 
-    `epochs` is accepted by every method: staged methods (srd, l2m) turn it into epochs_per_stage.
+    `epochs` is accepted by every method: the staged methods (srd, l2m) turn it into epochs_per_stage.
+
+    Raises:
+        ScheduleError: unknown method, unknown parameter (listing the valid ones), wrong type or out of range.
     """
     if method not in CONFIGS:
         raise ScheduleError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     cls = CONFIGS[method]
-    names = {f.name for f in dataclasses.fields(cls)}
     params = dict(params)
-    if "epochs" in params and "epochs" not in names:
-        stages = params.get("stages", cls().stages)
-        epochs = int(params.pop("epochs"))
-        if epochs % stages:
-            raise ScheduleError(f"parameter epochs: method {method} runs {stages} stages, so epochs must be a multiple "
-                                f"of {stages} (got {epochs}); or set epochs_per_stage")
+    if method in STAGED and params.get("epochs", 0) is None:
+        params.pop("epochs")
+    if method in STAGED and "epochs" in params:
+        if "epochs_per_stage" in params:
+            raise ScheduleError(f"method {method}: give epochs or epochs_per_stage, not both")
+        stages = typed_value("stages", int, params.get("stages", cls.stages))
+        epochs = typed_value("epochs", int, params.pop("epochs"))
+        check_at_least("stages", stages, 1)
+        if epochs < 1 or epochs % stages:
+            raise ScheduleError(
+                f"parameter epochs: method {method} runs {stages} stages, so epochs must be a positive multiple of "
+                f"{stages} (got {epochs}); or set epochs_per_stage"
+            )
         params["epochs_per_stage"] = epochs // stages
-    unknown = sorted(set(params) - names)
-    if unknown:
-        raise ScheduleError(f"method {method}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise ScheduleError(f"method {method}: {exc}") from None
+    return cls(**typed_params(cls, method, params))
 
 
 def build_epochs(method: str, frame: Any, config: Any, seed: int, reverse: bool) -> list[Epoch]:
+    """Dispatch to the method's pure `build` function."""
     if method == "spectrum":
         return spectrum.build(frame, config, reverse)
     if method == "srd":
@@ -58,25 +67,52 @@ def build_epochs(method: str, frame: Any, config: Any, seed: int, reverse: bool)
         return dakd.build(frame, config, seed, reverse)
     if method == "full":
         return baselines.build_full(frame, config)
+    if reverse:
+        raise ScheduleError("--reverse has no meaning for method random (it does not order by difficulty)")
     return baselines.build_random(frame, config, seed)
 
 
+def _read(table_path: Path, columns: list[str]) -> Table:
+    """The table with only the columns scheduling needs (the text columns can be most of a table's bytes)."""
+    files = [table_path] if table_path.is_file() else sorted(table_path.glob(PART_GLOB))
+    if not files:
+        return read_table(table_path)  # raises the table module's own message
+    present = set(pq.read_schema(files[0]).names)
+    return read_table(table_path, columns=[c for c in dict.fromkeys(["sample_id", "status", *columns]) if c in present])
+
+
 def build_schedule(
-    table_path: str | Path, method: str, out: str | Path, params: dict[str, Any] | None = None, seed: int = 0,
-    reverse: bool = False, overwrite: bool = False,
+    table_path: str | Path,
+    method: str,
+    out: str | Path,
+    params: dict[str, Any] | None = None,
+    seed: int = 0,
+    reverse: bool = False,
+    overwrite: bool = False,
 ) -> tuple[Path, dict[str, int]]:
     """Compute a method's epochs from a difficulty table and write the schedule directory.
+
+    Args:
+        table_path: difficulty table directory (written by `curate score` or `write_table`).
+        method: spectrum, srd, l2m, dakd, full or random.
+        out: schedule directory to write.
+        params: method parameters by name (see each method's config); missing ones take the paper's defaults.
+        seed: seed of every random draw (DA-KD's stratified sampling, random); recorded in the manifest.
+        reverse: the hard-to-easy ablation of the curriculum.
+        overwrite: replace `out` if it holds another schedule.
 
     Returns:
         (schedule directory, excluded row counts by reason).
 
     Raises:
-        ScheduleError, TableError: with the column, parameter or path at fault.
+        ScheduleError: with the column, parameter or path at fault.
+        TableError: the table is missing or incomplete.
     """
     config = make_config(method, params or {})
-    table = read_table(table_path)
-    frame, excluded = usable_rows(table, config.columns(), method)
+    table = _read(Path(table_path), config.columns())
+    frame, excluded = usable_rows(table.frame, config.columns(), method, str(table_path))
     epochs = build_epochs(method, frame, config, seed, reverse)
     recorded = {**dataclasses.asdict(config), "reverse": reverse}
-    write_schedule(Path(out), method, recorded, table, seed, epochs, excluded, overwrite)
+    manifest = manifest_bytes(method, recorded, table, frame.height, seed, epochs, excluded)
+    write_schedule(Path(out), manifest, epochs, overwrite)
     return Path(out), excluded

@@ -1,55 +1,111 @@
-"""Text summaries of schedules, and their per-epoch curriculum plots."""
+"""`curate inspect` on schedules: a text summary per schedule, and their curricula plotted on shared axes."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
 
-
-def load_manifest(path: Path) -> dict:
-    return json.loads((path / "manifest.json").read_text())
-
-
-def epoch_difficulty(path: Path, column: str = "student_ce") -> pl.DataFrame:
-    """Per epoch: sample count and mean of `column` over the epoch's samples (from the schedule's table)."""
-    from ..table import read_table
-
-    manifest = load_manifest(path)
-    table = read_table(manifest["table"]["path"], columns=["sample_id", column]).frame
-    rows = []
-    for e in manifest["epochs"]:
-        ids = pl.read_parquet(path / e["shard"], columns=["sample_id"])
-        mean = ids.join(table, on="sample_id", how="left")[column].mean()
-        rows.append({"epoch": e["epoch"], "num_samples": e["num_samples"], "mean": mean, "stage": e["stage"]})
-    return pl.DataFrame(rows)
+from ..table import TableError, read_table
+from .manifest import read_manifest
 
 
-def summarize_schedule(path: Path) -> str:
-    manifest = load_manifest(path)
-    epochs = manifest["epochs"]
-    total = sum(e["num_samples"] for e in epochs)
+def epoch_profile(path: Path, column: str = "student_ce") -> pl.DataFrame:
+    """Per epoch of a schedule: its training settings and the mean of `column` over the epoch's samples.
+
+    The mean comes from the table the manifest names; it is null when that table cannot be read or lacks the
+    column (the rest of the profile only needs the manifest).
+
+    Raises:
+        ScheduleError: `path` is not a schedule directory.
+    """
+    manifest = read_manifest(path)
+    records = manifest["epochs"]
+    profile = pl.DataFrame({
+        "epoch": [e["epoch"] for e in records],
+        "stage": [e["stage"] for e in records],
+        "num_samples": [e["num_samples"] for e in records],
+        "temperature": [float(e["temperature"]) for e in records],
+        "kd_weight": [float(e["kd_weight"]) for e in records],
+    })
+    try:
+        scores = read_table(manifest["table"]["path"], columns=["sample_id", column]).frame
+    except (TableError, OSError, pl.exceptions.PolarsError, KeyError):
+        return profile.with_columns(mean=pl.lit(None, dtype=pl.Float64))
+    scores = scores.with_columns(pl.col(column).cast(pl.Float64).fill_nan(None))
+    means, cache = [], {}
+    for e in records:
+        shard = path / e["shard"]
+        key = shard.read_bytes()  # epochs over the same subset have identical shards: join once
+        if key not in cache:
+            ids = pl.read_parquet(shard, columns=["sample_id"])
+            cache[key] = ids.join(scores, on="sample_id", how="left")[column].mean()
+        means.append(cache[key])
+    return profile.with_columns(mean=pl.Series(means, dtype=pl.Float64))
+
+
+def summarize_schedule(path: Path, column: str = "student_ce") -> str:
+    """A text summary: method, parameters, table, exclusions, then one line per epoch.
+
+    Raises:
+        ScheduleError: `path` is not a schedule directory.
+    """
+    manifest = read_manifest(path)
+    table = manifest["table"]
+    profile = epoch_profile(path, column)
+    usable = table.get("usable_rows") or 1
+    total = int(profile["num_samples"].sum())
+    params = ", ".join(f"{k}={v}" for k, v in sorted(manifest["params"].items()) if v not in (None, {}))
     lines = [
-        f"schedule {path}: method {manifest['method']}, {len(epochs)} epochs, {total} samples in all, seed {manifest['seed']}",
-        f"  table {manifest['table']['path']} (fingerprint {manifest['table']['fingerprint'][:16]}, "
-        f"{manifest['table']['num_rows']} rows); excluded: {manifest['excluded'] or 'none'}",
-        f"  {'epoch':>5} {'stage':>5} {'samples':>8} {'temp':>6} {'kd_w':>6} {'loss':>5}  params  flags",
+        f"schedule {path}: method {manifest['method']}, {len(profile)} epochs, {total} samples in all "
+        f"({total / usable:.2f} x the usable rows), seed {manifest['seed']}",
+        f"  params: {params}",
+        f"  table {table['path']} (fingerprint {table['fingerprint'][:16]}): {table['num_rows']} rows, "
+        f"{table.get('usable_rows')} usable; excluded: {manifest['excluded'] or 'none'}",
+        f"  {'epoch':>5} {'stage':>5} {'samples':>9} {'mean ' + column:>16} {'temp':>6} {'kd_w':>6} "
+        f"{'loss':>5}  loss params / flags",
     ]
-    for e in epochs:
-        flags = " ".join(f for f, on in (("restart", e["restart_optimizer"]), ("rescore", e["rescore"])) if on)
-        lines.append(f"  {e['epoch']:>5} {e['stage']:>5} {e['num_samples']:>8} {e['temperature']:>6.3f} "
-                     f"{e['kd_weight']:>6.3f} {e['loss']:>5}  {e['loss_params'] or ''}  {flags}")
+    for record, mean in zip(manifest["epochs"], profile["mean"]):
+        flags = [f for f, on in (("restart", record["restart_optimizer"]), ("rescore", record["rescore"])) if on]
+        loss_params = " ".join(f"{k}={v:g}" for k, v in record["loss_params"].items())
+        shown = "n/a" if mean is None else f"{mean:.4f}"
+        lines.append(
+            f"  {record['epoch']:>5} {record['stage']:>5} {record['num_samples']:>9} {shown:>16} "
+            f"{record['temperature']:>6.3f} {record['kd_weight']:>6.3f} {record['loss']:>5}  "
+            f"{' '.join([loss_params, *flags]).strip()}"
+        )
+    if profile["mean"].null_count() == len(profile):
+        lines.append(f"  (mean {column} n/a: the table {table['path']} is not readable or has no column {column})")
     return "\n".join(lines)
 
 
+def _labels(paths: list[Path]) -> list[str]:
+    """Legend labels: directory names, with the parent added where two names clash."""
+    names = [p.name for p in paths]
+    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+
+
 def inspect_schedule(paths: list[Path], plots_dir: Path | None, column: str = "student_ce") -> str:
-    """Summaries of one or more schedules; with `plots_dir`, a curriculum plot of all of them on shared axes."""
-    text = "\n\n".join(summarize_schedule(p) for p in paths)
+    """Text summaries of one or several schedules; with `plots_dir`, their curricula on shared axes.
+
+    Args:
+        paths: schedule directories.
+        plots_dir: where to write `curricula.png` (samples per epoch, mean difficulty, temperature and
+            kd_weight per epoch, one line per schedule); None for text only.
+        column: the table column averaged per epoch as the difficulty.
+
+    Returns:
+        The text to print (with the written PNG path, if any).
+
+    Raises:
+        ScheduleError: a path is not a schedule directory.
+    """
+    paths = [Path(p) for p in paths]
+    text = "\n\n".join(summarize_schedule(p, column) for p in paths)
     if plots_dir is not None:
         from ..plots import plot_curricula
 
-        png = plot_curricula({p.name: epoch_difficulty(p, column) for p in paths},
-                             plots_dir / "curricula.png", column)
+        profiles = {label: epoch_profile(p, column) for label, p in zip(_labels(paths), paths)}
+        png = plot_curricula(profiles, Path(plots_dir) / "curricula.png", column)
         text += f"\n  wrote {png}"
     return text

@@ -1,70 +1,109 @@
 """L2M-KD, least-to-most staged KD (l2m-kd.txt, section 3.2, Algorithm 1, appendix 9.2).
 
-Rank by rouge_l descending (ties by student_ce ascending, the paper's "supplemented by the cross-entropy"), cut
-into n = 4 subsets of floor(N/n) or floor(N/n)+1 samples with the remainder to the easiest subsets first, and
-train stage i on subsets 1..i (Baby Step) for p = 2 epochs. Per stage i (1-based):
-  alpha_i = alpha * (i-1)/(n-1)                          (Eq. 6: skew of the skew KL; alpha = 0.1, 0.15 best in 9.2)
-  beta_i  = beta_1 - (beta_1 - beta_n) * (i-1)/(n-1)     (Eq. 7: KD ratio, 0.7 -> 1.0; total (1-beta) CE + beta KD)
-Stage 1 thus trains with plain KL (skew 0). The manifest stores loss "skl" with {"skew": alpha_i} and
+Rank by rouge_l descending, ties by student_ce ascending (3.2.1: "supplemented by the cross-entropy loss with
+respect to the ground-truth response"), cut into n = 4 subsets of floor(N/n) or floor(N/n)+1 samples with the
+remainder to the easiest subsets first, and train stage i on subsets 1..i (Baby Step) for p = 2 epochs.
+Per stage i (1-based):
+  alpha_i = alpha * (i-1)/(n-1)                          Eq. 6: skew of the skew KL, alpha = 0.1
+  beta_i  = beta_1 - (beta_1 - beta_n) * (i-1)/(n-1)     Eq. 7: KD ratio 0.7 -> 1.0; total (1-beta) CE + beta KD
+so stage 1 trains with plain KL (skew 0). The manifest stores loss "skl" with {"skew": alpha_i} and
 kd_weight = beta_i.
+
+Choices (docs/methods.md):
+- alpha = 0.1 (section 3.2 and Algorithm 1); 9.2 and Table 4 report 0.15 as best: pass --alpha 0.15.
+- p = 2 epochs per stage (9.2: "8 epochs across its four stages"; the same paragraph also says "5 per stage").
+- Optimizer restart per stage: 9.2 starts each stage "using the previous stage's checkpoint for initialization",
+  i.e. a new training run (with its own linear LR schedule and warm-up), so restart_optimizer defaults to true.
+- `--reverse` orders the subsets hard to easy; `loss_order="m2l"` is Table 3's most-to-least variant (skew from
+  alpha down to 0); the two are separate ablations.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
-from .common import Epoch, ScheduleError, check_range, ladder, split_sizes
+from .common import Epoch, cumulative_stages, cut, ladder, split_sizes
+from .config import (
+    ScheduleError,
+    check_at_least,
+    check_choice,
+    check_loss,
+    check_positive,
+    check_range,
+    resolve_loss_params,
+)
+
+LOSS_ORDERS = ("l2m", "m2l")
+TIE_COLUMNS = ("student_ce", "output_ce", "none")
 
 
 @dataclass(frozen=True)
 class L2MConfig:
-    stages: int = 4
-    epochs_per_stage: int = 2
-    alpha: float = 0.1
-    beta1: float = 0.7
-    betan: float = 1.0
+    """L2M-KD parameters; defaults from section 3.2 and appendix 9.2."""
+
+    stages: int = 4  # n
+    epochs_per_stage: int = 2  # p
+    alpha: float = 0.1  # final skew (Eq. 6)
+    beta1: float = 0.7  # KD ratio of stage 1 (Eq. 7)
+    betan: float = 1.0  # KD ratio of stage n
+    loss_order: str = "l2m"  # m2l: skew ladder reversed (Table 3)
+    tie_column: str = "student_ce"  # breaks rouge_l ties; "none": ties by sample_id only
     temperature: float = 1.0
-    restart_optimizer: bool = False
+    restart_optimizer: bool = True
+    loss: str = "skl"  # Eq. 6 is the skew KL with a per-stage skew
+    loss_params: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.stages < 1 or self.epochs_per_stage < 1:
-            raise ScheduleError("parameters stages and epochs_per_stage must be >= 1")
+        check_at_least("stages", self.stages, 1)
+        check_at_least("epochs_per_stage", self.epochs_per_stage, 1)
         check_range("alpha", self.alpha, 0.0, 1.0)
         check_range("beta1", self.beta1, 0.0, 1.0)
         check_range("betan", self.betan, 0.0, 1.0)
-        if self.temperature <= 0:
-            raise ScheduleError("parameter temperature must be > 0")
+        check_choice("loss_order", self.loss_order, LOSS_ORDERS)
+        check_choice("tie_column", self.tie_column, TIE_COLUMNS)
+        check_positive("temperature", self.temperature)
+        check_loss(self.loss, self.loss_params)
+        if "skew" in self.loss_params:
+            raise ScheduleError("parameter loss_params.skew: L2M-KD sets the skew per stage (Eq. 6); use alpha")
 
     def columns(self) -> list[str]:
-        return ["rouge_l", "student_ce"]
+        return ["rouge_l"] + ([] if self.tie_column == "none" else [self.tie_column])
 
 
-def subsets(frame: pl.DataFrame, stages: int) -> list[list[str]]:
-    ranked = frame.sort(["rouge_l", "student_ce", "sample_id"], descending=[True, False, False])
-    if ranked.height < stages:
-        raise ScheduleError(f"{ranked.height} usable rows cannot fill {stages} stages")
-    ids = ranked["sample_id"].to_list()
-    out, start = [], 0
-    for size in split_sizes(len(ids), stages):
-        out.append(ids[start : start + size])
-        start += size
-    return out
+def subsets(frame: pl.DataFrame, stages: int, tie_column: str = "student_ce") -> list[pl.Series]:
+    """The n subsets, easiest first: rouge_l descending, then `tie_column` ascending, then sample_id.
+
+    Raises:
+        ScheduleError: fewer rows than stages.
+    """
+    if frame.height < stages:
+        raise ScheduleError(f"parameter stages: {stages} stages need at least {stages} usable rows, got {frame.height}")
+    keys = ["rouge_l"] + ([] if tie_column == "none" else [tie_column]) + ["sample_id"]
+    descending = [True] + ([] if tie_column == "none" else [False]) + [False]
+    ids = frame.sort(keys, descending=descending)["sample_id"]
+    return cut(ids, split_sizes(frame.height, stages))
 
 
 def build(frame: pl.DataFrame, config: L2MConfig, reverse: bool = False) -> list[Epoch]:
-    parts = subsets(frame, config.stages)
+    """Baby-step epochs with Eq. 6 (skew alpha_i) and Eq. 7 (kd_weight beta_i) per stage."""
+    parts = subsets(frame, config.stages, config.tie_column)
     if reverse:
         parts = parts[::-1]
-    epochs: list[Epoch] = []
-    seen: list[str] = []
-    for stage, part in enumerate(parts):
-        seen = seen + part
-        skew = ladder(0.0, config.alpha, stage, config.stages)
-        beta = ladder(config.beta1, config.betan, stage, config.stages)
+    epochs = []
+    for stage, ids in enumerate(cumulative_stages(parts)):
+        skew_step = stage if config.loss_order == "l2m" else config.stages - 1 - stage
+        skew = ladder(0.0, config.alpha, skew_step, config.stages)
+        params = resolve_loss_params(config.loss, {"skew": skew}, config.loss_params)
         for p in range(config.epochs_per_stage):
-            epochs.append(Epoch(list(seen), stage=stage, temperature=config.temperature, kd_weight=beta, loss="skl",
-                                loss_params={"skew": skew},
-                                restart_optimizer=config.restart_optimizer and p == 0 and stage > 0))
+            epochs.append(Epoch(
+                ids,
+                stage=stage,
+                temperature=config.temperature,
+                kd_weight=ladder(config.beta1, config.betan, stage, config.stages),
+                loss=config.loss,
+                loss_params=params,
+                restart_optimizer=config.restart_optimizer and p == 0 and stage > 0,
+            ))
     return epochs

@@ -2,125 +2,170 @@
 
 Sort by difficulty ascending (student_ce by default; rouge_l, descending, as an option) into s_1..s_N. Zones:
 Early i <= la N; Continuous up to (1 - la - lb) N; Late up to (1 - lb) N; Excluded beyond (never trained on).
-Window size M = (1 - la - lb) N. Epochs 1..k+1 (k warm-up epochs, then the first window) train on s_1..s_M; the
-remaining n-k-1 epochs slide the window right so that its summed difficulty td rises by about
-Delta_avg = (td(last) - td(first)) / (n-k-1) per epoch, the last window ending at (1 - lb) N.
+Window size M = (1 - la - lb) N. Epochs 1..k+1 (k warm-up epochs, then the first window: Algorithm 1's
+`i <= k + 1`) train on s_1..s_M; the remaining n-k-1 epochs slide the window right so that its summed difficulty
+td rises by about Delta_avg = (td(last) - td(first)) / (n-k-1) per epoch, the last window ending at (1 - lb) N.
+Temperature tau_j = tau0 + (taun - tau0)(j-1)/(n-1) over all n epochs; SFT weight 0.3 => kd_weight 0.7.
 
-Choice (documented in docs/methods.md): Algorithm 1's inner loop ("while Delta <= ave.DL: t += 1") overshoots the
-target every epoch, so its drift accumulates and the window can reach the end early. `step="adaptive"` (default)
-instead places window j at the position whose td is closest to td(first) + j * Delta_avg: every increment is as
-close to Delta_avg as the data allows and the last window ends exactly at (1 - lb) N. `step="greedy"` is the literal
-loop (clamped at the end of the curated spectrum), `step="linear"` the paper's "linear step" ablation (equal index
-steps). Temperature is linear from tau0 to taun over all n epochs; SFT weight 0.3 => kd_weight 0.7.
+Choices (docs/methods.md):
+- `step="adaptive"` (default) puts window j where td is closest to td(first) + j Delta_avg (a cumulative
+  target), so every increment is within one position's td change of Delta_avg and the last window ends exactly
+  at (1 - lb) N. Algorithm 1's inner loop (`while Delta <= ave.DL: t += 1`) always overshoots, its drift adds up
+  and the window reaches the end early: that literal loop is `step="greedy"` (clamped at the end of the curated
+  spectrum). `step="linear"` is the paper's "linear step" ablation (equal index steps).
+- `--reverse` is the paper's reverse sliding (RS): warm up on the hardest curated window, then slide left over
+  the same positions; the Excluded zone stays excluded and the temperature still rises.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 
-from .common import Epoch, ScheduleError, check_loss, check_range, ladder, sort_by
+from .common import Epoch, difficulty_of, floor_count, ladder, round_half_up
+from .config import (
+    ScheduleError,
+    check_at_least,
+    check_choice,
+    check_loss,
+    check_positive,
+    check_range,
+    resolve_loss_params,
+)
 
 STEPS = ("adaptive", "greedy", "linear")
+DIFFICULTY_COLUMNS = ("student_ce", "rouge_l", "output_ce", "dds", "teacher_ce")
 
 
 @dataclass(frozen=True)
 class SpectrumConfig:
-    epochs: int = 25  # the paper: 25 epochs (baseline 20), the first 5 warm-up
-    warmup_epochs: int = 5
-    la: float = 0.1
-    lb: float = 0.1
-    difficulty: str = "student_ce"  # or "rouge_l" (ranked descending: high ROUGE-L = easy)
+    """SpectrumKD parameters; defaults from the paper (section 4 and appendix C, GPT-2 setting)."""
+
+    epochs: int = 25  # n: baselines train 20 epochs; SpectrumKD uses 80% of the data per epoch, so 25
+    warmup_epochs: int = 5  # k
+    la: float = 0.1  # lambda_a: Early zone share
+    lb: float = 0.1  # lambda_b: Excluded zone share
+    difficulty: str = "student_ce"  # the spectrum's metric (rouge_l is ranked descending)
     step: str = "adaptive"
     tau0: float = 1.0
     taun: float = 2.0
-    sft_weight: float = 0.3
-    loss: str = "kld"
+    sft_weight: float = 0.3  # alpha of Eq. 7 for off-policy KD; kd_weight = 1 - alpha
+    loss: str = "kld"  # SpectrumKD is a plug-in over a base KD loss; KLD is its main baseline
+    loss_params: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_range("la", self.la, 0.0, 1.0)
         check_range("lb", self.lb, 0.0, 1.0)
-        if 2 * self.la + self.lb > 1:
-            raise ScheduleError(f"parameters la, lb: SpectrumKD needs 2*la + lb <= 1, got {2 * self.la + self.lb:.3f}")
-        if self.epochs < 1 or not 0 <= self.warmup_epochs < self.epochs:
-            raise ScheduleError(f"parameters epochs, warmup_epochs: need epochs >= 1 and 0 <= warmup_epochs < epochs")
-        if self.step not in STEPS:
-            raise ScheduleError(f"parameter step must be one of {', '.join(STEPS)}")
-        if self.difficulty not in ("student_ce", "rouge_l", "dds", "teacher_ce", "output_ce"):
-            raise ScheduleError(f"parameter difficulty: unsupported column {self.difficulty!r}")
+        if 2 * self.la + self.lb > 1 + 1e-12:
+            raise ScheduleError(
+                f"parameters la, lb: SpectrumKD needs 2*la + lb <= 1 (the Early zone must fit inside the window), "
+                f"got 2*{self.la} + {self.lb} = {2 * self.la + self.lb:g}"
+            )
+        check_at_least("epochs", self.epochs, 1)
+        check_at_least("warmup_epochs", self.warmup_epochs, 0)
+        if self.warmup_epochs >= self.epochs:
+            raise ScheduleError(
+                f"parameter warmup_epochs must be < epochs ({self.epochs}), got {self.warmup_epochs}"
+            )
+        check_choice("difficulty", self.difficulty, DIFFICULTY_COLUMNS)
+        check_choice("step", self.step, STEPS)
+        check_positive("tau0", self.tau0)
+        check_positive("taun", self.taun)
         check_range("sft_weight", self.sft_weight, 0.0, 1.0)
-        check_loss(self.loss, {})
+        check_loss(self.loss, self.loss_params)
 
     def columns(self) -> list[str]:
         return [self.difficulty]
 
 
 def zone_bounds(n: int, la: float, lb: float) -> tuple[int, int, int]:
-    """(end of Early, end of Continuous, end of Late) as counts: zones are s_1..e1, ..e2, ..e3; Excluded after e3."""
-    return int(np.floor(la * n)), int(np.floor((1 - la - lb) * n)), int(np.floor((1 - lb) * n))
+    """Ends of the Early, Continuous and Late zones as counts (s_1..e1, ..e2, ..e3); Excluded is e3+1..N.
+
+    e2 is also the window size M and e3 the end of the curated spectrum D'_ds.
+    """
+    return floor_count(la, n), floor_count(1 - la - lb, n), floor_count(1 - lb, n)
 
 
 def window_starts(difficulty: np.ndarray, m: int, end: int, slides: int, step: str) -> list[int]:
-    """0-based start of the window for each of the `slides` post-warm-up epochs after the first window.
+    """0-based start of the window in each of the `slides` epochs after the first window (n - k - 1 of them).
 
     Args:
-        difficulty: ascending difficulty of the spectrum s_1..s_N (only the first `end` are eligible).
-        m: window size. end: last eligible index (exclusive), (1 - lb) N. slides: n - k - 1.
+        difficulty: ascending difficulty of s_1..s_N (only the first `end` are eligible).
+        m: window size M.
+        end: end of the curated spectrum, (1 - lb) N (exclusive, 0-based).
+        slides: number of epochs after the first window.
+        step: adaptive, greedy or linear (see the module docstring).
+
+    Returns:
+        Non-decreasing starts; the last one is end - m (the window ends at (1 - lb) N).
     """
     last = end - m
     if slides <= 0:
         return []
     if step == "linear":
-        return [round(last * j / slides) for j in range(1, slides + 1)]
+        return [round_half_up(last * j / slides) for j in range(1, slides + 1)]
     prefix = np.concatenate([[0.0], np.cumsum(difficulty[:end], dtype=np.float64)])
-    td = prefix[m : end + 1] - prefix[: last + 1]  # td[t] = summed difficulty of window starting at t
-    avg = (td[last] - td[0]) / slides
-    starts: list[int] = []
-    if step == "greedy":  # Algorithm 1, lines 12-17, clamped at the end of the curated spectrum
-        t = 0
-        for _ in range(slides):
-            delta = 0.0
-            while delta <= avg and t < last:
-                delta += difficulty[m + t] - difficulty[t]
-                t += 1
-            starts.append(t)
-        starts[-1] = last
-        return starts
-    previous = 0
-    for j in range(1, slides + 1):
-        target = td[0] + j * avg
-        k = int(np.searchsorted(td, target))  # td is non-decreasing: first start reaching the target
-        candidates = [c for c in (k - 1, k) if previous <= c <= last]
-        best = min(candidates, key=lambda c: (abs(td[c] - target), c)) if candidates else previous
-        starts.append(best)
-        previous = best
-    starts[-1] = last
+    td = prefix[m : end + 1] - prefix[: last + 1]  # td[t]: summed difficulty of the window starting at t
+    avg = (td[last] - td[0]) / slides  # Delta_avg
+    if step == "greedy":
+        return _greedy_starts(difficulty, m, last, slides, avg)
+    targets = td[0] + avg * np.arange(1, slides + 1)
+    right = np.clip(np.searchsorted(td, targets, side="left"), 0, last)  # first start with td >= target
+    left = np.maximum(right - 1, 0)
+    # Nearest of the two neighbours, the smaller start on a tie; td is non-decreasing, so this is monotone.
+    starts = np.where(np.abs(td[left] - targets) <= np.abs(td[right] - targets), left, right)
+    starts = np.maximum.accumulate(starts)
+    starts[-1] = last  # exact, whatever float rounding did to the last target
+    return [int(s) for s in starts]
+
+
+def _greedy_starts(difficulty: np.ndarray, m: int, last: int, slides: int, avg: float) -> list[int]:
+    """Algorithm 1, lines 12-17, literally: slide while the accumulated rise is <= Delta_avg (clamped at `last`)."""
+    starts, t = [], 0
+    for _ in range(slides):
+        delta = 0.0
+        while delta <= avg and t < last:
+            delta += difficulty[m + t] - difficulty[t]  # s_{M+t} enters, s_t leaves (1-based in the paper)
+            t += 1
+        starts.append(t)
+    starts[-1] = last  # the loop overshoots, so it is already there unless Delta_avg was 0
     return starts
 
 
 def build(frame: pl.DataFrame, config: SpectrumConfig, reverse: bool = False) -> list[Epoch]:
-    """The SpectrumKD epochs for the usable rows of a table.
+    """The SpectrumKD epochs for the usable rows of a table (columns sample_id and `config.difficulty`).
 
-    `reverse` is the paper's reverse-sliding ablation: the same windows, visited from hard to easy.
+    Raises:
+        ScheduleError: la, lb leave an empty window for this many rows.
     """
-    descending = config.difficulty == "rouge_l"  # high ROUGE-L is easy
-    ordered = sort_by(frame, config.difficulty, descending)
-    ids = ordered["sample_id"].to_list()
-    difficulty = ordered[config.difficulty].cast(pl.Float64).to_numpy()
-    if descending:
-        difficulty = -difficulty  # ascending difficulty for the window arithmetic
+    ordered = frame.with_columns(_difficulty=difficulty_of(config.difficulty, frame[config.difficulty])).sort(
+        ["_difficulty", "sample_id"]  # ties by sample_id: the order never depends on the table's row order
+    )
+    ids, difficulty = ordered["sample_id"], ordered["_difficulty"].to_numpy()
     n = len(ids)
     _, m, end = zone_bounds(n, config.la, config.lb)
     if m < 1:
-        raise ScheduleError(f"parameters la, lb leave an empty window for {n} rows")
-    slides = config.epochs - config.warmup_epochs - 1
-    starts = [0] * (config.warmup_epochs + 1) + window_starts(difficulty, m, end, slides, config.step)
+        raise ScheduleError(
+            f"parameters la={config.la}, lb={config.lb} leave an empty window for {n} usable rows "
+            "(M = floor((1 - la - lb) N) = 0); lower them or score more rows"
+        )
+    k = config.warmup_epochs
+    positions = [0, *window_starts(difficulty, m, end, config.epochs - k - 1, config.step)]
     if reverse:
-        starts = starts[::-1]
+        positions = positions[::-1]  # start on the hardest curated window and slide left
+    starts = [positions[0]] * k + positions
+    windows: dict[int, pl.Series] = {}
+    params = resolve_loss_params(config.loss, {}, config.loss_params)
     return [
-        Epoch(ids[s : s + m], stage=0, temperature=ladder(config.tau0, config.taun, j, config.epochs),
-              kd_weight=1 - config.sft_weight, loss=config.loss)
+        Epoch(
+            windows.setdefault(s, ids.slice(s, m)),
+            stage=0,
+            temperature=ladder(config.tau0, config.taun, j, config.epochs),
+            kd_weight=1.0 - config.sft_weight,
+            loss=config.loss,
+            loss_params=params,
+        )
         for j, s in enumerate(starts)
     ]

@@ -1,93 +1,135 @@
-"""SRD, Selective Reflection Distillation (srd.txt, sections 3.2-3.3, Algorithm 1).
+"""SRD, Selective Reflection Distillation (srd.txt, sections 3.2-3.3, Algorithm 1, appendix B.3).
 
-Rank by rouge_l (descending: higher is easier) and by a CE column (ascending), fuse with reciprocal rank fusion
-f = 1/(k + r_rouge) + 1/(k + r_ce), k = 60, ranks from 1 (higher f = easier). Keep the top lambda = 0.75, cut
-into n = 3 subsets of increasing difficulty whose sizes differ by at most one, and train stage i on the union of
-subsets 1..i (Baby Step) for p epochs. Per stage, temperature 1 -> 2 and SFT weight 0.3 -> 0.1, linear in the
-stage index. The optimizer and LR schedule restart at each stage (as the reference code does).
+Rank by rouge_l (descending: higher is easier) and by a CE column (ascending), ranks from 1, and fuse them with
+reciprocal rank fusion f = 1/(k + r_rouge) + 1/(k + r_ce), k = 60 (higher f = easier). Keep the top
+lambda = 0.75 (floor(lambda N) rows), cut them into n = 3 subsets of increasing difficulty whose sizes differ by
+at most one, and train stage i on the union of subsets 1..i (Baby Step) for p epochs. Per stage (1-based i):
+tau_i = tau0 + (taun - tau0)(i-1)/(n-1) (1 -> 2) and SFT ratio alpha_i = alpha0 - (alpha0 - alphan)(i-1)/(n-1)
+(0.3 -> 0.1), so kd_weight = 1 - alpha_i runs 0.7 -> 0.9. The optimizer and LR schedule restart at each stage.
 
-Choice: the paper's Eq. 4 ranks by the CE of the student's own output (`output_ce`); its reference code uses the
-CE of the ground truth (`student_ce`). `ce_column` selects; the default follows the paper.
+Choices (docs/methods.md):
+- CE column: Eq. 4 ranks by the CE of the student's own output (`output_ce`); the reference code uses the CE of
+  the ground truth (`student_ce`). `ce_column` selects; the default follows the paper.
+- p = 8 epochs per stage: B.3.1 trains "8 epochs per curriculum stage" for 60% of a 20-epoch baseline's steps,
+  and 8 x (1/3 + 2/3 + 3/3) x 0.75 N = 12 N = 60% of 20 N checks out.
+- Ties in a ranking get consecutive ranks in sample_id order (`rank_ties="ordinal"`, what ranking a sorted list
+  does); `rank_ties="min"` gives tied rows the same (best) rank, as TREC's RRF does with equal scores.
+- `--reverse` is Table 5's "Reverse" (hard-to-easy order): the subsets enter hardest first; the temperature and
+  SFT ladders keep their direction (Table 5 ablates those separately: set tau0/taun or sft0/sftn).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
-from .common import Epoch, ScheduleError, check_loss, check_range, ladder, ordinal_rank, split_sizes
+from .common import Epoch, cumulative_stages, cut, floor_count, ladder, split_sizes
+from .config import (
+    ScheduleError,
+    check_at_least,
+    check_choice,
+    check_loss,
+    check_positive,
+    check_range,
+    resolve_loss_params,
+)
+
+CE_COLUMNS = ("output_ce", "student_ce")
+RANK_TIES = ("ordinal", "min")
 
 
 @dataclass(frozen=True)
 class SRDConfig:
-    stages: int = 3
-    epochs_per_stage: int = 4  # the paper trains 60% of a 20-epoch baseline: 3 stages x 4 epochs
-    keep: float = 0.75  # lambda
+    """SRD parameters; defaults from appendix B.3 (instruction following)."""
+
+    stages: int = 3  # n
+    epochs_per_stage: int = 8  # p
+    keep: float = 0.75  # lambda: retained share
     rrf_k: int = 60
     ce_column: str = "output_ce"
+    rank_ties: str = "ordinal"
     tau0: float = 1.0
     taun: float = 2.0
-    sft0: float = 0.3
-    sftn: float = 0.1
+    sft0: float = 0.3  # alpha_0 (off-policy KD)
+    sftn: float = 0.1  # alpha_n
     restart_optimizer: bool = True
-    loss: str = "kld"
+    loss: str = "kld"  # SRD is a plug-in over a base KD loss; its main tables use KLD
+    loss_params: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.stages < 1 or self.epochs_per_stage < 1:
-            raise ScheduleError("parameters stages and epochs_per_stage must be >= 1")
+        check_at_least("stages", self.stages, 1)
+        check_at_least("epochs_per_stage", self.epochs_per_stage, 1)
         check_range("keep", self.keep, 0.0, 1.0)
+        check_at_least("rrf_k", self.rrf_k, 0)
+        check_choice("ce_column", self.ce_column, CE_COLUMNS)
+        check_choice("rank_ties", self.rank_ties, RANK_TIES)
+        check_positive("tau0", self.tau0)
+        check_positive("taun", self.taun)
         check_range("sft0", self.sft0, 0.0, 1.0)
         check_range("sftn", self.sftn, 0.0, 1.0)
-        if self.rrf_k < 0:
-            raise ScheduleError("parameter rrf_k must be >= 0")
-        if self.ce_column not in ("output_ce", "student_ce"):
-            raise ScheduleError("parameter ce_column must be output_ce (paper) or student_ce (reference code)")
-        check_loss(self.loss, {})
+        check_loss(self.loss, self.loss_params)
 
     def columns(self) -> list[str]:
         return ["rouge_l", self.ce_column]
 
 
-def rrf_scores(frame: pl.DataFrame, ce_column: str, k: int = 60) -> pl.DataFrame:
-    """Adds r_rouge, r_ce (ordinal ranks from 1, ties by sample_id) and the fused score f; sorted easiest first."""
-    ranked = frame.with_columns(
-        r_rouge=ordinal_rank(frame, "rouge_l", descending=True),
-        r_ce=ordinal_rank(frame, ce_column, descending=False),
-    )
+def rrf_scores(frame: pl.DataFrame, ce_column: str, k: int = 60, ties: str = "ordinal") -> pl.DataFrame:
+    """Adds r_rouge, r_ce (ranks from 1) and the fused score f; returned sorted easiest first (f descending).
+
+    Args:
+        frame: sample_id, rouge_l and `ce_column`.
+        ce_column: output_ce (paper) or student_ce (reference code).
+        k: the RRF constant.
+        ties: "ordinal" (ties in sample_id order) or "min" (ties share the best rank).
+    """
+    if ties == "min":
+        ranked = frame.with_columns(
+            r_rouge=pl.col("rouge_l").rank(method="min", descending=True).cast(pl.Int64),
+            r_ce=pl.col(ce_column).rank(method="min").cast(pl.Int64),
+        )
+    else:  # ordinal: the position in the list sorted by the metric, ties by sample_id
+        ranked = (
+            frame.sort(["rouge_l", "sample_id"], descending=[True, False]).with_row_index("r_rouge", offset=1)
+            .sort([ce_column, "sample_id"]).with_row_index("r_ce", offset=1)
+            .with_columns(pl.col("r_rouge").cast(pl.Int64), pl.col("r_ce").cast(pl.Int64))
+        )
     fused = ranked.with_columns(f=1.0 / (k + pl.col("r_rouge")) + 1.0 / (k + pl.col("r_ce")))
     return fused.sort(["f", "sample_id"], descending=[True, False])
 
 
-def subsets(frame: pl.DataFrame, config: SRDConfig) -> list[list[str]]:
-    """The n subsets of increasing difficulty, after keeping the top `keep` fraction by fused score."""
-    ranked = rrf_scores(frame, config.ce_column, config.rrf_k)
-    kept = int(config.keep * ranked.height)
+def subsets(frame: pl.DataFrame, config: SRDConfig) -> list[pl.Series]:
+    """The n subsets of increasing difficulty, after keeping the top floor(keep * N) rows by fused score.
+
+    Raises:
+        ScheduleError: fewer kept rows than stages.
+    """
+    ranked = rrf_scores(frame, config.ce_column, config.rrf_k, config.rank_ties)
+    kept = floor_count(config.keep, ranked.height)
     if kept < config.stages:
-        raise ScheduleError(f"keep={config.keep} of {ranked.height} rows leaves {kept} rows for {config.stages} stages")
-    ids = ranked["sample_id"].to_list()[:kept]
-    out, start = [], 0
-    for size in split_sizes(kept, config.stages):
-        out.append(ids[start : start + size])
-        start += size
-    return out
+        raise ScheduleError(
+            f"parameter keep: keep={config.keep} of {ranked.height} usable rows leaves {kept} rows for "
+            f"{config.stages} stages; raise keep or lower stages"
+        )
+    return cut(ranked["sample_id"].head(kept), split_sizes(kept, config.stages))
 
 
 def build(frame: pl.DataFrame, config: SRDConfig, reverse: bool = False) -> list[Epoch]:
-    """Baby-step epochs; `reverse` introduces the subsets hard to easy (the papers' reverse-curriculum ablation)."""
+    """Baby-step epochs with the per-stage temperature and SFT ladders (columns sample_id, rouge_l, CE)."""
     parts = subsets(frame, config)
     if reverse:
         parts = parts[::-1]
-    epochs: list[Epoch] = []
-    seen: list[str] = []
-    for stage, part in enumerate(parts):
-        seen = seen + part
+    params = resolve_loss_params(config.loss, {}, config.loss_params)
+    epochs = []
+    for stage, ids in enumerate(cumulative_stages(parts)):
         for p in range(config.epochs_per_stage):
             epochs.append(Epoch(
-                list(seen), stage=stage,
+                ids,
+                stage=stage,
                 temperature=ladder(config.tau0, config.taun, stage, config.stages),
-                kd_weight=1 - ladder(config.sft0, config.sftn, stage, config.stages),
+                kd_weight=1.0 - ladder(config.sft0, config.sftn, stage, config.stages),
                 loss=config.loss,
+                loss_params=params,
                 restart_optimizer=config.restart_optimizer and p == 0 and stage > 0,
             ))
     return epochs
