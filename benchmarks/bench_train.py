@@ -5,8 +5,8 @@
 Embedded default pair (teacher SmolLM2-135M-Instruct, 15-layer pruned student), batch 8 x 512 tokens, all of them
 scored, KL loss, AdamW step included. Each variant runs in its own process:
 
-- syllabus: the trainer's code path (`DistillStudent` + `chunked_distill_loss`): bf16 autocast, teacher in bf16
-  under no_grad, logits computed in 1,024-token chunks under activation checkpointing.
+- syllabus: the trainer's code path (`DistillStudent` + `chunked_loss_sums`): bf16 autocast, teacher in bf16
+  under no_grad, logits computed in 1,024-token chunks with closed-form per-chunk gradients (train/losses.py).
 - naive: what DistiLLM/MiniLLM-style code does: full (B, T, V) logits for student and teacher, upcast to fp32,
   softmax/log-softmax over the whole vocabulary, same autocast and teacher dtype.
 
@@ -62,7 +62,7 @@ def run_variant(variant: str, batch: int, seq_len: int, steps: int) -> dict:
 
     from syllabus.curate.models import prepare_default_models
     from syllabus.train.data import Batch
-    from syllabus.train.losses import chunked_distill_loss, kd_divergence
+    from syllabus.train.losses import kd_divergence
     from syllabus.train.loop import DistillStudent
     from syllabus.train.manifest import EpochPlan
 
@@ -85,8 +85,8 @@ def run_variant(variant: str, batch: int, seq_len: int, steps: int) -> dict:
         with torch.no_grad(), autocast:
             t_hidden = teacher.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[rows, cols]
         with autocast:
-            sft, kd = wrapped(data, t_hidden, teacher.get_output_embeddings().weight, plan, "kld", {}, 1024)
-        (kd / targets.numel()).backward()
+            sums = wrapped(data, t_hidden, teacher.get_output_embeddings().weight, plan, "kld", {}, 1.0, 1024)
+        (sums.loss_sum / targets.numel()).backward()
 
     def naive_step():
         with torch.no_grad(), autocast:

@@ -23,7 +23,7 @@ from syllabus.curate.workdir import claim_output
 from . import state as state_io
 from .config import TrainConfig
 from .data import Batch, SampleStore, collate, epoch_micro_batches, read_shard
-from .losses import chunked_distill_loss
+from .losses import LossSums, chunked_loss_sums, resolve_loss_params
 from .manifest import EpochPlan, Schedule, read_schedule
 from .rescore import rescore_epoch
 
@@ -40,16 +40,17 @@ class DistillStudent(torch.nn.Module):
         self.model = model
 
     def forward(self, batch: Batch, teacher_hidden: torch.Tensor | None, teacher_head: torch.Tensor | None,
-                plan: EpochPlan, loss: str, loss_params: dict, chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+                plan: EpochPlan, loss: str, loss_params: dict, kd_weight: float, chunk_tokens: int) -> LossSums:
         hidden = self.model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-        return chunked_distill_loss(
-            student_hidden=hidden[batch.rows, batch.cols],
-            student_head=self.model.get_output_embeddings().weight,
-            targets=batch.targets,
+        return chunked_loss_sums(
+            hidden[batch.rows, batch.cols],
+            self.model.get_output_embeddings().weight,
+            batch.targets,
             teacher_hidden=teacher_hidden,
             teacher_head=teacher_head,
             loss=loss,
             temperature=plan.temperature,
+            kd_weight=kd_weight,
             chunk_tokens=chunk_tokens,
             **loss_params,
         )
@@ -102,6 +103,11 @@ def setup(config: TrainConfig) -> Run:
     chat = table.metadata.get("template") == "chat"
     store = SampleStore(table.frame, tokenizer, config.max_seq_len, chat)
     for plan in schedule.epochs:
+        loss, params, _ = epoch_loss(plan, config)
+        try:
+            resolve_loss_params(loss, params)
+        except ValueError as err:
+            raise TrainError(f"{config.manifest}, epoch {plan.epoch}: {err}") from None
         store.check(read_shard(plan.shard), str(plan.shard))
     identity = {
         # stopping and snapshot settings do not change what a step computes, so a resumed run may change them
@@ -159,29 +165,29 @@ def train_step(run: Run, model: Any, group: list[Batch], plan: EpochPlan, optimi
     global_tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), reduction="sum").item())
     # DDP averages gradients over ranks; scale so the result is the sum over all tokens / global token count.
     scale = acc.num_processes / max(1, global_tokens)
-    sft_total = kd_total = 0.0
+    loss_total = sft_total = kd_total = 0.0
     for k, batch in enumerate(group):
         batch = Batch(*(t.to(acc.device) for t in (batch.input_ids, batch.attention_mask, batch.rows, batch.cols, batch.targets)))
         teacher_hidden = teacher_head = None
-        if kd_weight > 0:  # the teacher runs only for batches that need it
+        if kd_weight > 0 and loss_name != "sft":  # the teacher runs only for batches that need it
             with torch.no_grad(), acc.autocast():
                 hidden = run.teacher.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
             teacher_hidden = hidden[batch.rows, batch.cols]
             teacher_head = run.teacher.get_output_embeddings().weight
         sync = acc.no_sync(model) if k < len(group) - 1 else _nullcontext()
         with sync, acc.autocast():
-            sft_sum, kd_sum = model(batch, teacher_hidden, teacher_head, plan, loss_name, loss_params,
-                                    run.config.loss_chunk_tokens)
-            loss = ((1 - kd_weight) * sft_sum + kd_weight * kd_sum) * scale
-        acc.backward(loss)
-        sft_total += sft_sum.item()
-        kd_total += kd_sum.item()
+            sums = model(batch, teacher_hidden, teacher_head, plan, loss_name, loss_params, kd_weight,
+                         run.config.loss_chunk_tokens)
+        acc.backward(sums.loss_sum * scale)
+        loss_total += sums.loss_sum.item()
+        sft_total += sums.sft_sum.item()
+        kd_total += sums.kd_sum.item()
     grad_norm = acc.clip_grad_norm_(model.parameters(), run.config.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     n = max(1, local_tokens)
-    return {"loss": (1 - kd_weight) * sft_total / n + kd_weight * kd_total / n, "sft": sft_total / n,
+    return {"loss": loss_total / n, "sft": sft_total / n,
             "kd": kd_total / n, "kd_weight": kd_weight, "loss_name": loss_name, "tokens": local_tokens,
             "grad_norm": float(grad_norm)}
 

@@ -1,197 +1,601 @@
 """Token-level distillation losses (design.md, "Losses"), as small pure functions.
 
-p = teacher, q = student, both softened by the same temperature tau; every KD term is multiplied by tau^2.
-All math is fp32 (inputs are upcast before anything is mixed: a bf16 teacher against an fp32 student made a
-peer's JSD negative). Mixtures are formed in log space, log(a p + (1-a) q) = logaddexp(log a + log p,
-log(1-a) + log q), so nothing takes log 0. These are true divergences (KL, not DistiLLM's cross-entropy form);
-`distillm_form` gives the cross-entropy variant for comparison with their logs.
+p = teacher, q = student, both softened by the same temperature tau; every KD term is multiplied by tau^2. Only
+response tokens count: the caller passes a validity mask built from lengths (never by matching pad ids, which may
+equal the EOS id whose target must be kept). Functions return SUMS over valid tokens and the token count, so the
+trainer can divide by the global count across gradient accumulation and ranks; `LossSums.mean` is the local mean.
 
-`chunked_distill_loss` is what the trainer calls: it computes logits from final hidden states chunk by chunk, under
-activation checkpointing, so no more than one (chunk, V) fp32 tensor per model is alive, forward or backward.
+Numerics. All divergence math is fp32 with autocast disabled; both models' logits are upcast before anything is
+mixed (a bf16 teacher against an fp32 student made a peer's JSD negative). Mixtures are formed in log space,
+log(a p + (1-a) q) = logaddexp(log a + log p, log(1-a) + log q), exact at a = 0 and a = 1, so nothing takes log 0.
+These are true divergences; `distillm_form=True` also returns DistiLLM's logged form (for kld and skl the
+cross-entropy -sum p log(.), i.e. the KL plus the teacher's entropy; DistiLLM's other losses are already true
+divergences) for comparison with their logs. Gradients of the two forms are identical.
+
+Memory. Full-vocabulary fp32 logits for teacher and student are the first OOM in every peer. `chunked_loss_sums`
+takes final hidden states and the lm_head weights and computes logits one chunk of tokens at a time: the (N, V)
+logits never exist. Each chunk's gradient with respect to its logits is computed in the forward, in closed form
+(checked against autograd by the tests), and pushed through the lm_head at once, the fused-linear scheme of
+Liger-Kernel: no (chunk, V) tensor outlives its chunk and, unlike activation checkpointing, nothing is recomputed
+in backward. The price: the gradient is that of the one objective `(1 - kd_weight) * sft + kd_weight * kd`, so
+`kd_weight` is an argument and only `loss_sum` carries a gradient (`sft_sum` and `kd_sum` are detached, for logs).
+`loss_sums` is the same loss on full logits with plain autograd: the reference, and fine for small vocabularies.
+
+Precision. The lm_head matmuls follow the ambient autocast (bf16 under `accelerator.autocast()`: about 9x faster on
+this CPU than fp32); the softmax, the divergences and all accumulators are fp32.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
-from torch.utils.checkpoint import checkpoint
+import torch.nn.functional as F
 
 LOSSES = ("sft", "kld", "rkl", "jsd", "tvd", "skl", "srkl", "bdl")
-DEFAULT_PARAMS = {"skew": 0.1, "beta": 0.5, "lambda": 0.9}
+DEFAULT_PARAMS: dict[str, dict[str, float]] = {
+    "sft": {}, "kld": {}, "rkl": {}, "tvd": {},
+    "jsd": {"beta": 0.5},    # GKD's generalised JSD; 0.5 is the symmetric JSD
+    "skl": {"skew": 0.1},    # DistiLLM's default skew
+    "srkl": {"skew": 0.1},
+    "bdl": {"lambda": 0.9},  # DA-KD's best lambda (Fig. 4)
+}
+# -inf logits (a masked vocabulary) make 0 * log 0 and log-space mixtures of two -inf produce NaN gradients. A finite
+# floor gives the same probabilities (exp underflows to exactly 0) and finite gradients, even at temperature 0.01.
+_LOGIT_FLOOR = -1e30
 
 
-def mix_logprobs(log_p: torch.Tensor, log_q: torch.Tensor, a: float) -> torch.Tensor:
-    """log(a p + (1 - a) q), exact at a = 0 and a = 1."""
-    if a <= 0.0:
-        return log_q
-    if a >= 1.0:
-        return log_p
-    return torch.logaddexp(log_p + math.log(a), log_q + math.log1p(-a))
+class LossSums(NamedTuple):
+    """Sums over valid tokens; divide by the global token count (across accumulation steps and ranks).
 
-
-def kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """KL(A || B) per row over the last dim, from log-probabilities; 0 log 0 = 0.
-
-    Args:
-        log_a, log_b: (N, V) log-probabilities.
-
-    Returns:
-        (N,) divergences.
+    loss_sum: (1 - kd_weight) * sft_sum + kd_weight * kd_sum (sft_sum alone for the loss "sft"), fp32 scalar; the
+        only one that carries a gradient.
+    sft_sum: summed cross-entropy of the targets under q at temperature 1 (detached).
+    kd_sum: summed divergence times tau^2 (detached); 0 when kd_weight is 0 or the loss is "sft".
+    kd_distillm_sum: kd_sum in DistiLLM's logged form (detached), or None unless asked for.
+    num_tokens: number of valid tokens in this call.
     """
-    a = log_a.exp()
-    return torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a)).sum(-1)
+
+    loss_sum: torch.Tensor
+    sft_sum: torch.Tensor
+    kd_sum: torch.Tensor
+    kd_distillm_sum: torch.Tensor | None
+    num_tokens: int
+
+    def mean(self) -> torch.Tensor:
+        """loss_sum over this call's tokens (0 when there are none); use a global count for accumulation or DDP."""
+        return self.loss_sum / max(1, self.num_tokens)
 
 
-def _kld(lp, lq, **_):
-    return kl(lp, lq)
+# ---------------------------------------------------------------------------------------------------------------
+# Divergences of log-probabilities. log_p: teacher, log_q: student, both (N, V) fp32; each returns (N,).
 
 
-def _rkl(lp, lq, **_):
-    return kl(lq, lp)
+def log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> torch.Tensor:
+    """log(w p + (1 - w) q) computed in log space; returns log_q at w = 0 and log_p at w = 1 exactly."""
+    if weight_p == 0.0:
+        return log_q
+    if weight_p == 1.0:
+        return log_p
+    return torch.logaddexp(log_p + math.log(weight_p), log_q + math.log1p(-weight_p))
 
 
-def _jsd(lp, lq, beta=0.5, **_):
-    # Generalised JSD as in GKD/TRL: beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q.
-    lm = mix_logprobs(lp, lq, beta)
-    return beta * kl(lp, lm) + (1 - beta) * kl(lq, lm)
+def kl_divergence(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """KL(A || B) = sum_v A (log A - log B) per row; entries with A = 0 contribute 0 (log-probs are finite here)."""
+    return (log_a.exp() * (log_a - log_b)).sum(-1)
 
 
-def _tvd(lp, lq, **_):
-    return 0.5 * (lp.exp() - lq.exp()).abs().sum(-1)
+def forward_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """kld: KL(p || q)."""
+    return kl_divergence(log_p, log_q)
 
 
-def _skl(lp, lq, skew=0.1, **_):
-    # DistiLLM skew KL: KL(p || a p + (1 - a) q)
-    return kl(lp, mix_logprobs(lp, lq, skew))
+def reverse_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """rkl: KL(q || p)."""
+    return kl_divergence(log_q, log_p)
 
 
-def _srkl(lp, lq, skew=0.1, **_):
-    # DistiLLM skew reverse KL: KL(q || (1 - a) p + a q)
-    return kl(lq, mix_logprobs(lp, lq, 1 - skew))
+def generalized_jsd(log_p: torch.Tensor, log_q: torch.Tensor, beta: float) -> torch.Tensor:
+    """jsd: beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q (GKD, TRL's generalized_jsd_loss).
+
+    DistiLLM's `js_distance(lam)` is this with beta = 1 - lam (its default lam = 0.9 is beta = 0.1).
+    """
+    log_m = log_mixture(log_p, log_q, beta)
+    return beta * kl_divergence(log_p, log_m) + (1 - beta) * kl_divergence(log_q, log_m)
 
 
-def _bdl(lp, lq, **params):
-    # DA-KD Eq. 4: KL((1 - l) p + l q || l p + (1 - l) q). At l = 0.5 both sides are equal: zero loss.
-    lam = params.get("lambda", 0.9)
-    return kl(mix_logprobs(lp, lq, 1 - lam), mix_logprobs(lp, lq, lam))
+def total_variation(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """tvd: 0.5 sum_v |p - q|, in [0, 1]."""
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+
+
+def skew_forward_kl(log_p: torch.Tensor, log_q: torch.Tensor, skew: float) -> torch.Tensor:
+    """skl: KL(p || a p + (1 - a) q), a = skew (DistiLLM; L2M-KD Eq. 5-6). skew 0 is kld."""
+    return kl_divergence(log_p, log_mixture(log_p, log_q, skew))
+
+
+def skew_reverse_kl(log_p: torch.Tensor, log_q: torch.Tensor, skew: float) -> torch.Tensor:
+    """srkl: KL(q || (1 - a) p + a q), a = skew (DistiLLM). skew 0 is rkl."""
+    return kl_divergence(log_q, log_mixture(log_p, log_q, 1.0 - skew))
+
+
+def bidirectional_discrepancy(log_p: torch.Tensor, log_q: torch.Tensor, lam: float) -> torch.Tensor:
+    """bdl: KL((1 - l) p + l q || l p + (1 - l) q), DA-KD Eq. 4, l = lambda.
+
+    Read as printed in Eq. 4 (teacher-weighted 1 - l in the first argument) and consistent with Algorithm 1,
+    `D_BDL(y_T, y_S)`. l = 0.5 makes the two arguments equal: the loss is identically 0 (the paper's "gradient
+    vanishing" at 0.5). l = 0 is kld and l = 1 is rkl. The paper's `tau = 0.1` is the data-mixing ratio of its
+    stratified sampling, not a temperature; the temperature comes from the schedule as for every loss. Appendix A.1
+    states the limits of P_m / Q_m for x = q/p -> 0 and -> inf the other way round from Sec. 3.3; the loss itself
+    is unambiguous.
+    """
+    return kl_divergence(log_mixture(log_p, log_q, 1.0 - lam), log_mixture(log_p, log_q, lam))
 
 
 _DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {
-    "kld": _kld, "rkl": _rkl, "jsd": _jsd, "tvd": _tvd, "skl": _skl, "srkl": _srkl, "bdl": _bdl,
+    "kld": forward_kl, "rkl": reverse_kl, "jsd": generalized_jsd, "tvd": total_variation,
+    "skl": skew_forward_kl, "srkl": skew_reverse_kl, "bdl": bidirectional_discrepancy,
 }
+# DistiLLM logs forward_kl and skewed_forward_kl as cross-entropies (-sum p log q): our value plus H(p).
+_DISTILLM_ADDS_TEACHER_ENTROPY = ("kld", "skl")
 
 
-def validate(name: str, params: dict[str, float]) -> dict[str, float]:
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+def resolve_loss_params(name: str, params: dict[str, float] | None = None) -> dict[str, float]:
     """Check a loss name and its parameters; return the parameters with defaults filled in.
 
     Raises:
-        ValueError: unknown loss or parameter, or a parameter outside [0, 1].
+        ValueError: an unknown loss (the message lists the valid ones), a parameter the loss does not take, or a
+            value out of range (skew and lambda in [0, 1], beta in (0, 1)).
     """
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-    unknown = set(params) - set(DEFAULT_PARAMS)
+    if name not in DEFAULT_PARAMS:
+        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}")
+    params = dict(params or {})
+    defaults = DEFAULT_PARAMS[name]
+    unknown = sorted(set(params) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown loss parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(DEFAULT_PARAMS)}")
-    for key, value in params.items():
-        if not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"loss parameter {key} must be in [0, 1], got {value}")
-    return {**DEFAULT_PARAMS, **{k: float(v) for k, v in params.items()}}
+        takes = f"its parameter is {next(iter(defaults))}" if defaults else "it takes none"
+        raise ValueError(f"loss {name!r} does not take parameter(s) {', '.join(unknown)} ({takes})")
+    resolved = {}
+    for key, default in defaults.items():
+        value = params.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"loss parameter {key} of {name!r} must be a finite number, got {value!r}")
+        if key == "beta" and not 0.0 < value < 1.0:
+            raise ValueError(f"loss parameter beta of 'jsd' must be in (0, 1), got {value}: at 0 or 1 the "
+                             "generalised JSD is identically 0 (use kld or rkl for those limits)")
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"loss parameter {key} of {name!r} must be in [0, 1], got {value}")
+        resolved[key] = float(value)
+    return resolved
+
+
+def _check_scalars(temperature: float, kd_weight: float | None = None) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if kd_weight is not None and not (isinstance(kd_weight, (int, float)) and 0.0 <= kd_weight <= 1.0):
+        raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Logits -> per-token divergence and loss sums
+
+
+def _log_probs(logits: torch.Tensor, temperature: float, vocab_size: int) -> torch.Tensor:
+    """(N, V') logits of any float dtype -> (N, vocab_size) fp32 log-probabilities at the temperature."""
+    logits = logits[..., :vocab_size].float().clamp_min(_LOGIT_FLOOR)
+    return torch.log_softmax(logits / temperature, dim=-1)
+
+
+def _divergence_per_token(
+    name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+    params: dict[str, float], distillm_form: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(kd, kd_distillm or None), each (N,) fp32 and times tau^2; parameters already validated."""
+    # Padded vocabularies differ (Qwen2.5 7B: 152064 rows, 3B: 151936): compare on the shared ids only.
+    vocab_size = min(student_logits.shape[-1], teacher_logits.shape[-1])
+    with torch.autocast(student_logits.device.type, enabled=False):
+        log_q = _log_probs(student_logits, temperature, vocab_size)
+        with torch.no_grad():
+            log_p = _log_probs(teacher_logits, temperature, vocab_size)
+        kd = _DIVERGENCES[name](log_p, log_q, *params.values()) * temperature**2
+        if not distillm_form:
+            return kd, None
+        with torch.no_grad():
+            kd_distillm = kd.detach()
+            if name in _DISTILLM_ADDS_TEACHER_ENTROPY:
+                kd_distillm = kd_distillm - (log_p.exp() * log_p).sum(-1) * temperature**2
+    return kd, kd_distillm
 
 
 def kd_divergence(
-    name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, **params: float
+    name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *,
+    distillm_form: bool = False, **params: float,
 ) -> torch.Tensor:
-    """Per-token KD divergence, times tau^2.
+    """Per-token KD divergence between teacher and student at temperature tau, times tau^2.
 
     Args:
-        name: one of `LOSSES` except "sft".
-        student_logits: (N, V) any float dtype.
-        teacher_logits: (N, V'); a larger padded teacher vocabulary is truncated to the student's V.
+        name: a loss of `LOSSES` other than "sft".
+        student_logits: (N, V) any float dtype; upcast to fp32.
+        teacher_logits: (N, V') any float dtype, treated as a constant; both vocabularies are truncated to
+            min(V, V'), the shared ids (padded rows differ between sizes of one family).
         temperature: tau > 0, applied to both.
-        params: skew (skl, srkl), beta (jsd), lambda (bdl).
+        distillm_form: return DistiLLM's logged form instead (the cross-entropy for kld and skl).
+        params: skew (skl, srkl), beta (jsd), lambda (bdl; pass as **{"lambda": l}); defaults in DEFAULT_PARAMS.
 
     Returns:
         (N,) fp32.
+
+    Raises:
+        ValueError: unknown loss, "sft", bad parameter or temperature.
     """
-    params = validate(name, params)
     if name == "sft":
-        raise ValueError("sft is not a divergence; it is the cross-entropy part of the total loss")
-    vocab = student_logits.shape[-1]
-    log_q = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p = torch.log_softmax(teacher_logits[..., :vocab].float() / temperature, dim=-1)
-    return _DIVERGENCES[name](log_p, log_q, **params) * temperature**2
+        raise ValueError("'sft' is not a divergence: it is the cross-entropy part of the total loss")
+    params = resolve_loss_params(name, params)
+    _check_scalars(temperature)
+    kd, kd_distillm = _divergence_per_token(name, student_logits, teacher_logits, temperature, params, distillm_form)
+    return kd_distillm if distillm_form else kd
 
 
-def distillm_form(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """DistiLLM's logged forward-KL form: the cross-entropy -sum p log q (KL plus the teacher's entropy), times tau^2."""
-    vocab = student_logits.shape[-1]
-    log_q = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-    p = torch.softmax(teacher_logits[..., :vocab].float() / temperature, dim=-1)
-    return -(p * log_q).sum(-1) * temperature**2
+class _Objective(NamedTuple):
+    """loss = sft_weight * sft + kd_weight * kd; for the loss "sft", sft_weight = 1 and kd_weight = 0."""
+
+    loss: str
+    temperature: float
+    sft_weight: float
+    kd_weight: float
+    params: dict[str, float]
+    distillm_form: bool
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.kd_weight > 0
 
 
-def _chunk_losses(
-    student_hidden: torch.Tensor, student_head: torch.Tensor, teacher_hidden: torch.Tensor | None,
-    teacher_head: torch.Tensor | None, targets: torch.Tensor, loss: str, temperature: float, params: dict,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sft_sum, kd_sum) of one chunk; its (chunk, V) logits die with the call."""
-    student_logits = (student_hidden @ student_head.T).float()  # (chunk, V)
-    sft = torch.nn.functional.cross_entropy(student_logits, targets, reduction="sum")
-    if teacher_hidden is None or loss == "sft":
-        return sft, student_logits.new_zeros(())
-    with torch.no_grad():
-        teacher_logits = (teacher_hidden @ teacher_head.T).float()  # (chunk, V')
-    kd = kd_divergence(loss, student_logits, teacher_logits, temperature, **params).sum()
-    return sft, kd
+def _token_sums(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor, objective: _Objective,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(loss, sft, kd, kd_distillm) summed over the rows given: all of them are valid tokens.
+
+    Args:
+        student_logits: (n, V) any float dtype.
+        teacher_logits: (n, V') or None when the objective does not use the teacher.
+        targets: (n,) next-token ids.
+    """
+    with torch.autocast(student_logits.device.type, enabled=False):
+        sft = F.cross_entropy(student_logits.float(), targets, reduction="sum")
+        zero = sft.new_zeros(())
+        kd, kd_distillm = zero, zero if objective.distillm_form else None
+        if objective.uses_teacher:
+            kd_tokens, distillm_tokens = _divergence_per_token(
+                objective.loss, student_logits, teacher_logits, objective.temperature, objective.params,
+                objective.distillm_form)
+            kd = kd_tokens.sum()
+            kd_distillm = None if distillm_tokens is None else distillm_tokens.sum()
+        loss = objective.sft_weight * sft + objective.kd_weight * kd
+    return loss, sft, kd, kd_distillm
 
 
-def chunked_distill_loss(
+def _objective(loss: str, temperature: float, kd_weight: float, distillm_form: bool, params: dict) -> _Objective:
+    resolved = resolve_loss_params(loss, params)
+    _check_scalars(temperature, kd_weight)
+    if loss == "sft":  # the KD term is the SFT term itself: a kd_weight left at 1 must not silence the loss
+        return _Objective(loss, float(temperature), 1.0, 0.0, resolved, distillm_form)
+    return _Objective(loss, float(temperature), 1.0 - kd_weight, float(kd_weight), resolved, distillm_form)
+
+
+def _valid_rows(valid_mask: torch.Tensor | None, num_rows: int, device: torch.device) -> torch.Tensor:
+    """(n,) indices of the valid rows of a flattened (N,) mask; all rows without a mask."""
+    if valid_mask is None:
+        return torch.arange(num_rows, device=device)
+    if valid_mask.dtype != torch.bool or valid_mask.numel() != num_rows:
+        raise ValueError(f"valid_mask must be a bool tensor with one entry per token ({num_rows}), "
+                         f"got {valid_mask.dtype} with {valid_mask.numel()} entries")
+    return valid_mask.reshape(-1).nonzero().squeeze(1)
+
+
+def _check_teacher(objective: _Objective, teacher: torch.Tensor | None, what: str) -> None:
+    if objective.uses_teacher and teacher is None:
+        raise ValueError(f"loss {objective.loss!r} with kd_weight {objective.kd_weight} needs {what}; pass it, or "
+                         "use kd_weight 0 / loss 'sft' to train without a teacher")
+
+
+def loss_sums(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
+    valid_mask: torch.Tensor | None = None, *, loss: str, temperature: float, kd_weight: float,
+    distillm_form: bool = False, **params: float,
+) -> LossSums:
+    """The loss from full logits, with plain autograd: the reference for `chunked_loss_sums`, and fine for small V.
+
+    Args:
+        student_logits: (N, V) or (B, T, V), any float dtype.
+        teacher_logits: same leading shape, (..., V'), treated as constant; may be None if kd_weight is 0 or the
+            loss is "sft".
+        targets: (N,) or (B, T) next-token ids; values at invalid positions are never read.
+        valid_mask: bool, same shape as targets: True at response tokens (EOS target included), False at prompt
+            and padding. None: every token is valid. Build it from lengths, not by matching pad ids.
+        loss, temperature, kd_weight, distillm_form, params: as for `chunked_loss_sums`.
+
+    Returns:
+        LossSums over the valid tokens. Invalid positions get exactly zero gradient, whatever their logits hold.
+    """
+    objective = _objective(loss, temperature, kd_weight, distillm_form, params)
+    _check_teacher(objective, teacher_logits, "teacher_logits")
+    student = student_logits.reshape(-1, student_logits.shape[-1])
+    teacher = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1]) if objective.uses_teacher else None
+    flat_targets = targets.reshape(-1)
+    if valid_mask is not None:  # gather the valid rows: invalid ones never enter the math, not even as 0 * NaN
+        rows = _valid_rows(valid_mask, flat_targets.numel(), student.device)
+        student, flat_targets = student.index_select(0, rows), flat_targets.index_select(0, rows)
+        teacher = None if teacher is None else teacher.index_select(0, rows)
+    total, sft, kd, kd_distillm = _token_sums(student, teacher, flat_targets, objective)
+    return LossSums(total, sft.detach(), kd.detach(), None if kd_distillm is None else kd_distillm.detach(),
+                    int(flat_targets.numel()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Closed-form gradients for the chunked path. Each returns the per-token divergence (N,) and q * dD/dq (N, V), from
+# which the gradient with respect to the student's logits s (q = softmax(s / tau)) is, for the tau^2-scaled term,
+#     d(tau^2 D)/ds = tau * (q dD/dq - q * sum_v q dD/dq).
+# Products such as q p / m are formed in log space; every one is bounded by a probability, so nothing overflows. Tests
+# check these against autograd through the divergence functions above, for every loss and the edge parameters.
+
+
+def _kl_(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """kl_divergence with in-place temporaries: for the chunked path, where nothing is recorded by autograd."""
+    return (log_a - log_b).mul_(log_a.exp()).sum(-1)
+
+
+def _forward_kl_grad(log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    p = log_p.exp()
+    return (log_p - log_q).mul_(p).sum(-1), p.neg_()  # dD/dq = -p / q
+
+
+def _reverse_kl_grad(log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    q = log_q.exp()
+    q_grad = (log_q - log_p).mul_(q)
+    return q_grad.sum(-1), q_grad.add_(q)  # dD/dq = log q - log p + 1
+
+
+def _jsd_grad(log_p: torch.Tensor, log_q: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    log_m = log_mixture(log_p, log_q, beta)
+    q_term = (log_q - log_m).mul_(log_q.exp())
+    value = beta * _kl_(log_p, log_m) + (1 - beta) * q_term.sum(-1)
+    return value, q_term.mul_(1 - beta)  # dD/dq = (1 - beta)(log q - log m): the p/m and q/m terms cancel
+
+
+def _tvd_grad(log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    q = log_q.exp()
+    diff = log_p.exp().sub_(q)
+    return 0.5 * diff.abs().sum(-1), diff.sign_().mul_(q).mul_(-0.5)  # dD/dq = -sign(p - q) / 2
+
+
+def _skew_forward_kl_grad(log_p: torch.Tensor, log_q: torch.Tensor, skew: float) -> tuple[torch.Tensor, torch.Tensor]:
+    log_m = log_mixture(log_p, log_q, skew)
+    # dD/dq = -(1 - a) p / m, and q p / m <= p / (1 - a)
+    return _kl_(log_p, log_m), (log_p + log_q).sub_(log_m).exp_().mul_(-(1 - skew))
+
+
+def _skew_reverse_kl_grad(log_p: torch.Tensor, log_q: torch.Tensor, skew: float) -> tuple[torch.Tensor, torch.Tensor]:
+    log_m = log_mixture(log_p, log_q, 1 - skew)
+    log_ratio = log_q - log_m
+    q = log_q.exp()
+    value = (log_ratio * q).sum(-1)
+    # dD/dq = log q - log m + 1 - a q / m, and a q^2 / m <= q
+    q_grad = (log_ratio + 1).mul_(q)
+    if skew > 0:
+        q_grad -= log_ratio.add_(log_q).exp_().mul_(skew)
+    return value, q_grad
+
+
+def _bdl_grad(log_p: torch.Tensor, log_q: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    log_a = log_mixture(log_p, log_q, 1 - lam)  # A = (1 - l) p + l q
+    log_ratio = log_a - log_mixture(log_p, log_q, lam)  # log A/B, B = l p + (1 - l) q
+    value = (log_a.exp() * log_ratio).sum(-1)  # not exp_: at l = 0 or 1, log_a is log_p or log_q itself
+    # dD/dq = l (log A/B + 1) - (1 - l) A/B: DA-KD's C(x). (1 - l) q A/B <= A
+    q_grad = (log_ratio + 1).mul_(log_q.exp()).mul_(lam)
+    if lam < 1:
+        q_grad -= log_ratio.add_(log_q).exp_().mul_(1 - lam)
+    return value, q_grad
+
+
+_DIVERGENCE_GRADS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    "kld": _forward_kl_grad, "rkl": _reverse_kl_grad, "jsd": _jsd_grad, "tvd": _tvd_grad,
+    "skl": _skew_forward_kl_grad, "srkl": _skew_reverse_kl_grad, "bdl": _bdl_grad,
+}
+
+
+def _chunk_sums_and_grad(
+    hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None, teacher_hidden: torch.Tensor | None,
+    teacher_head: torch.Tensor | None, teacher_bias: torch.Tensor | None, targets: torch.Tensor,
+    objective: _Objective, needs_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk: its sums (loss, sft, kd, kd_distillm) and the gradient of its loss sum for the student's logits.
+
+    Args:
+        hidden, teacher_hidden: (c, H) and (c, H') in the dtype of their head (teacher_hidden None when the
+            objective does not use the teacher).
+        head, bias, teacher_head, teacher_bias: (V, H), (V,), (V', H'), (V',); biases may be None.
+        targets: (c,) next-token ids.
+
+    Returns:
+        (4,) fp32 sums and the (c, V) fp32 gradient with respect to the logits (None unless needs_grad). The
+        logits live only in here, and in-place updates keep few (c, V) tensors alive at once: on CPU, fresh pages
+        cost more than the arithmetic.
+    """
+    tau, sft_weight, kd_weight = objective.temperature, objective.sft_weight, objective.kd_weight
+    logits = F.linear(hidden, head, bias).float().clamp_min_(_LOGIT_FLOOR)  # (c, V)
+    log_q1 = torch.log_softmax(logits, dim=-1)  # temperature 1 for the SFT term
+    sft = -log_q1.gather(1, targets[:, None]).sum()
+    grad = None
+    if needs_grad:  # d sft / ds = softmax(s) - onehot(target)
+        grad = log_q1.exp_().mul_(sft_weight)
+        grad[torch.arange(targets.numel(), device=targets.device), targets] -= sft_weight
+    del log_q1
+    kd = kd_distillm = sft.new_zeros(())
+    if objective.uses_teacher:
+        teacher_logits = F.linear(teacher_hidden, teacher_head, teacher_bias).float()  # (c, V')
+        vocab = min(logits.shape[-1], teacher_logits.shape[-1])
+        log_q = torch.log_softmax(logits[:, :vocab].div_(tau), dim=-1)
+        del logits
+        log_p = torch.log_softmax(teacher_logits[:, :vocab].clamp_min_(_LOGIT_FLOOR).div_(tau), dim=-1)
+        del teacher_logits
+        kd_tokens, q_grad = _DIVERGENCE_GRADS[objective.loss](log_p, log_q, *objective.params.values())
+        kd = kd_tokens.sum() * tau**2
+        kd_distillm = kd
+        if objective.distillm_form and objective.loss in _DISTILLM_ADDS_TEACHER_ENTROPY:
+            kd_distillm = kd - (log_p.exp() * log_p).sum() * tau**2
+        del log_p
+        if needs_grad:
+            q = log_q.exp_()
+            q_grad.addcmul_(q, q_grad.sum(-1, keepdim=True), value=-1.0)
+            grad[:, :vocab].add_(q_grad, alpha=kd_weight * tau)
+    loss = sft_weight * sft + kd_weight * kd
+    return torch.stack([loss, sft, kd, kd_distillm]), grad
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chunked loss from hidden states
+
+
+def _matmul_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """bf16 (or whatever the ambient autocast says) for the lm_head matmuls under autocast, else the weight's."""
+    device = tensor.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else tensor.dtype
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    """Forward: loss sums chunk by chunk, and the gradient of the loss sum for the student's inputs.
+
+    Backward only scales the stored gradients: no logits are recomputed and no (chunk, V) tensor outlives its
+    chunk. Non-tensor settings travel in `objective`, `chunk_tokens` and `grad_enabled`.
+    """
+
+    @staticmethod
+    def forward(ctx, student_hidden, student_head, student_bias, teacher_hidden, teacher_head, teacher_bias,
+                targets, rows, objective, chunk_tokens, grad_enabled):
+        # needs_input_grad ignores torch.no_grad(), under which forward always runs: hence grad_enabled.
+        needs_hidden, needs_head, needs_bias = (grad_enabled and needs for needs in ctx.needs_input_grad[:3])
+        needs_grad = needs_hidden or needs_head or needs_bias
+        ctx.input_dtypes = (student_hidden.dtype, student_head.dtype,
+                            None if student_bias is None else student_bias.dtype)
+        # Cast the weights once for the matmuls (bf16 under autocast); all the rest is fp32, autocast or not.
+        dtype = _matmul_dtype(student_head)
+        head, bias = student_head.to(dtype), None if student_bias is None else student_bias.to(dtype)
+        if objective.uses_teacher:
+            teacher_dtype = _matmul_dtype(teacher_head)
+            teacher_head = teacher_head.to(teacher_dtype)
+            teacher_bias = None if teacher_bias is None else teacher_bias.to(teacher_dtype)
+        # Gradients of the valid rows, in order; scattered into (N, H) once at the end (index_add_ is slow on CPU).
+        grad_rows = student_hidden.new_empty((rows.numel(), student_hidden.shape[-1]), dtype=torch.float32) \
+            if needs_hidden else None  # (n, H)
+        grad_head = torch.zeros_like(student_head, dtype=torch.float32) if needs_head else None  # (V, H)
+        grad_bias = torch.zeros_like(student_bias, dtype=torch.float32) if needs_bias else None  # (V,)
+        totals = torch.zeros(4, dtype=torch.float32, device=student_hidden.device)  # loss, sft, kd, kd_distillm
+        with torch.autocast(student_hidden.device.type, enabled=False):
+            for start in range(0, rows.numel(), chunk_tokens):
+                index = rows[start:start + chunk_tokens]
+                hidden = student_hidden.index_select(0, index).to(dtype)  # (c, H)
+                teacher_chunk = None
+                if objective.uses_teacher:
+                    teacher_chunk = teacher_hidden.index_select(0, index).to(teacher_head.dtype)  # (c, H')
+                sums, grad_logits = _chunk_sums_and_grad(hidden, head, bias, teacher_chunk, teacher_head, teacher_bias,
+                                                         targets.index_select(0, index), objective, needs_grad)
+                totals += sums
+                if not needs_grad:
+                    continue
+                grad_logits = grad_logits.to(dtype)  # what autograd through a bf16 matmul would see
+                if needs_hidden:
+                    grad_rows[start:start + chunk_tokens] = grad_logits @ head
+                if needs_head:
+                    grad_head += (grad_logits.T @ hidden).float()
+                if needs_bias:
+                    grad_bias += grad_logits.float().sum(0)
+                del grad_logits
+        grad_hidden = None
+        if needs_hidden:
+            grad_hidden = torch.zeros_like(student_hidden, dtype=torch.float32).index_copy_(0, rows, grad_rows)
+        ctx.save_for_backward(grad_hidden, grad_head, grad_bias)
+        loss_sum, sft_sum, kd_sum, kd_distillm_sum = (total.clone() for total in totals.unbind())
+        ctx.mark_non_differentiable(sft_sum, kd_sum, kd_distillm_sum)
+        return loss_sum, sft_sum, kd_sum, kd_distillm_sum
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_unused):
+        grads = tuple(None if g is None else (g * grad_loss).to(dtype)
+                      for g, dtype in zip(ctx.saved_tensors, ctx.input_dtypes))
+        return (*grads, None, None, None, None, None, None, None, None)
+
+
+def chunked_loss_sums(
     student_hidden: torch.Tensor,
     student_head: torch.Tensor,
     targets: torch.Tensor,
+    valid_mask: torch.Tensor | None = None,
+    *,
     teacher_hidden: torch.Tensor | None = None,
     teacher_head: torch.Tensor | None = None,
-    loss: str = "kld",
-    temperature: float = 1.0,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    loss: str,
+    temperature: float,
+    kd_weight: float,
     chunk_tokens: int = 1024,
+    distillm_form: bool = False,
     **params: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed SFT cross-entropy and summed KD divergence over scored tokens, computed in token chunks.
+) -> LossSums:
+    """SFT + KD loss sums from final hidden states, computing logits `chunk_tokens` tokens at a time.
 
-    Only response positions are passed in (the caller gathers them), so there is no mask here: prompt and padding
-    never reach the loss. The caller divides by the global token count (across accumulation and ranks).
+    Equal in value and gradient to `loss_sums` on the full logits `hidden @ head.T + bias` (up to fp32 summation
+    order), with memory O(chunk_tokens * V) instead of O(N * V).
 
     Args:
-        student_hidden: (N, H) final hidden states at the scored positions (requires grad).
-        student_head: (V, H) student output embedding.
-        targets: (N,) next-token ids (the EOS target included).
-        teacher_hidden: (N, H') teacher hidden states at the same positions, or None (SFT only).
-        teacher_head: (V', H') teacher output embedding (V' >= V; extra padded rows are ignored).
-        loss: one of `LOSSES`; "sft" skips the teacher.
-        temperature: tau for the KD term.
-        chunk_tokens: tokens per chunk; each chunk holds one (chunk, V) fp32 tensor per model.
-        params: skew / beta / lambda.
+        student_hidden: (N, H) or (B, T, H) student final hidden states (after the final norm).
+        student_head: (V, H) student lm_head (output embedding) weight; tied embeddings are fine.
+        targets: (N,) or (B, T) next-token ids; values at invalid positions are never read.
+        valid_mask: bool, shaped like targets: True at response tokens (EOS target included). None: all valid.
+        teacher_hidden: (N, H') or (B, T, H') teacher hidden states at the same positions; a constant (no grad).
+        teacher_head: (V', H') teacher lm_head; V' may differ from V by padding: KD uses the first min(V, V') ids.
+        student_bias, teacher_bias: optional (V,) and (V',) lm_head biases.
+        loss: one of `LOSSES`; "sft" trains on sft_sum alone, whatever kd_weight says, and ignores the teacher.
+        temperature: tau > 0 for the KD term (the SFT term is at temperature 1); KD is multiplied by tau^2.
+        kd_weight: w in [0, 1]; loss_sum = (1 - w) * sft_sum + w * kd_sum. At 0 the teacher is not used.
+        chunk_tokens: tokens per chunk (>= 1); peak memory grows linearly with it.
+        distillm_form: also return kd_distillm_sum.
+        params: skew (skl, srkl), beta (jsd), lambda (bdl); defaults in DEFAULT_PARAMS.
 
     Returns:
-        (sft_sum, kd_sum): fp32 scalars; kd_sum is 0 without a teacher. Zero scored tokens give zeros.
+        LossSums; only loss_sum has a gradient. Zero valid tokens give zeros (and zero gradients), never NaN.
+
+    Raises:
+        ValueError: bad loss name, parameter, temperature, kd_weight, chunk size, shapes, or a missing teacher.
     """
-    params = validate(loss, params)
-    zero = student_hidden.new_zeros((), dtype=torch.float32)
-    if targets.numel() == 0:
-        return zero + 0.0 * student_hidden.sum(), zero  # keeps the graph connected for DDP
-    sft_total, kd_total = zero, zero
-    for start in range(0, targets.shape[0], chunk_tokens):
-        end = start + chunk_tokens
-        args = (student_hidden[start:end], student_head,
-                None if teacher_hidden is None else teacher_hidden[start:end], teacher_head,
-                targets[start:end], loss, temperature, params)
-        if torch.is_grad_enabled() and student_hidden.requires_grad:
-            # Recompute the chunk's logits in backward instead of keeping every chunk's (chunk, V) alive.
-            sft, kd = checkpoint(_chunk_losses, *args, use_reentrant=False)
-        else:
-            sft, kd = _chunk_losses(*args)
-        sft_total = sft_total + sft
-        kd_total = kd_total + kd
-    return sft_total, kd_total
+    objective = _objective(loss, temperature, kd_weight, distillm_form, params)
+    _check_teacher(objective, teacher_hidden if teacher_head is not None else None, "teacher_hidden and teacher_head")
+    if not (isinstance(chunk_tokens, int) and chunk_tokens >= 1):
+        raise ValueError(f"chunk_tokens must be an integer >= 1, got {chunk_tokens!r}")
+    hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
+    flat_targets = targets.reshape(-1)
+    if hidden.shape[0] != flat_targets.shape[0] or student_head.shape[-1] != hidden.shape[-1]:
+        raise ValueError(f"shapes do not match: student_hidden {tuple(student_hidden.shape)}, targets "
+                         f"{tuple(targets.shape)}, student_head {tuple(student_head.shape)}")
+    teacher = None
+    if objective.uses_teacher:
+        teacher = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
+        if teacher.shape[0] != hidden.shape[0]:
+            raise ValueError(f"teacher_hidden {tuple(teacher_hidden.shape)} does not match student_hidden "
+                             f"{tuple(student_hidden.shape)}")
+    rows = _valid_rows(valid_mask, hidden.shape[0], hidden.device)
+    teacher_head = None if teacher is None else teacher_head.detach()
+    teacher_bias = None if teacher is None or teacher_bias is None else teacher_bias.detach()
+    loss_sum, sft_sum, kd_sum, kd_distillm_sum = _ChunkedLoss.apply(
+        hidden, student_head, student_bias, teacher, teacher_head, teacher_bias, flat_targets, rows, objective,
+        chunk_tokens, torch.is_grad_enabled())
+    return LossSums(loss_sum, sft_sum, kd_sum, kd_distillm_sum if distillm_form else None, int(rows.numel()))
+

@@ -65,6 +65,9 @@ def check_loss(loss: str, loss_params: dict[str, float]) -> None:
             accepted = ", ".join(LOSS_DEFAULTS[loss]) or "none"
             raise ScheduleError(f"parameter loss_params.{key}: loss {loss} does not read it (it reads: {accepted})")
         check_range(f"loss_params.{key}", value, 0.0, 1.0)
+        if key == "beta" and value in (0.0, 1.0):  # the trainer refuses these too (train/losses.py)
+            raise ScheduleError(f"parameter loss_params.beta must be in (0, 1), got {value}: at 0 or 1 the "
+                                "generalised JSD is identically 0 (use kld or rkl for those limits)")
 
 
 def resolve_loss_params(loss: str, from_method: dict[str, float], given: dict[str, float]) -> dict[str, float]:
