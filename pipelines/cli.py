@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -48,10 +47,9 @@ def run(
 def report(
     workdir: Path = typer.Option(..., help="the pipeline's workdir"),
     title: str = typer.Option("Syllabus report"),
-    recipe: Optional[Path] = typer.Option(None, help="the recipe, for stage timings"),
 ) -> None:
     """Assemble WORKDIR/report.md from the comparison, the plots and the stage timings."""
     from .report import write_report
 
-    path = write_report(workdir, title, recipe)
+    path = write_report(workdir, title)
     typer.echo(f"wrote {path}")

@@ -26,7 +26,7 @@ def _training_summary(workdir: Path) -> list[str]:
             "|---|---:|---:|---:|---:|", *rows, ""]
 
 
-def write_report(workdir: Path, title: str, recipe: Path | None = None) -> Path:
+def write_report(workdir: Path, title: str) -> Path:
     lines = [f"# {title}", ""]
     compare = workdir / "compare" / "compare.md"
     if compare.exists():
@@ -35,13 +35,13 @@ def write_report(workdir: Path, title: str, recipe: Path | None = None) -> Path:
     plots = sorted((workdir / "plots").glob("*.png")) if (workdir / "plots").exists() else []
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
-    if recipe is not None:
-        from .runner import load_pipeline, stage_times
+    from .runner import stage_times
 
-        times = stage_times(load_pipeline(recipe))
-        if times:
-            lines += ["## Stage timings", "", "| stage | seconds |", "|---|---:|"]
-            lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()] + [""]
+    times = stage_times(workdir)
+    if times:
+        lines += ["## Stage timings", "", "| stage | seconds |", "|---|---:|"]
+        lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()]
+        lines += [f"| total | {sum(times.values()):.0f} |", ""]
     path = workdir / "report.md"
     atomic_write_bytes(path, "\n".join(lines).encode())
     return path

@@ -124,7 +124,8 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
                 raise PipelineError(f"{p}: stage {stage.name!r} needs {need!r}, which is not an earlier stage")
     if not stages:
         raise PipelineError(f"{p}: no stages")
-    return Pipeline(p, str(raw.get("name", p.stem)), Path(workdir), str(raw.get("notice", "")).strip(), tuple(stages))
+    notice = _interpolate(str(raw.get("notice", "")).strip(), variables, f"{p}: notice")
+    return Pipeline(p, str(raw.get("name", p.stem)), Path(workdir), notice, tuple(stages))
 
 
 def fingerprints(pipeline: Pipeline) -> dict[str, str]:
@@ -219,10 +220,10 @@ def run_pipeline(pipeline: Pipeline, dry_run: bool = False, only: list[str] | No
     return ran
 
 
-def stage_times(pipeline: Pipeline) -> dict[str, float]:
-    out = {}
-    for stage in pipeline.stages:
-        marker = pipeline.marker(stage)
-        if marker.exists():
-            out[stage.name] = json.loads(marker.read_text()).get("seconds", 0.0)
-    return out
+def stage_times(workdir: Path) -> dict[str, float]:
+    """Seconds of every finished stage of the pipeline run in `workdir`, in the order they finished."""
+    records = []
+    for marker in (Path(workdir) / ".pipeline").glob("*.json"):
+        record = json.loads(marker.read_text())
+        records.append((record.get("finished_at", 0.0), marker.stem, record.get("seconds", 0.0)))
+    return {name: seconds for _, name, seconds in sorted(records)}
