@@ -1,4 +1,4 @@
-# Two commands on a fresh machine:  `make demo` (the main job, embedded default)  and  `make test`.
+# Two commands on a fresh machine:  `make demo` (pipelines/demo.yaml on the embedded default)  and  `make test`.
 # Everything installs into .venv; on a GPU machine use `make install EXTRA=vllm` (see README).
 PY ?= python3
 VENV ?= .venv
@@ -24,7 +24,6 @@ test: install
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
 
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/curate models prepare
-	HF_HUB_OFFLINE=1 $(BIN)/curate score dolly_dev_1000 --out runs/dolly_dev_1000
+	HF_HUB_OFFLINE=1 $(BIN)/syllabus run pipelines/demo.yaml
 
 .PHONY: install test demo

@@ -24,7 +24,7 @@ def test_every_shipped_recipe_validates_and_dry_runs(recipe, tmp_path):
 
 def write_recipe(path: Path, data: Path, model: Path, workdir: Path, max_new_tokens: int = 4, bad: bool = False) -> Path:
     score = (f"curate score {data} --out ${{workdir}}/table --student {model} --teacher {model} --gen-engine hf "
-             f"--ce-engine hf --max-new-tokens {max_new_tokens} --max-seq-len 512 --quiet")
+             f"--ce-engine hf --max-new-tokens {max_new_tokens} --max-seq-len 512 --quiet --overwrite")
     inspect = "curate inspect ${workdir}/table" + (" --no-such-flag" if bad else "")
     path.write_text(json.dumps({  # JSON is YAML
         "name": "tiny", "workdir": str(workdir),
@@ -49,6 +49,37 @@ def test_stages_skip_when_done_and_rerun_when_edited(tmp_path, small_dolly, tiny
     write_recipe(recipe, small_dolly, tiny_model, workdir, max_new_tokens=5)
     plan = run_pipeline(load_pipeline(recipe), dry_run=True, echo=lambda *_: None)
     assert plan == ["score", "inspect"]
+    assert run_pipeline(load_pipeline(recipe), echo=lambda *_: None) == ["score", "inspect"]
+    metadata = json.loads((workdir / "table" / "metadata.json").read_text())
+    assert metadata["generation"]["max_new_tokens"] == 5  # the edited stage replaced its output
+
+
+def test_demo_trains_every_method_and_the_baseline_from_one_table():
+    demo = load_pipeline(Path(__file__).resolve().parents[1] / "pipelines" / "demo.yaml")
+    trained = {s.name.removeprefix("train-") for s in demo.stages if s.name.startswith("train-")}
+    assert trained == {"full", "spectrum", "srd", "l2m", "dakd"}
+    schedules = [s for s in demo.stages if s.argv[:2] == ("curate", "schedule") and "heal" not in s.name]
+    assert {s.argv[2] for s in schedules} == {str(demo.workdir / "table")}  # one difficulty table for all
+    compare = next(s for s in demo.stages if s.name == "compare")
+    assert {f"eval-{m}" for m in trained} <= set(compare.needs)
+
+
+def test_report_collects_results_training_and_stage_timings(tmp_path):
+    from syllabus.pipelines.report import write_report
+
+    (tmp_path / "compare").mkdir()
+    (tmp_path / "compare" / "compare.md").write_text("| model | dollyeval |\n|---|---|\n| srd | 21.5 |\n")
+    run = tmp_path / "runs" / "srd"
+    run.mkdir(parents=True)
+    rows = [{"step": k, "tokens": 100, "tokens_per_second": 50.0, "loss": 3.0 - k} for k in (1, 2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / ".pipeline").mkdir()
+    for name, seconds, at in (("train-srd", 4.0, 2.0), ("score", 10.0, 1.0)):
+        (tmp_path / ".pipeline" / f"{name}.json").write_text(json.dumps({"seconds": seconds, "finished_at": at}))
+    text = write_report(tmp_path, "T").read_text()
+    assert "| srd | 21.5 |" in text
+    assert "| srd | 2 | 200 | 4 | 1.000 |" in text  # steps, tokens, seconds (200 tokens at 50/s), last loss
+    assert text.index("| score | 10 |") < text.index("| train-srd | 4 |") and "| total | 14 |" in text
 
 
 def test_bad_stage_arguments_are_caught_before_anything_runs(tmp_path, small_dolly, tiny_model):

@@ -95,7 +95,8 @@ def test_resume_after_sigkill_equals_uninterrupted(table, tmp_path, tiny_model, 
     assert json.loads((out / "state" / "progress.json").read_text())["global_step"] == 4
     refused = subprocess.run(cmd, capture_output=True, text=True)
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
+    # what pipeline stages pass: continue this run if OUT holds it (replace OUT only if it holds another run)
+    resumed = subprocess.run([*cmd, "--resume", "--overwrite"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     a = load_file(tmp_path / "ref" / "checkpoints" / "final" / "model.safetensors")
     b = load_file(out / "checkpoints" / "final" / "model.safetensors")
@@ -123,6 +124,11 @@ def test_loss_override_for_ablations(table, tmp_path, tiny_model, tiny_teacher):
                                            "skew=0.2", "--kd-weight", "0.5"))
     assert result.exit_code == 0, result.output
     assert all(r["loss_name"] == "skl" and r["kd_weight"] == 0.5 for r in metrics(out))
+    # an edited stage re-run by a pipeline: --resume --overwrite replaces a directory that holds another run
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--loss", "rkl", "--resume", "--overwrite"))
+    assert result.exit_code == 0, result.output
+    assert [r["loss_name"] for r in metrics(out)] == ["rkl"] * 3
+    assert json.loads((out / "config.json").read_text())["config"]["loss"] == "rkl"
 
 
 def test_mismatched_table_is_refused(table, tmp_path, tiny_model, tiny_teacher):

@@ -54,8 +54,8 @@ def run(
     save_every_steps: Optional[int] = typer.Option(None, help="resumable snapshot interval (default 50)"),
     max_steps: Optional[int] = typer.Option(None, help="stop after N optimizer steps"),
     eval_sets: Optional[str] = typer.Option(None, help="comma-separated sets to evaluate at stage ends"),
-    resume: bool = typer.Option(False, help="continue the run in --out from its last snapshot"),
-    overwrite: bool = typer.Option(False, help="replace --out if it holds another run"),
+    resume: bool = typer.Option(False, help="continue the run in --out from its last snapshot (a fresh --out simply starts)"),
+    overwrite: bool = typer.Option(False, help="start over in --out; with --resume, replace --out only if it holds another run"),
 ) -> None:
     """Train the student on the schedule's epochs, with the manifest's loss, temperature and kd_weight per epoch."""
     from syllabus.curate.models import ModelError

@@ -62,8 +62,6 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        if self.resume and self.overwrite:
-            raise ConfigError("--resume and --overwrite exclude each other")
 
     @classmethod
     def from_sources(cls, yaml_path: Path | None, overrides: dict[str, Any]) -> TrainConfig:

@@ -119,6 +119,8 @@ def setup(config: TrainConfig) -> Run:
         "teacher": teacher_ref.identity(),
     }
     out = Path(config.out)
+    if config.overwrite and not config.resume and out.exists():
+        shutil.rmtree(out)  # --overwrite alone starts over; with --resume it replaces only another run's directory
     claim_output(out, identity, config.overwrite, what="training run")
     atomic_write_json(out / "config.json", {**identity, "schedule": schedule.raw})
     return Run(config, out, schedule, table, accelerator, DistillStudent(model), teacher, tokenizer, store,
