@@ -59,11 +59,13 @@ def compare_runs(run_dirs: list[Path], out: Path, labels: list[str] | None = Non
             r = summary["results"]["sets"].get(set_name)
             cells.append(None if r is None else (r["mean"], r["std"]))
         rows.append((name, cells, summary["results"]["average"]))
+    one_seed = max(len(s["protocol"]["seeds"]) for s in summaries) == 1  # a spread over one seed says nothing
     md = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for name, cells, avg in rows:
-        rendered = ["-" if c is None else f"{c[0]:.2f} ± {c[1]:.2f}" for c in cells]
+        rendered = ["-" if c is None else f"{c[0]:.2f}" if one_seed else f"{c[0]:.2f} ± {c[1]:.2f}" for c in cells]
         md.append(f"| {name} | " + " | ".join(rendered) + f" | {avg:.2f} |")
-    note = "Scores x100 (ROUGE-L F1 or GSM8K accuracy); mean over seeds ± std across seeds."
+    note = ("Scores x100 (ROUGE-L F1 or GSM8K accuracy); one seed, so no spread across seeds." if one_seed else
+            "Scores x100 (ROUGE-L F1 or GSM8K accuracy); mean over seeds ± std across seeds.")
     if "unni_short" in sets:
         note += " `unni_short` is a 1-2 word-answer subset of UnNI, not the papers' 10k set."
     markdown = "\n".join(md) + "\n\n" + note + "\n"
@@ -75,11 +77,11 @@ def compare_runs(run_dirs: list[Path], out: Path, labels: list[str] | None = Non
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "compare.md", markdown.encode())
     atomic_write_bytes(out / "compare.csv", buf.getvalue().encode())
-    _bar_chart(out / "compare.png", sets, rows)
+    _bar_chart(out / "compare.png", sets, rows, one_seed)
     return markdown
 
 
-def _bar_chart(path: Path, sets: list[str], rows: list[tuple[str, list, float]]) -> None:
+def _bar_chart(path: Path, sets: list[str], rows: list[tuple[str, list, float]], one_seed: bool) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,10 +94,12 @@ def _bar_chart(path: Path, sets: list[str], rows: list[tuple[str, list, float]])
     for k, (name, cells, avg) in enumerate(rows):
         means = [c[0] if c else np.nan for c in cells]
         stds = [c[1] if c else 0 for c in cells]
-        ax.bar(x + (k - (len(rows) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=f"{name} (avg {avg:.1f})")
+        ax.bar(x + (k - (len(rows) - 1) / 2) * width, means, width, yerr=None if one_seed else stds, capsize=3,
+               label=f"{name} (avg {avg:.1f})")
     ax.set_xticks(x, sets)
     ax.set_ylabel("score x100 (ROUGE-L F1 / accuracy)")
-    ax.set_title("Evaluation: mean over seeds, error bars = std across seeds")
+    ax.set_title("Evaluation: one seed (no spread)" if one_seed else
+                 "Evaluation: mean over seeds, error bars = std across seeds")
     ax.legend(fontsize=8)
     ax.set_ylim(bottom=0)
     ax.grid(axis="y", alpha=0.3)
