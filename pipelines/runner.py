@@ -21,6 +21,7 @@ finished stages stay.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
@@ -186,11 +187,25 @@ def run_pipeline(pipeline: Pipeline, dry_run: bool = False, only: list[str] | No
     Raises:
         PipelineError: a stage failed (its exit code and command are named) or its arguments do not parse.
     """
-    prints = fingerprints(pipeline)
     if pipeline.notice:
         echo(pipeline.notice)
     for stage in pipeline.stages:
         validate_arguments(stage)
+    if dry_run:
+        return _run_stages(pipeline, dry_run, only, echo)
+    lock_path = pipeline.workdir / ".pipeline" / "lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(f"another `syllabus run` is using {pipeline.workdir}; wait for it or stop it "
+                                "(two runs in one workdir would overwrite each other's stages)") from None
+        return _run_stages(pipeline, dry_run, only, echo)
+
+
+def _run_stages(pipeline: Pipeline, dry_run: bool, only: list[str] | None, echo) -> list[str]:
+    prints = fingerprints(pipeline)
     ran: list[str] = []
     for k, stage in enumerate(pipeline.stages, start=1):
         if only and stage.name not in only:

@@ -102,6 +102,19 @@ def test_a_failing_stage_stops_the_run_and_keeps_finished_stages(tmp_path, small
     assert (workdir / ".pipeline" / "ok.json").exists() and not (workdir / ".pipeline" / "broken.json").exists()
 
 
+def test_a_second_run_in_the_same_workdir_is_refused(tmp_path, small_dolly, tiny_model):
+    import fcntl
+
+    workdir = tmp_path / "work"
+    recipe = write_recipe(tmp_path / "r.yaml", small_dolly, tiny_model, workdir)
+    (workdir / ".pipeline").mkdir(parents=True)
+    with open(workdir / ".pipeline" / "lock", "w") as held:  # as a running `syllabus run` holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(PipelineError, match="another `syllabus run` is using"):
+            run_pipeline(load_pipeline(recipe), echo=lambda *_: None)
+    assert not (workdir / "table").exists()
+
+
 def test_recipe_errors_name_the_problem(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: x\nstages:\n  - name: a\n    cmd: curate inspect ${nope}\n")
