@@ -58,6 +58,8 @@ def test_kd_loss_goes_down(table, tmp_path, tiny_model, tiny_teacher):
     assert len(m) == 6 * 3  # 12 rows / micro-batch 4 = 3 steps per epoch
     assert np.mean([r["kd"] for r in m[-3:]]) < 0.9 * np.mean([r["kd"] for r in m[:3]])
     assert all(r["kd_weight"] == 1.0 and r["loss_name"] == "kld" for r in m)
+    assert {"loss", "ce", "kd", "lr", "tokens_per_second", "epoch", "stage", "temperature", "kd_weight",
+            "grad_norm"} <= set(m[0])
     final = out / "checkpoints" / "final"
     assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
     record = json.loads((final / "syllabus_train.json").read_text())

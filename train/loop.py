@@ -189,7 +189,7 @@ def train_step(run: Run, model: Any, group: list[Batch], plan: EpochPlan, optimi
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     n = max(1, local_tokens)
-    return {"loss": loss_total / n, "sft": sft_total / n,
+    return {"loss": loss_total / n, "ce": sft_total / n,  # cross-entropy of the ground truth (the SFT term)
             "kd": kd_total / n, "kd_weight": kd_weight, "loss_name": loss_name, "tokens": local_tokens,
             "grad_norm": float(grad_norm)}
 
