@@ -87,6 +87,8 @@ def test_loss_and_loss_params_apply_to_every_method(tmp_path, method):
         make_config(method, {**SMALL[method], "loss": "kld", "loss_params": {"skew": 0.1}})
     with pytest.raises(ScheduleError, match="parameter loss must be one of"):
         make_config(method, {**SMALL[method], "loss": "kl"})
+    with pytest.raises(ScheduleError, match=r"beta of 'jsd' must be in \(0, 1\)"):  # the trainer's own rule
+        make_config(method, {**SMALL[method], "loss": "jsd", "loss_params": {"beta": 1.0}})
 
 
 def test_default_losses_per_method(tmp_path):

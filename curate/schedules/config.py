@@ -11,25 +11,17 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from syllabus.train import loss_params as trainer_losses
+
 
 class ScheduleError(ValueError):
     """A schedule cannot be built: missing columns, no usable rows, parameters out of range, a taken directory."""
 
 
-# design.md, "Losses": the loss names the trainer knows, and the parameters each one reads (with the defaults the
-# design fixes: DistiLLM skew 0.1, symmetric JSD, DA-KD's lambda 0.9). The manifest always carries every parameter
-# of its loss, so a schedule means the same thing whatever defaults the trainer has.
-LOSS_DEFAULTS: dict[str, dict[str, float]] = {
-    "sft": {},
-    "kld": {},
-    "rkl": {},
-    "jsd": {"beta": 0.5},
-    "tvd": {},
-    "skl": {"skew": 0.1},
-    "srkl": {"skew": 0.1},
-    "bdl": {"lambda": 0.9},
-}
-LOSSES = tuple(LOSS_DEFAULTS)
+# design.md, "Losses": the trainer's loss table (names, parameters, defaults). The manifest always carries every
+# parameter of its loss, so a schedule means the same thing whatever defaults the trainer has.
+LOSS_DEFAULTS = trainer_losses.DEFAULT_PARAMS
+LOSSES = trainer_losses.LOSSES
 
 
 def check_range(name: str, value: float, low: float, high: float) -> None:
@@ -65,9 +57,10 @@ def check_loss(loss: str, loss_params: dict[str, float]) -> None:
             accepted = ", ".join(LOSS_DEFAULTS[loss]) or "none"
             raise ScheduleError(f"parameter loss_params.{key}: loss {loss} does not read it (it reads: {accepted})")
         check_range(f"loss_params.{key}", value, 0.0, 1.0)
-        if key == "beta" and value in (0.0, 1.0):  # the trainer refuses these too (train/losses.py)
-            raise ScheduleError(f"parameter loss_params.beta must be in (0, 1), got {value}: at 0 or 1 the "
-                                "generalised JSD is identically 0 (use kld or rkl for those limits)")
+    try:  # the loss's own rules (e.g. jsd's beta strictly inside (0, 1)): what the trainer will accept
+        trainer_losses.resolve_loss_params(loss, loss_params)
+    except ValueError as err:
+        raise ScheduleError(f"parameter loss_params: {err}") from None
 
 
 def resolve_loss_params(loss: str, from_method: dict[str, float], given: dict[str, float]) -> dict[str, float]:
