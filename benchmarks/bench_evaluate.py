@@ -44,8 +44,8 @@ def reference_generate(model_dir: Path, prompts: list[list[int]], batch_size: in
 
 
 def syllabus_generate(model_dir: Path, prompts: list[list[int]]) -> dict:
-    from syllabus.curate.engines import close_engine, open_engine
-    from syllabus.curate.engines.base import GenerationParams, request_seed
+    from syllabus.core.engines import close_engine, open_engine
+    from syllabus.core.engines.base import GenerationParams, request_seed
 
     t0 = time.perf_counter()
     engine = open_engine("vllm", str(model_dir), dtype="bfloat16", max_model_len=512, seed=0)
@@ -68,7 +68,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from syllabus.curate.models import prepare_default_models
+    from syllabus.core.models import prepare_default_models
     from syllabus.evaluate.sets import load_set
 
     teacher_dir, _ = prepare_default_models()

@@ -15,7 +15,7 @@ Variants, each in its own fresh subprocess:
 - distillm (kld only): DistiLLM's `forward_kl` verbatim over the model's full (N, V) logits (`F.softmax(...,
   dtype=float32)`, inf mask, cross-entropy form), with the temperature added as SRD/SpectrumKD do, plus the SFT
   cross-entropy: the naive baseline the peers run.
-- naive: full (N, V) logits, `syllabus.train.losses.loss_sums` (the library's unchunked path, plain autograd).
+- naive: full (N, V) logits, `syllabus.train.losses_reference.loss_sums` (the tests' oracle: plain autograd).
 - checkpoint: logits per chunk of tokens under torch.utils.checkpoint, recomputed in backward (the textbook way).
 - chunked: `syllabus.train.losses.chunked_loss_sums`, the trainer's path.
 
@@ -59,7 +59,8 @@ def worker(args: argparse.Namespace) -> dict:
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
-    from syllabus.train.losses import chunked_loss_sums, loss_sums
+    from syllabus.train.losses import Objective, chunked_loss_sums
+    from syllabus.train.losses_reference import loss_sums
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -70,6 +71,7 @@ def worker(args: argparse.Namespace) -> dict:
     teacher_head = (torch.randn(v, h) * h**-0.5).bfloat16()  # (V, H) bf16 teacher
     targets = torch.randint(0, v, (n,))
     settings = dict(loss=args.loss, temperature=2.0, kd_weight=0.7)
+    objective = Objective(**settings)
 
     def distillm():  # DistiLLM's distillm/losses.py forward_kl, temperature added, and the SFT term
         logits = F.linear(student_hidden, student_head)  # (N, V)
@@ -85,11 +87,11 @@ def worker(args: argparse.Namespace) -> dict:
 
     def naive():
         return loss_sums(F.linear(student_hidden, student_head), F.linear(teacher_hidden, teacher_head), targets,
-                         **settings).loss_sum
+                         objective=objective).loss_sum
 
     def chunk_loss(hidden, teacher, chunk_targets):
         return loss_sums(F.linear(hidden, student_head), F.linear(teacher, teacher_head), chunk_targets,
-                         **settings).loss_sum
+                         objective=objective).loss_sum
 
     def checkpointed():
         total = 0.0
@@ -101,7 +103,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     def chunked():
         return chunked_loss_sums(student_hidden, student_head, targets, teacher_hidden=teacher_hidden,
-                                 teacher_head=teacher_head, chunk_tokens=args.chunk_tokens, **settings).loss_sum
+                                 teacher_head=teacher_head, chunk_tokens=args.chunk_tokens, objective=objective).loss_sum
 
     if args.variant == "distillm" and args.loss != "kld":
         raise SystemExit("the distillm variant is DistiLLM's forward_kl: use it with --loss kld")

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from syllabus.core.table import write_table
 from syllabus.curate.schedules.build import build_schedule
-from syllabus.curate.table import write_table
 
 CASES = {
     "spectrum": {},  # 25 epochs of 0.8 N

@@ -61,7 +61,7 @@ def naive_score(rows: list[dict], student_dir: Path, teacher_dir: Path, max_new_
 
 
 def syllabus_score(rows: int, out: Path, max_new_tokens: int) -> dict:
-    from syllabus.curate.engines.base import GenerationParams
+    from syllabus.core.engines.base import GenerationParams
     from syllabus.curate.score import ScoreConfig, score
 
     t0 = time.perf_counter()
@@ -76,9 +76,9 @@ def ce_engine_speeds(rows: list[dict], model_dir: Path) -> dict:
     """Teacher forcing of the same rows on each engine (engine start excluded, one warm-up batch)."""
     from transformers import AutoTokenizer
 
-    from syllabus.curate.engines import close_engine, open_engine
-    from syllabus.curate.engines.base import ScoringRequest
-    from syllabus.curate.tokens import encode_pair
+    from syllabus.core.engines import close_engine, open_engine
+    from syllabus.core.engines.base import ScoringRequest
+    from syllabus.core.tokens import encode_pair
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     requests = []
@@ -108,8 +108,8 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true")
     args = parser.parse_args()
 
+    from syllabus.core.models import prepare_default_models
     from syllabus.curate.data import EMBEDDED
-    from syllabus.curate.models import prepare_default_models
 
     teacher_dir, student_dir = prepare_default_models()
     rows = [json.loads(line) for line in EMBEDDED["dolly_dev_1000"].open()][: args.rows]

@@ -60,16 +60,16 @@ def run_variant(variant: str, batch: int, seq_len: int, steps: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from syllabus.curate.models import prepare_default_models
+    from syllabus.core.models import prepare_default_models
     from syllabus.train.data import Batch
-    from syllabus.train.losses import kd_divergence
-    from syllabus.train.loop import DistillStudent
-    from syllabus.train.manifest import EpochPlan
+    from syllabus.train.losses import Objective
+    from syllabus.train.losses_reference import kd_divergence
+    from syllabus.train.student import DistillStudent
 
     teacher_dir, student_dir = prepare_default_models()
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.bfloat16).eval().requires_grad_(False)
-    wrapped = DistillStudent(student)
+    wrapped = DistillStudent(student, chunk_tokens=1024)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 49152, (batch, seq_len), generator=g)
@@ -78,14 +78,14 @@ def run_variant(variant: str, batch: int, seq_len: int, steps: int) -> dict:
     cols = torch.arange(seq_len - 1).repeat(batch)
     targets = ids[rows, cols + 1]
     data = Batch(ids, mask, rows, cols, targets)
-    plan = EpochPlan(0, Path("-"), 0, 0, 1.0, 1.0, "kld", {}, False, False)
+    objective = Objective("kld", temperature=1.0, kd_weight=1.0)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16)
 
     def syllabus_step():
         with torch.no_grad(), autocast:
             t_hidden = teacher.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[rows, cols]
         with autocast:
-            sums = wrapped(data, t_hidden, teacher.get_output_embeddings().weight, plan, "kld", {}, 1.0, 1024)
+            sums = wrapped(data, objective, t_hidden, teacher.get_output_embeddings().weight)
         (sums.loss_sum / targets.numel()).backward()
 
     def naive_step():

@@ -66,13 +66,14 @@ def score(
     quiet: bool = typer.Option(False, help="no progress bars"),
 ) -> None:
     """Score a dataset into a Parquet difficulty table (student/teacher CE, DDS, student output, ROUGE-L)."""
+    from syllabus.core.engines.base import GenerationParams
+    from syllabus.core.models import ModelError
+    from syllabus.core.workdir import RunDirError
+
     from .data import DataError
-    from .engines.base import GenerationParams
-    from .models import ModelError
     from .score import ScoreConfig, ScoreError
     from .score import score as run_score
     from .summary import summarize_table
-    from .workdir import RunDirError
 
     try:
         config = ScoreConfig(
@@ -102,9 +103,10 @@ def merge(
     out: Path = typer.Option(..., "--out", "-o", help="merged table directory"),
 ) -> None:
     """Merge the shard tables of a `--num-shards` scoring run into one table."""
+    from syllabus.core.table import TableError
+
     from .merge import merge_tables
     from .summary import summarize_table
-    from .table import TableError
 
     try:
         table = merge_tables(shards, out)
@@ -120,7 +122,7 @@ def inspect(
     column: str = typer.Option("student_ce", help="difficulty column for table plots"),
 ) -> None:
     """Summarise a difficulty table (counts, statuses, metric quantiles) or schedules (per-epoch curriculum)."""
-    from .table import TableError, read_table
+    from syllabus.core.table import TableError, read_table
 
     if all((p / "manifest.json").exists() for p in paths):
         from .schedules.inspect import inspect_schedule
@@ -149,7 +151,7 @@ def models_prepare(
     force: bool = typer.Option(False, help="rebuild even if the cache holds them"),
 ) -> None:
     """Convert the embedded SmolLM2-135M-Instruct GGUF into the default teacher and its depth-pruned student."""
-    from .models import ModelError, cache_dir, prepare_default_models
+    from syllabus.core.models import ModelError, cache_dir, prepare_default_models
 
     try:
         teacher, student = prepare_default_models(keep_every, force=force)

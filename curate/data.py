@@ -16,20 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from syllabus.core.templates import ALPACA_NO_INPUT, ALPACA_WITH_INPUT, TEMPLATES
+
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 EMBEDDED = {"dolly_dev_1000": Path(__file__).parent / "embedded" / "dolly_dev_1000.jsonl"}  # see embedded/README.md
 
-# The Alpaca template exactly as MiniLLM/DistiLLM apply it (the `prompt` field of their processed data).
-ALPACA_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-ALPACA_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
-TEMPLATES = ("alpaca", "chat", "none")
 
 
 class DataError(ValueError):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .table import Table, TableError, read_table, write_table
+from syllabus.core.table import Table, TableError, read_table, write_table
 
 # Metadata that must agree between shards of one run (the config minus its shard index).
 _SHARED_KEYS = ("student", "teacher", "teacher_from", "tokenizer_sha256", "template", "fields", "generation", "engines")

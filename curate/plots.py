@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .table import Table
+from syllabus.core.table import Table
 
 UNITS = {
     "student_ce": "nats/token",

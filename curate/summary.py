@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from .table import Table
+from syllabus.core.table import Table
 
 METRICS = ("student_ce", "teacher_ce", "dds", "rouge_l", "output_ce", "prompt_tokens", "response_tokens")
 QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)

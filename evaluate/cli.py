@@ -40,7 +40,7 @@ def run(
     quiet: bool = typer.Option(False),
 ) -> None:
     """Generate and score on each set under each seed; write generations, summary.json and summary.md."""
-    from syllabus.curate.models import ModelError
+    from syllabus.core.models import ModelError
 
     from .protocol import EvalProtocol
     from .run import EvalConfig, evaluate, markdown_summary

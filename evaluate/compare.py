@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from syllabus.curate.table import atomic_write_bytes
-from syllabus.curate.workdir import differences
+from syllabus.core.io import atomic_write_bytes
+from syllabus.core.workdir import differences
 
 
 class CompareError(ValueError):

@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
 
-from syllabus.curate.rouge import rouge_l
+from syllabus.core.rouge import rouge_l
 
 DEFAULT_SEEDS = (10, 20, 30, 40, 50)
 

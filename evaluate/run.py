@@ -19,10 +19,10 @@ from typing import Any
 
 import polars as pl
 
-from syllabus.curate.engines.base import GenerationParams, request_seed
-from syllabus.curate.models import ModelRef, load_tokenizer, resolve_model
-from syllabus.curate.table import atomic_write_json, atomic_write_parquet, atomic_write_bytes
-from syllabus.curate.workdir import claim_output
+from syllabus.core.engines.base import GenerationParams, request_seed
+from syllabus.core.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet
+from syllabus.core.models import ModelRef, load_tokenizer, resolve_model
+from syllabus.core.workdir import claim_output
 
 from .protocol import EvalProtocol, score_row
 from .sets import DEFAULT_SETS, EvalSet, load_set
@@ -53,7 +53,7 @@ class EvalConfig:
 
 
 def resolve_engine(choice: str) -> str:
-    from syllabus.curate.engines import vllm_available
+    from syllabus.core.engines import vllm_available
 
     if choice == "auto":
         return "vllm" if vllm_available() else "hf"
@@ -73,7 +73,7 @@ def generate_set(
     eval_set: EvalSet, seed: int, model: ModelRef, tokenizer: Any, config: EvalConfig, kind: str
 ) -> pl.DataFrame:
     """One (set, seed): generations and per-row scores."""
-    from syllabus.curate.engines import open_engine
+    from syllabus.core.engines import open_engine
 
     p = config.protocol
     engine = open_engine(kind, str(model.path), **engine_options(config, kind))
@@ -143,8 +143,8 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """
     from tqdm.auto import tqdm
 
-    from syllabus.curate.engines import close_engine
-    from syllabus.curate.score import versions
+    from syllabus.core.engines import close_engine
+    from syllabus.core.versions import versions
 
     out = Path(config.out)
     model = resolve_model(config.model, "student")

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from syllabus.curate.data import ALPACA_NO_INPUT
+from syllabus.core.templates import ALPACA_NO_INPUT
 
 SETS_DIR = Path(__file__).parent / "sets"
 SHIPPED = {

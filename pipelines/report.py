@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from syllabus.curate.table import atomic_write_bytes
+from syllabus.core.io import atomic_write_bytes
 
 
 def _training_summary(workdir: Path) -> list[str]:

@@ -33,6 +33,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
 import yaml
 
 PROGRAMS = ("curate", "train", "evaluate", "syllabus")
@@ -145,19 +146,25 @@ def is_done(pipeline: Pipeline, stage: Stage, fingerprint: str) -> bool:
     return record.get("fingerprint") == fingerprint and all(Path(o).exists() for o in stage.outputs)
 
 
+def stage_app(program: str):
+    """The Typer app behind a stage program, found the way the shell finds it: the project's console scripts.
+
+    Raises:
+        PipelineError: the program is not installed (the project is not installed in this environment).
+    """
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group="console_scripts", name=program) if ep.value.startswith("syllabus.")]
+    if not found:
+        raise PipelineError(f"program {program!r} is not installed here; install the project (make install)")
+    return found[0].load()
+
+
 def validate_arguments(stage: Stage) -> None:
     """Parse the stage's arguments with its own CLI (without running it): unknown options fail here."""
     import typer
 
-    if stage.argv[0] == "curate":
-        from syllabus.curate.cli import app
-    elif stage.argv[0] == "train":
-        from syllabus.train.cli import app
-    elif stage.argv[0] == "evaluate":
-        from syllabus.evaluate.cli import app
-    else:
-        from .cli import app
-    command = typer.main.get_command(app)
+    command = typer.main.get_command(stage_app(stage.argv[0]))
     args = list(stage.argv[1:])
     try:
         ctx = command.make_context(stage.argv[0], list(args), resilient_parsing=False)

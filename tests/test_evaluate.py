@@ -8,9 +8,11 @@ import random
 import polars as pl
 import pytest
 import torch
+from matplotlib.container import BarContainer
 from typer.testing import CliRunner
 
-from syllabus.curate.engines.ngram import NGramBlocker, banned_tokens
+from helpers import weights_digest
+from syllabus.core.engines.ngram import NGramBlocker, banned_tokens
 from syllabus.evaluate.cli import app
 from syllabus.evaluate.protocol import extract_final_number, gsm8k_correct, score_row
 from syllabus.evaluate.sets import SHIPPED, load_set
@@ -105,7 +107,7 @@ def eval_runs(tmp_path_factory, tiny_model, tiny_teacher):
     return outs
 
 
-def test_run_writes_generations_and_summaries(eval_runs):
+def test_run_writes_generations_and_summaries(eval_runs, tiny_model):
     out = eval_runs["a"]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["results"]["sets"]) == {"dollyeval", "sni", "gsm8k"}
@@ -120,7 +122,7 @@ def test_run_writes_generations_and_summaries(eval_runs):
     assert summary["results"]["average"] == pytest.approx(
         sum(s["mean"] for s in summary["results"]["sets"].values()) / 3, abs=1e-3)
     assert "| **Avg.** |" in (out / "summary.md").read_text()
-    assert len(summary["model"]["weights_sha256"]) == 64
+    assert summary["model"]["weights_sha256"] == weights_digest(tiny_model)
 
 
 def test_different_seeds_sample_differently(eval_runs):
@@ -130,7 +132,7 @@ def test_different_seeds_sample_differently(eval_runs):
     assert a != b
 
 
-def test_compare_two_runs(eval_runs, tmp_path):
+def test_compare_two_runs(eval_runs, tmp_path, saved_figures):
     result = runner.invoke(app, ["compare", str(eval_runs["a"]), str(eval_runs["b"]), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     md = (tmp_path / "compare.md").read_text()
@@ -139,7 +141,11 @@ def test_compare_two_runs(eval_runs, tmp_path):
     rows = list(pl.read_csv(tmp_path / "compare.csv").iter_rows(named=True))
     summary_b = json.loads((eval_runs["b"] / "summary.json").read_text())
     assert rows[1]["avg"] == pytest.approx(summary_b["results"]["average"])
-    assert (tmp_path / "compare.png").stat().st_size > 5000
+    ax = saved_figures["compare.png"].axes[0]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]  # one group per run, one bar per set
+    assert [[round(bar.get_height(), 6) for bar in group] for group in bars] == [
+        [round(summary["results"]["sets"][s]["mean"], 6) for s in ("dollyeval", "sni", "gsm8k")]
+        for summary in (json.loads((eval_runs[k] / "summary.json").read_text()) for k in ("a", "b"))]
 
 
 def test_compare_refuses_different_protocols(eval_runs, tmp_path, tiny_model):

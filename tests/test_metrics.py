@@ -10,10 +10,10 @@ import torch
 from rouge_score import rouge_scorer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from syllabus.curate.engines.base import GenerationParams, ScoringRequest
-from syllabus.curate.engines.hf_engine import HFEngine, length_batches
-from syllabus.curate.rouge import rouge_l
-from syllabus.curate.tokens import encode_pair
+from syllabus.core.engines.base import GenerationParams, ScoringRequest
+from syllabus.core.engines.hf_engine import HFEngine, length_batches
+from syllabus.core.rouge import rouge_l
+from syllabus.core.tokens import encode_pair
 
 
 def direct_nll(model, ids: list[int], prompt_len: int) -> float:

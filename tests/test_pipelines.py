@@ -38,6 +38,7 @@ def write_recipe(path: Path, data: Path, model: Path, workdir: Path, max_new_tok
     return path
 
 
+@pytest.mark.slow
 def test_stages_skip_when_done_and_rerun_when_edited(tmp_path, small_dolly, tiny_model):
     workdir = tmp_path / "work"
     recipe = write_recipe(tmp_path / "r.yaml", small_dolly, tiny_model, workdir)
@@ -89,6 +90,7 @@ def test_bad_stage_arguments_are_caught_before_anything_runs(tmp_path, small_dol
     assert not (tmp_path / "work" / ".pipeline").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_stage_stops_the_run_and_keeps_finished_stages(tmp_path, small_dolly, tiny_model):
     workdir = tmp_path / "work"
     recipe = tmp_path / "r.yaml"

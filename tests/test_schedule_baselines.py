@@ -7,12 +7,12 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_schedule_support import ids_of, make_frame, write
 
 from syllabus.curate.schedules import baselines
 from syllabus.curate.schedules.baselines import FullConfig, RandomConfig
 from syllabus.curate.schedules.build import build_schedule
 from syllabus.curate.schedules.config import ScheduleError
+from test_schedule_support import ids_of, make_frame, write
 
 
 def test_full_trains_on_every_row_every_epoch():
@@ -20,9 +20,9 @@ def test_full_trains_on_every_row_every_epoch():
     epochs = baselines.build_full(frame, FullConfig())
     assert len(epochs) == 20
     assert all(ids_of(e) == sorted(frame["sample_id"]) for e in epochs)
-    assert all(e.loss == "kld" and e.kd_weight == 1.0 and e.temperature == 1.0 and not e.rescore for e in epochs)
+    assert all(e.plan.loss == "kld" and e.plan.kd_weight == 1.0 and e.plan.temperature == 1.0 and not e.plan.rescore for e in epochs)
     bdl = baselines.build_full(frame, FullConfig(epochs=2, loss="bdl"))  # DA-KD's "w/o DiffUp"
-    assert bdl[0].loss_params == {"lambda": 0.9}
+    assert bdl[0].plan.loss_params == {"lambda": 0.9}
 
 
 def test_random_needs_exactly_one_size_source():

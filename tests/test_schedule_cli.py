@@ -1,15 +1,18 @@
-"""`curate schedule` and `curate inspect` end to end: flags, --config YAML, errors with exit code 2, plots."""
+"""`curate schedule` and `curate inspect` end to end: options, -p params, --config YAML, errors with exit code 2, plots."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 
-from test_schedule_support import make_frame, write
+import polars as pl
+import pytest
 from typer.testing import CliRunner
 
 from syllabus.curate.cli import app
+from test_schedule_support import make_frame, write
 
 runner = CliRunner()
 
@@ -22,11 +25,11 @@ def manifest(path) -> dict:
     return json.loads((path / "manifest.json").read_text())
 
 
-def test_flags_reach_the_method(tmp_path):
+def test_options_and_params_reach_the_method(tmp_path):
     table = write(tmp_path, make_frame(120))
     out = tmp_path / "spectrum"
-    result = run("schedule", table.path, "--method", "spectrum", "--epochs", 6, "--warmup-epochs", 1, "--la", 0.2,
-                 "--step", "linear", "--loss", "skl", "--loss-param", "skew=0.2", "--reverse", "--out", out)
+    result = run("schedule", table.path, "--method", "spectrum", "--epochs", 6, "-p", "warmup_epochs=1", "-p", "la=0.2",
+                 "--param", "step=linear", "--loss", "skl", "--loss-param", "skew=0.2", "--reverse", "--out", out)
     assert result.exit_code == 0, result.output
     m = manifest(out)
     assert m["params"]["la"] == 0.2 and m["params"]["step"] == "linear" and m["params"]["reverse"] is True
@@ -34,23 +37,23 @@ def test_flags_reach_the_method(tmp_path):
     assert "method spectrum, 6 epochs" in result.output
 
 
-def test_config_file_with_flags_on_top(tmp_path):
+def test_config_file_with_params_and_options_on_top(tmp_path):
     table = write(tmp_path, make_frame(120))
     config = tmp_path / "srd.yaml"
     config.write_text("method: srd\nepochs: 6\nkeep: 0.75\nseed: 7\nce-column: student_ce\nloss: jsd\n"
                       "loss_params: {beta: 0.4}\n")
     out = tmp_path / "srd"
-    result = run("schedule", table.path, "--config", config, "--keep", 0.5, "--out", out)
+    result = run("schedule", table.path, "--config", config, "-p", "keep=0.5", "--out", out)
     assert result.exit_code == 0, result.output
     m = manifest(out)
     assert m["seed"] == 7 and m["params"]["keep"] == 0.5 and m["params"]["ce_column"] == "student_ce"
     assert m["params"]["epochs_per_stage"] == 2 and m["epochs"][0]["loss_params"] == {"beta": 0.4}
     assert "restart" in result.output
-    generic = run("schedule", table.path, "--config", config, "-p", "keep=0.6", "-p", "rank-ties=min", "--keep", 0.5,
+    generic = run("schedule", table.path, "--config", config, "-p", "epochs=9", "-p", "rank-ties=min", "--epochs", 3,
                   "--out", tmp_path / "generic")
     assert generic.exit_code == 0, generic.output
     params = manifest(tmp_path / "generic")["params"]
-    assert params["keep"] == 0.5 and params["rank_ties"] == "min"  # config < -p < explicit flags
+    assert params["epochs_per_stage"] == 1 and params["rank_ties"] == "min"  # config < -p < explicit options
 
 
 def test_errors_exit_2_with_a_message_naming_the_culprit(tmp_path):
@@ -59,8 +62,11 @@ def test_errors_exit_2_with_a_message_naming_the_culprit(tmp_path):
     bad_yaml.write_text("method: spectrum\nlambda_a: 0.1\n")
     cases = [
         (["--config", bad_yaml], "unknown parameter(s) lambda_a"),
-        (["--method", "dakd", "--la", 0.1], "method dakd: unknown parameter(s) la"),
-        (["--method", "srd", "--keep", 1.5], "parameter keep must be in"),
+        (["--method", "dakd", "-p", "la=0.1"], "method dakd: unknown parameter(s) la"),
+        (["--method", "srd", "-p", "keep=1.5"], "parameter keep must be in"),
+        (["--method", "curriculum"], "'curriculum' is not one of"),
+        (["--method", "full", "--loss", "kl"], "'kl' is not one of"),
+        (["--method", "full", "-p", "temperature=.inf"], "temperature must be a finite number > 0"),
         (["--method", "l2m", "--epochs", 6], "multiple of 4"),
         ([], "--method is required"),
         (["--method", "dakd", "--loss-param", "lambda"], "expected key=number"),
@@ -79,19 +85,27 @@ def test_errors_exit_2_with_a_message_naming_the_culprit(tmp_path):
     assert taken.exit_code == 2 and "holds another schedule" in taken.output and str(tmp_path / "z") in taken.output
 
 
-def test_inspect_schedules_and_table_with_plots(tmp_path):
+def test_inspect_schedules_and_table_with_plots(tmp_path, saved_figures):
     table = write(tmp_path, make_frame(150))
-    for method, extra in (("srd", []), ("dakd", ["--epochs", 5]), ("spectrum", ["--epochs", 8, "--warmup-epochs", 2])):
+    for method, extra in (("srd", []), ("dakd", ["--epochs", 5]), ("spectrum", ["--epochs", 8, "-p", "warmup_epochs=2"])):
         assert run("schedule", table.path, "--method", method, *extra, "--out", tmp_path / method).exit_code == 0
     plots = tmp_path / "plots"
     shown = run("inspect", tmp_path / "srd", tmp_path / "dakd", tmp_path / "spectrum", "--plots", plots)
     assert shown.exit_code == 0, shown.output
     assert "method srd" in shown.output and "method dakd" in shown.output and "rescore" in shown.output
-    assert (plots / "curricula.png").stat().st_size > 20_000
+    counts, means, _ = saved_figures["curricula.png"].axes
+    for line, method in zip(counts.lines, ("srd", "dakd", "spectrum")):  # samples per epoch, one line per schedule
+        assert list(line.get_ydata()) == [e["num_samples"] for e in manifest(tmp_path / method)["epochs"]]
+    srd_first = pl.read_parquet(tmp_path / "srd" / "epoch-000.parquet").join(table.frame, on="sample_id")
+    assert means.lines[0].get_ydata()[0] == pytest.approx(srd_first["student_ce"].mean())
     shown = run("inspect", table.path, "--plots", plots)
     assert shown.exit_code == 0, shown.output
-    assert (plots / "student_ce_histogram.png").stat().st_size > 10_000
-    assert (plots / "student_ce_spectrum.png").stat().st_size > 10_000
+    values = table.frame.filter(pl.col("status") == "ok")["student_ce"].drop_nans().drop_nulls().sort().to_list()
+    hist = saved_figures["student_ce_histogram.png"].axes[0]
+    assert sum(bar.get_height() * bar.get_width() for bar in hist.patches) == pytest.approx(1.0)  # a density
+    curve = [line for line in saved_figures["student_ce_spectrum.png"].axes[0].lines
+             if line.get_label() == "sorted student_ce"]
+    assert list(curve[0].get_ydata()) == pytest.approx(values)  # the spectrum is the sorted column
 
 
 def test_the_command_module_imports_no_heavy_library():
@@ -99,3 +113,16 @@ def test_the_command_module_imports_no_heavy_library():
             "print(sorted(m for m in ('polars', 'numpy', 'torch', 'vllm', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_help_params_lists_every_field_with_its_paper_default():
+    from syllabus.curate.schedules.spectrum import SpectrumConfig
+
+    result = run("schedule", "--help-params", "spectrum")
+    assert result.exit_code == 0, result.output
+    listed = [line.split()[1].rstrip(":") for line in result.output.splitlines() if line.strip().startswith("-p ")]
+    assert listed == [f.name for f in dataclasses.fields(SpectrumConfig)]
+    assert "-p la: float = 0.1" in result.output and "lambda_a" in result.output
+    every = run("schedule", "--help-params", "all")
+    assert every.exit_code == 0 and all(f"{m}: " in every.output for m in ("spectrum", "srd", "l2m", "dakd", "full"))
+    assert run("schedule", "--help-params", "curriculum").exit_code == 2

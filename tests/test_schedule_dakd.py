@@ -8,11 +8,11 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_schedule_support import ids_of, make_frame
 
 from syllabus.curate.schedules import dakd
 from syllabus.curate.schedules.config import ScheduleError
 from syllabus.curate.schedules.dakd import DAKDConfig
+from test_schedule_support import ids_of, make_frame
 
 
 def test_table_3_iterations_pin_a_zero_based_epoch_index():
@@ -78,11 +78,11 @@ def test_select_epoch_refuses_bad_input():
 def test_loss_rescore_and_static_mode():
     frame = make_frame(30).select("sample_id", "dds")
     epochs = dakd.build(frame, DAKDConfig(epochs=4), seed=0)
-    assert [e.rescore for e in epochs] == [False, True, True, True]
-    assert all(e.loss == "bdl" and e.loss_params == {"lambda": 0.9} and e.kd_weight == 1.0 for e in epochs)
-    assert not any(e.rescore for e in dakd.build(frame, DAKDConfig(epochs=4, dynamic=False), seed=0))
-    assert dakd.build(frame, DAKDConfig(epochs=2, loss_params={"lambda": 0.7}), 0)[0].loss_params == {"lambda": 0.7}
-    assert dakd.build(frame, DAKDConfig(epochs=2, loss="kld"), 0)[0].loss_params == {}
+    assert [e.plan.rescore for e in epochs] == [False, True, True, True]
+    assert all(e.plan.loss == "bdl" and e.plan.loss_params == {"lambda": 0.9} and e.plan.kd_weight == 1.0 for e in epochs)
+    assert not any(e.plan.rescore for e in dakd.build(frame, DAKDConfig(epochs=4, dynamic=False), seed=0))
+    assert dakd.build(frame, DAKDConfig(epochs=2, loss_params={"lambda": 0.7}), 0)[0].plan.loss_params == {"lambda": 0.7}
+    assert dakd.build(frame, DAKDConfig(epochs=2, loss="kld"), 0)[0].plan.loss_params == {}
     assert dakd.selection_params({"decay": "linear", "tau": 0.2, "reverse": True, "epochs": 3}) == {
         "decay": "linear", "tau": 0.2, "reverse": True}
 
@@ -104,6 +104,6 @@ def test_invariants_over_random_tables(n, epochs, decay, tau, seed, ties):
         from_high = sum(i in high for i in ids)
         want_high = math.floor((1 - tau) * size + 0.5)
         assert from_high == max(want_high, size - (n - size))  # (1 - tau)|D_high| unless D_low runs short
-        assert epoch.rescore == (e > 0)
+        assert epoch.plan.rescore == (e > 0)
         # the trainer's dynamic mode reselects with the same function: same ids on the same dds
         assert dakd.select_epoch(frame, e, epochs, seed, decay, tau) == ids

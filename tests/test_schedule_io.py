@@ -7,10 +7,10 @@ import math
 
 import polars as pl
 import pytest
-from test_schedule_support import make_frame, write
 
 from syllabus.curate.schedules.build import build_schedule, make_config
 from syllabus.curate.schedules.config import ScheduleError
+from test_schedule_support import make_frame, write
 
 SMALL = {
     "spectrum": {"epochs": 6, "warmup_epochs": 1},
@@ -188,4 +188,4 @@ def test_shards_hold_the_computed_epochs_in_order(tmp_path):
                               spectrum.SpectrumConfig(epochs=5, warmup_epochs=1))
     for e, epoch in zip(manifest(out)["epochs"], expected):
         assert pl.read_parquet(out / e["shard"])["sample_id"].to_list() == epoch.sample_ids.to_list()
-        assert math.isclose(e["temperature"], epoch.temperature)
+        assert math.isclose(e["temperature"], epoch.plan.temperature)

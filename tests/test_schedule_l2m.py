@@ -6,22 +6,22 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_schedule_support import ids_of, make_frame
 
 from syllabus.curate.schedules import l2m
 from syllabus.curate.schedules.config import ScheduleError
 from syllabus.curate.schedules.l2m import L2MConfig
+from test_schedule_support import ids_of, make_frame
 
 
 def test_ladders_of_eq_6_and_7_by_hand():
     epochs = l2m.build(make_frame(10), L2MConfig())
     assert [len(ids_of(e)) for e in epochs] == [3, 3, 6, 6, 8, 8, 10, 10]  # subsets 3, 3, 2, 2, cumulative
-    assert [e.stage for e in epochs] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [e.plan.stage for e in epochs] == [0, 0, 1, 1, 2, 2, 3, 3]
     # alpha_i = 0.1 (i-1)/3 and beta_i = 0.7 - (0.7 - 1.0)(i-1)/3, i = 1..4
-    assert [e.loss_params["skew"] for e in epochs[::2]] == pytest.approx([0.0, 0.1 / 3, 0.2 / 3, 0.1])
-    assert [e.kd_weight for e in epochs[::2]] == pytest.approx([0.7, 0.8, 0.9, 1.0])
-    assert all(e.loss == "skl" and e.temperature == 1.0 for e in epochs)
-    assert [e.restart_optimizer for e in epochs] == [False, False, True, False, True, False, True, False]
+    assert [e.plan.loss_params["skew"] for e in epochs[::2]] == pytest.approx([0.0, 0.1 / 3, 0.2 / 3, 0.1])
+    assert [e.plan.kd_weight for e in epochs[::2]] == pytest.approx([0.7, 0.8, 0.9, 1.0])
+    assert all(e.plan.loss == "skl" and e.plan.temperature == 1.0 for e in epochs)
+    assert [e.plan.restart_optimizer for e in epochs] == [False, False, True, False, True, False, True, False]
 
 
 def test_appendix_split_of_11500_rows():
@@ -39,21 +39,21 @@ def test_ranks_by_rouge_then_student_ce():
 def test_most_to_least_and_reverse_are_separate_ablations():
     frame = make_frame(12)
     m2l = l2m.build(frame, L2MConfig(loss_order="m2l", epochs_per_stage=1))
-    assert [e.loss_params["skew"] for e in m2l] == pytest.approx([0.1, 0.2 / 3, 0.1 / 3, 0.0])
+    assert [e.plan.loss_params["skew"] for e in m2l] == pytest.approx([0.1, 0.2 / 3, 0.1 / 3, 0.0])
     assert [len(ids_of(e)) for e in m2l] == [3, 6, 9, 12]  # data order unchanged
     parts = [p.to_list() for p in l2m.subsets(frame, 4)]
     reverse = l2m.build(frame, L2MConfig(epochs_per_stage=1), reverse=True)
     assert ids_of(reverse[0]) == parts[3] and ids_of(reverse[1]) == parts[3] + parts[2]
-    assert [e.loss_params["skew"] for e in reverse] == pytest.approx([0.0, 0.1 / 3, 0.2 / 3, 0.1])
+    assert [e.plan.loss_params["skew"] for e in reverse] == pytest.approx([0.0, 0.1 / 3, 0.2 / 3, 0.1])
 
 
 def test_loss_override_keeps_the_ladder_only_where_the_loss_reads_it():
     frame = make_frame(8)
     srkl = l2m.build(frame, L2MConfig(loss="srkl", epochs_per_stage=1))
-    assert [e.loss_params for e in srkl][-1] == {"skew": pytest.approx(0.1)}
+    assert [e.plan.loss_params for e in srkl][-1] == {"skew": pytest.approx(0.1)}
     kld = l2m.build(frame, L2MConfig(loss="kld", epochs_per_stage=1))
-    assert all(e.loss == "kld" and e.loss_params == {} for e in kld)
-    assert [e.kd_weight for e in kld] == pytest.approx([0.7, 0.8, 0.9, 1.0])
+    assert all(e.plan.loss == "kld" and e.plan.loss_params == {} for e in kld)
+    assert [e.plan.kd_weight for e in kld] == pytest.approx([0.7, 0.8, 0.9, 1.0])
     with pytest.raises(ScheduleError, match="loss_params.skew: L2M-KD sets the skew per stage"):
         L2MConfig(loss_params={"skew": 0.2})
     with pytest.raises(ScheduleError, match="parameter alpha must be in"):
@@ -83,5 +83,5 @@ def test_invariants_over_random_tables(n, stages, epochs_per_stage, seed, ties, 
         stage = i // epochs_per_stage
         ramp = stage / (stages - 1) if stages > 1 else 0.0
         assert ids_of(e) == order[: sizes[stage]]
-        assert e.loss_params["skew"] == pytest.approx(alpha * ramp)
-        assert e.kd_weight == pytest.approx(0.7 + 0.3 * ramp)
+        assert e.plan.loss_params["skew"] == pytest.approx(alpha * ramp)
+        assert e.plan.kd_weight == pytest.approx(0.7 + 0.3 * ramp)

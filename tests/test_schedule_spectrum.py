@@ -9,11 +9,11 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_schedule_support import ids_of, make_frame
 
 from syllabus.curate.schedules import spectrum
 from syllabus.curate.schedules.config import ScheduleError
 from syllabus.curate.schedules.spectrum import SpectrumConfig
+from test_schedule_support import ids_of, make_frame
 
 
 def test_zone_bounds_by_hand():
@@ -70,9 +70,9 @@ def test_adaptive_rise_is_more_even_than_the_literal_loop_by_hand():
 
 def test_temperature_is_linear_over_all_epochs_and_kd_weight_is_one_minus_sft():
     epochs = spectrum.build(make_frame(50), SpectrumConfig(epochs=5, warmup_epochs=1))
-    assert [e.temperature for e in epochs] == pytest.approx([1.0, 1.25, 1.5, 1.75, 2.0])
-    assert all(e.kd_weight == pytest.approx(0.7) and e.loss == "kld" and e.loss_params == {} for e in epochs)
-    assert all(e.stage == 0 and not e.restart_optimizer and not e.rescore for e in epochs)
+    assert [e.plan.temperature for e in epochs] == pytest.approx([1.0, 1.25, 1.5, 1.75, 2.0])
+    assert all(e.plan.kd_weight == pytest.approx(0.7) and e.plan.loss == "kld" and e.plan.loss_params == {} for e in epochs)
+    assert all(e.plan.stage == 0 and not e.plan.restart_optimizer and not e.plan.rescore for e in epochs)
 
 
 def test_rouge_l_spectrum_ranks_high_rouge_first():
@@ -89,7 +89,7 @@ def test_reverse_warms_up_on_the_hardest_window_and_slides_left():
     reverse = [ids_of(e) for e in spectrum.build(frame, config, reverse=True)]
     distinct_forward = forward[2:]  # first window, then the slides
     assert reverse[:2] == [forward[-1]] * 2 and reverse[2:] == distinct_forward[::-1]
-    assert [e.temperature for e in spectrum.build(frame, config, reverse=True)] == pytest.approx(
+    assert [e.plan.temperature for e in spectrum.build(frame, config, reverse=True)] == pytest.approx(
         [1 + j / 7 for j in range(8)])  # the temperature still rises
 
 
@@ -131,7 +131,7 @@ def test_invariants_over_random_tables(case):
     if epochs > k + 1:
         assert starts[-1] + m == end  # the last window ends at (1 - lb) N
     expected = [1.0 + (j / (epochs - 1) if epochs > 1 else 0.0) for j in range(epochs)]
-    assert [e.temperature for e in result] == pytest.approx(expected)
+    assert [e.plan.temperature for e in result] == pytest.approx(expected)
 
 
 @settings(max_examples=40, deadline=None)

@@ -8,11 +8,11 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_schedule_support import ids_of, make_frame
 
 from syllabus.curate.schedules import srd
 from syllabus.curate.schedules.config import ScheduleError
 from syllabus.curate.schedules.srd import SRDConfig
+from test_schedule_support import ids_of, make_frame
 
 
 def test_rrf_scores_by_hand():
@@ -49,13 +49,13 @@ def test_stages_ladders_and_restarts_by_hand():
     frame = make_frame(40)
     epochs = srd.build(frame, SRDConfig(stages=3, epochs_per_stage=2, keep=0.75))
     assert [len(ids_of(e)) for e in epochs] == [10, 10, 20, 20, 30, 30]
-    assert [e.stage for e in epochs] == [0, 0, 1, 1, 2, 2]
-    assert [e.temperature for e in epochs] == pytest.approx([1.0, 1.0, 1.5, 1.5, 2.0, 2.0])
-    assert [e.kd_weight for e in epochs] == pytest.approx([0.7, 0.7, 0.8, 0.8, 0.9, 0.9])  # SFT 0.3 -> 0.1
-    assert [e.restart_optimizer for e in epochs] == [False, False, True, False, True, False]
+    assert [e.plan.stage for e in epochs] == [0, 0, 1, 1, 2, 2]
+    assert [e.plan.temperature for e in epochs] == pytest.approx([1.0, 1.0, 1.5, 1.5, 2.0, 2.0])
+    assert [e.plan.kd_weight for e in epochs] == pytest.approx([0.7, 0.7, 0.8, 0.8, 0.9, 0.9])  # SFT 0.3 -> 0.1
+    assert [e.plan.restart_optimizer for e in epochs] == [False, False, True, False, True, False]
     assert ids_of(epochs[2])[:10] == ids_of(epochs[0])  # cumulative: stage 2 = subset 1 + subset 2
     no_restart = srd.build(frame, SRDConfig(stages=3, epochs_per_stage=2, restart_optimizer=False))
-    assert not any(e.restart_optimizer for e in no_restart)
+    assert not any(e.plan.restart_optimizer for e in no_restart)
 
 
 def test_defaults_train_sixty_percent_of_a_twenty_epoch_baseline():
@@ -82,7 +82,7 @@ def test_reverse_introduces_the_hardest_subset_first():
     parts = [p.to_list() for p in srd.subsets(frame, config)]
     reverse = srd.build(frame, config, reverse=True)
     assert [ids_of(e) for e in reverse] == [parts[2], parts[2] + parts[1], parts[2] + parts[1] + parts[0]]
-    assert [e.temperature for e in reverse] == pytest.approx([1.0, 1.5, 2.0])  # ladders keep their direction
+    assert [e.plan.temperature for e in reverse] == pytest.approx([1.0, 1.5, 2.0])  # ladders keep their direction
 
 
 def reference_order(rows: list[tuple[str, float, float]], k: int) -> list[str]:
@@ -118,8 +118,8 @@ def test_invariants_over_random_tables(n, keep, stages, epochs_per_stage, seed, 
     for i, e in enumerate(epochs):
         stage = i // epochs_per_stage
         assert ids_of(e) == order[: sizes[stage]]  # cumulative stages
-        assert e.stage == stage
+        assert e.plan.stage == stage
         ramp = stage / (stages - 1) if stages > 1 else 0.0
-        assert e.temperature == pytest.approx(1.0 + ramp)
-        assert e.kd_weight == pytest.approx(1 - (0.3 - 0.2 * ramp))
-        assert e.restart_optimizer == (stage > 0 and i % epochs_per_stage == 0)
+        assert e.plan.temperature == pytest.approx(1.0 + ramp)
+        assert e.plan.kd_weight == pytest.approx(1 - (0.3 - 0.2 * ramp))
+        assert e.plan.restart_optimizer == (stage > 0 and i % epochs_per_stage == 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from syllabus.curate.table import Table, write_table
+from syllabus.core.table import Table, write_table
 
 
 def make_frame(n: int, seed: int = 0, ties: bool = False) -> pl.DataFrame:

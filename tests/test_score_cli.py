@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from helpers import weights_digest
+from syllabus.core.table import read_table
 from syllabus.curate.cli import app
-from syllabus.curate.table import read_table
 
 runner = CliRunner()
 
@@ -55,7 +56,8 @@ def test_score_writes_a_complete_table(scored, tiny_model, tiny_teacher):
     assert frame["student_ce"].min() > 0 and frame["output_ce"].min() >= 0
     meta = table.metadata
     assert meta["student"]["path"] == str(tiny_model) and meta["teacher"]["path"] == str(tiny_teacher)
-    assert len(meta["student"]["weights_sha256"]) == 64 and meta["template"] == "alpaca"
+    assert meta["student"]["weights_sha256"] == weights_digest(tiny_model) and meta["template"] == "alpaca"
+    assert meta["teacher"]["weights_sha256"] == weights_digest(tiny_teacher)
     assert meta["engines"]["generation"] == "hf" and meta["generation"]["temperature"] == 0.01
     assert "student_ce" in output and "status: ok=12" in output  # the end-of-run summary
     sidecar = json.loads((out / "metadata.json").read_text())
@@ -96,6 +98,7 @@ def test_other_arguments_into_the_same_directory_are_refused(scored, tiny_model,
     assert again.exit_code == 0 and read_table(out).fingerprint == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_different_run(tmp_path, small_dolly, tiny_model, tiny_teacher):
     out = tmp_path / "t"
     assert invoke(score_args(small_dolly, out, tiny_model, tiny_teacher, "--limit", "3")).exit_code == 0
@@ -104,12 +107,16 @@ def test_overwrite_replaces_a_different_run(tmp_path, small_dolly, tiny_model, t
     assert read_table(out).frame.height == 5
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, small_dolly, tiny_model, tiny_teacher, scored):
     """Kill -9 after the first part, start again with the same arguments: same table as a run never killed."""
     _, uninterrupted, _ = scored
     out = tmp_path / "t"
-    cmd = [sys.executable, "-m", "syllabus.curate", *score_args(small_dolly, out, tiny_model, tiny_teacher)]
-    killed = subprocess.run(cmd, env={**os.environ, "SYLLABUS_KILL_AFTER_PARTS": "1"}, capture_output=True, text=True)
+    args = score_args(small_dolly, out, tiny_model, tiny_teacher)
+    cmd = [sys.executable, "-m", "syllabus.curate", *args]
+    preempt = str(Path(__file__).with_name("preempt.py"))
+    killed = subprocess.run([sys.executable, preempt, "score-part", "1", "syllabus.curate", *args],
+                            capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr
     assert not (out / "metadata.json").exists()
     assert len(list((out / "_work" / "student-gen").glob("part-*.parquet"))) == 1
@@ -118,6 +125,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, small_dolly,
     assert read_table(out).frame.drop("source_file").equals(read_table(uninterrupted).frame.drop("source_file"))
 
 
+@pytest.mark.slow
 def test_shards_merge_into_the_full_table(tmp_path, scored, tiny_model, tiny_teacher):
     data, full, _ = scored
     shards = []

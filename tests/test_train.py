@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -13,12 +14,14 @@ import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from syllabus.core.table import write_table
 from syllabus.curate.data import make_sample_id
 from syllabus.curate.schedules.build import build_schedule
-from syllabus.curate.table import write_table
 from syllabus.train.cli import app
+from syllabus.train.state import fingerprint_manifest
 
 runner = CliRunner()
+PREEMPT = str(Path(__file__).with_name("preempt.py"))
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +52,7 @@ def metrics(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_kd_loss_goes_down(table, tmp_path, tiny_model, tiny_teacher):
     sched = schedule(table, tmp_path, "full", epochs=6, loss="kld")
     out = tmp_path / "run"
@@ -65,7 +69,18 @@ def test_kd_loss_goes_down(table, tmp_path, tiny_model, tiny_teacher):
     record = json.loads((final / "syllabus_train.json").read_text())
     assert record["table_fingerprint"] == table.fingerprint and record["global_step"] == 18
     config = json.loads((out / "config.json").read_text())
-    assert config["schedule"]["method"] == "full" and len(config["manifest_fingerprint"]) == 64
+    assert config["schedule"]["method"] == "full" and config["manifest_fingerprint"] == fingerprint_manifest(sched)
+
+
+def test_the_manifest_fingerprint_is_stable_and_covers_every_shard(table, tmp_path):
+    sched = schedule(table, tmp_path, "dakd", epochs=3)
+    copy = tmp_path / "copy"
+    shutil.copytree(sched, copy)
+    assert fingerprint_manifest(copy) == fingerprint_manifest(sched)  # content, not location
+    last = copy / "epoch-000.parquet"  # every usable row
+    ids = pl.read_parquet(last)
+    ids.reverse().write_parquet(last)  # same samples, another order: another curriculum
+    assert fingerprint_manifest(copy) != fingerprint_manifest(sched)
 
 
 def test_stage_restarts_and_stage_checkpoints(table, tmp_path, tiny_model, tiny_teacher):
@@ -86,13 +101,16 @@ def test_stage_restarts_and_stage_checkpoints(table, tmp_path, tiny_model, tiny_
         assert (out / "checkpoints" / name / "model.safetensors").exists(), name
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(table, tmp_path, tiny_model, tiny_teacher):
     sched = schedule(table, tmp_path, "l2m", stages=2, epochs_per_stage=2)
     args = train_args(sched, tmp_path / "ref", tiny_model, tiny_teacher, "--save-every-steps", "2")
     assert runner.invoke(app, args).exit_code == 0
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "syllabus.train", *train_args(sched, out, tiny_model, tiny_teacher, "--save-every-steps", "2")]
-    killed = subprocess.run(cmd, env={**os.environ, "SYLLABUS_KILL_AFTER_STEPS": "5"}, capture_output=True, text=True)
+    args = train_args(sched, out, tiny_model, tiny_teacher, "--save-every-steps", "2")
+    cmd = [sys.executable, "-m", "syllabus.train", *args]
+    killed = subprocess.run([sys.executable, PREEMPT, "train-step", "5", "syllabus.train", *args],
+                            capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr
     assert json.loads((out / "state" / "progress.json").read_text())["global_step"] == 4
     refused = subprocess.run(cmd, capture_output=True, text=True)
@@ -107,6 +125,7 @@ def test_resume_after_sigkill_equals_uninterrupted(table, tmp_path, tiny_model, 
     assert steps == list(range(1, len(steps) + 1))  # no step logged twice
 
 
+@pytest.mark.slow
 def test_dakd_dynamic_mode_rescores(table, tmp_path, tiny_model, tiny_teacher):
     sched = schedule(table, tmp_path, "dakd", epochs=3)
     out = tmp_path / "run"
@@ -119,6 +138,7 @@ def test_dakd_dynamic_mode_rescores(table, tmp_path, tiny_model, tiny_teacher):
     assert all(r["loss_name"] == "bdl" for r in metrics(out))
 
 
+@pytest.mark.slow
 def test_loss_override_for_ablations(table, tmp_path, tiny_model, tiny_teacher):
     sched = schedule(table, tmp_path, "full", epochs=1)
     out = tmp_path / "run"
@@ -162,6 +182,7 @@ def test_unknown_yaml_setting_is_refused(table, tmp_path, tiny_model, tiny_teach
     assert result.exit_code == 2 and "unknown setting(s) learning_rate" in result.output
 
 
+@pytest.mark.slow
 def test_stage_end_evaluation_keeps_the_best_checkpoint(table, tmp_path, tiny_model, tiny_teacher):
     sched = schedule(table, tmp_path, "srd", epochs=2, stages=2, keep=1.0, ce_column="student_ce")
     cfg = tmp_path / "c.yaml"

@@ -10,14 +10,14 @@ import torch
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
+from syllabus.core.engines import vllm_available
+from syllabus.core.engines.base import ScoringRequest
+from syllabus.core.engines.hf_engine import HFEngine
+from syllabus.core.table import read_table
+from syllabus.core.tokens import encode_pair
 from syllabus.curate.cli import app
-from syllabus.curate.engines import vllm_available
-from syllabus.curate.engines.base import ScoringRequest
-from syllabus.curate.engines.hf_engine import HFEngine
-from syllabus.curate.table import read_table
-from syllabus.curate.tokens import encode_pair
 
-pytestmark = [pytest.mark.vllm, pytest.mark.skipif(not vllm_available(), reason="vllm is not installed")]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.skipif(not vllm_available(), reason="vllm is not installed")]
 
 
 MAX_SEQ_LEN, MAX_NEW_TOKENS = 512, 12
@@ -26,8 +26,8 @@ MAX_SEQ_LEN, MAX_NEW_TOKENS = 512, 12
 @pytest.fixture(scope="module")
 def vllm_engine(tiny_model):
     """The engine the CLI run below will reuse (same options => same cached engine, one start)."""
-    from syllabus.curate.engines import open_engine
-    from syllabus.curate.engines.base import GenerationParams
+    from syllabus.core.engines import open_engine
+    from syllabus.core.engines.base import GenerationParams
     from syllabus.curate.score import ScoreConfig, engine_options
 
     config = ScoreConfig(data="-", out="-", generation=GenerationParams(max_new_tokens=MAX_NEW_TOKENS), max_seq_len=MAX_SEQ_LEN)
@@ -39,7 +39,7 @@ def test_vllm_generation_logprobs_are_raw_and_seeded(vllm_engine, tiny_model, do
     and a per-request seed makes a sample independent of what else is in the batch."""
     from transformers import AutoTokenizer
 
-    from syllabus.curate.engines.base import GenerationParams
+    from syllabus.core.engines.base import GenerationParams
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     prompts = [tok(r["prompt"]).input_ids for r in dolly_rows[:4]]
@@ -105,7 +105,7 @@ def test_vllm_and_transformers_agree_on_ce(vllm_table, tiny_model):
 @pytest.fixture(scope="module")
 def eval_engine(vllm_table, tiny_model):
     """Evaluation's engine (other max_model_len than scoring's): opened here, reused by the CLI run below."""
-    from syllabus.curate.engines import open_engine
+    from syllabus.core.engines import open_engine
     from syllabus.evaluate.run import EvalConfig, engine_options
 
     return open_engine("vllm", str(tiny_model), **engine_options(EvalConfig(model="-", out="-"), "vllm"))
@@ -115,7 +115,7 @@ def test_no_repeat_ngram_blocking_runs_inside_vllm(eval_engine, tiny_model, doll
     """Greedy decoding of a random model loops; with n = 1 blocking no token may repeat one already in the sequence."""
     from transformers import AutoTokenizer
 
-    from syllabus.curate.engines.base import GenerationParams
+    from syllabus.core.engines.base import GenerationParams
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     prompts = [tok(r["prompt"]).input_ids[:64] for r in dolly_rows[:3]]

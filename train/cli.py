@@ -58,12 +58,12 @@ def run(
     overwrite: bool = typer.Option(False, help="start over in --out; with --resume, replace --out only if it holds another run"),
 ) -> None:
     """Train the student on the schedule's epochs, with the manifest's loss, temperature and kd_weight per epoch."""
-    from syllabus.curate.models import ModelError
-    from syllabus.curate.table import TableError
+    from syllabus.core.models import ModelError
+    from syllabus.core.schedule import ScheduleError
+    from syllabus.core.table import TableError
 
     from .config import ConfigError, TrainConfig
     from .data import DataError
-    from .manifest import ManifestError
 
     overrides = {
         "manifest": str(manifest) if manifest else None, "out": str(out) if out else None, "student": student,
@@ -80,6 +80,6 @@ def run(
         from .loop import train
 
         final = train(cfg)
-    except (ConfigError, ManifestError, TableError, ModelError, DataError, ValueError) as exc:
+    except (ConfigError, ScheduleError, TableError, ModelError, DataError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"final checkpoint: {final}")

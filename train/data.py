@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from syllabus.curate.tokens import Encoded, encode_pair
+from syllabus.core.tokens import Encoded, encode_pair
 
 
 class DataError(ValueError):

@@ -6,71 +6,33 @@ the optimizer, maybe re-score (DA-KD), then micro-batches -> loss -> step, with 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from syllabus.curate.models import check_same_tokenizer, load_tokenizer, resolve_model
-from syllabus.curate.table import Table, atomic_write_json, read_table
-from syllabus.curate.workdir import claim_output
+from syllabus.core.io import atomic_write_json
+from syllabus.core.models import check_same_tokenizer, load_tokenizer, resolve_model
+from syllabus.core.schedule import ScheduledEpoch, read_schedule
+from syllabus.core.table import read_table
+from syllabus.core.workdir import claim_output
 
 from . import state as state_io
 from .config import TrainConfig
 from .data import Batch, SampleStore, collate, epoch_micro_batches, read_shard
-from .losses import LossSums, chunked_loss_sums, resolve_loss_params
-from .manifest import EpochPlan, Schedule, read_schedule
+from .losses import Objective
 from .rescore import rescore_epoch
+from .run import Run
+from .student import DistillStudent
 
 
 class TrainError(ValueError):
     """Training cannot start: mismatched schedule and table, tokenizers, or output directory."""
-
-
-class DistillStudent(torch.nn.Module):
-    """The student plus the chunked loss in one forward, so DDP/FSDP see every parameter use inside `forward`."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: Batch, teacher_hidden: torch.Tensor | None, teacher_head: torch.Tensor | None,
-                plan: EpochPlan, loss: str, loss_params: dict, kd_weight: float, chunk_tokens: int) -> LossSums:
-        hidden = self.model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-        return chunked_loss_sums(
-            hidden[batch.rows, batch.cols],
-            self.model.get_output_embeddings().weight,
-            batch.targets,
-            teacher_hidden=teacher_hidden,
-            teacher_head=teacher_head,
-            loss=loss,
-            temperature=plan.temperature,
-            kd_weight=kd_weight,
-            chunk_tokens=chunk_tokens,
-            **loss_params,
-        )
-
-
-@dataclass
-class Run:
-    """Everything built by `setup`."""
-
-    config: TrainConfig
-    out: Path
-    schedule: Schedule
-    table: Table
-    accelerator: Any
-    student: DistillStudent
-    teacher: Any
-    tokenizer: Any
-    store: SampleStore
-    manifest_fingerprint: str
-    progress: state_io.Progress = field(default_factory=state_io.Progress)
 
 
 def setup(config: TrainConfig) -> Run:
@@ -78,9 +40,8 @@ def setup(config: TrainConfig) -> Run:
     from transformers import AutoModelForCausalLM
 
     schedule = read_schedule(config.manifest)
+    objectives = tuple(epoch_objective(epoch, config) for epoch in schedule.epochs)  # before any model loads
     table_path = config.table or schedule.table_path
-    if table_path is None:
-        raise TrainError(f"{config.manifest}: the manifest names no table; pass --table")
     table = read_table(table_path)
     if table.fingerprint != schedule.table_fingerprint:
         raise TrainError(
@@ -102,13 +63,8 @@ def setup(config: TrainConfig) -> Run:
     tokenizer = load_tokenizer(student_ref)
     chat = table.metadata.get("template") == "chat"
     store = SampleStore(table.frame, tokenizer, config.max_seq_len, chat)
-    for plan in schedule.epochs:
-        loss, params, _ = epoch_loss(plan, config)
-        try:
-            resolve_loss_params(loss, params)
-        except ValueError as err:
-            raise TrainError(f"{config.manifest}, epoch {plan.epoch}: {err}") from None
-        store.check(read_shard(plan.shard), str(plan.shard))
+    for epoch in schedule.epochs:
+        store.check(read_shard(epoch.shard), str(epoch.shard))
     identity = {
         # stopping and snapshot settings do not change what a step computes, so a resumed run may change them
         "config": {k: v for k, v in config.as_dict().items()
@@ -122,13 +78,14 @@ def setup(config: TrainConfig) -> Run:
     if config.overwrite and not config.resume and out.exists():
         shutil.rmtree(out)  # --overwrite alone starts over; with --resume it replaces only another run's directory
     claim_output(out, identity, config.overwrite, what="training run")
-    atomic_write_json(out / "config.json", {**identity, "schedule": schedule.raw})
-    return Run(config, out, schedule, table, accelerator, DistillStudent(model), teacher, tokenizer, store,
-               identity["manifest_fingerprint"])
+    atomic_write_json(out / "config.json", {**identity, "schedule": schedule.manifest})
+    return Run(config, out, schedule, table, accelerator, DistillStudent(model, config.loss_chunk_tokens), teacher,
+               tokenizer, store, identity["manifest_fingerprint"], objectives,
+               on_stage_end=evaluate_stage if config.eval_sets else None)
 
 
-def steps_in_epoch(plan: EpochPlan, config: TrainConfig, world_size: int) -> int:
-    micro = math.ceil(plan.num_samples / config.micro_batch_size)
+def steps_in_epoch(epoch: ScheduledEpoch, config: TrainConfig, world_size: int) -> int:
+    micro = math.ceil(epoch.num_samples / config.micro_batch_size)
     per_rank = math.ceil(micro / world_size)
     return math.ceil(per_rank / config.grad_accum)
 
@@ -139,10 +96,10 @@ def build_optimizer(run: Run, first_epoch: int) -> tuple[Any, Any]:
 
     epochs = run.schedule.epochs
     horizon = 0
-    for plan in epochs[first_epoch:]:
-        if plan.index > first_epoch and plan.restart_optimizer:
+    for epoch in epochs[first_epoch:]:
+        if epoch.index > first_epoch and epoch.plan.restart_optimizer:
             break
-        horizon += steps_in_epoch(plan, run.config, run.accelerator.num_processes)
+        horizon += steps_in_epoch(epoch, run.config, run.accelerator.num_processes)
     params = [p for p in run.student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=run.config.lr, weight_decay=run.config.weight_decay)
     scheduler = get_scheduler(run.config.scheduler if run.config.scheduler != "constant" else "constant_with_warmup",
@@ -151,18 +108,25 @@ def build_optimizer(run: Run, first_epoch: int) -> tuple[Any, Any]:
     return optimizer, scheduler
 
 
-def epoch_loss(plan: EpochPlan, config: TrainConfig) -> tuple[str, dict, float]:
-    """The epoch's loss, its parameters and kd_weight: the manifest's, unless overridden for an ablation."""
+def epoch_objective(epoch: ScheduledEpoch, config: TrainConfig) -> Objective:
+    """The epoch's loss: the manifest's loss, parameters and kd_weight, unless overridden for an ablation.
+
+    Raises:
+        TrainError: the override (or the manifest) names a loss or value the loss refuses; the epoch is named.
+    """
+    plan = epoch.plan
     loss = config.loss or plan.loss
     params = dict(config.loss_params) if config.loss else dict(plan.loss_params)
     kd_weight = plan.kd_weight if config.kd_weight is None else config.kd_weight
-    return loss, params, kd_weight
+    try:
+        return Objective(loss, plan.temperature, kd_weight, params)
+    except ValueError as err:
+        raise TrainError(f"{config.manifest}, epoch {epoch.index + 1}: {err}") from None
 
 
-def train_step(run: Run, model: Any, group: list[Batch], plan: EpochPlan, optimizer: Any, scheduler: Any) -> dict:
+def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, optimizer: Any, scheduler: Any) -> dict:
     """One optimizer step over a group of micro-batches, normalised by the global count of response tokens."""
     acc = run.accelerator
-    loss_name, loss_params, kd_weight = epoch_loss(plan, run.config)
     local_tokens = sum(b.num_tokens for b in group)
     global_tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), reduction="sum").item())
     # DDP averages gradients over ranks; scale so the result is the sum over all tokens / global token count.
@@ -171,15 +135,15 @@ def train_step(run: Run, model: Any, group: list[Batch], plan: EpochPlan, optimi
     for k, batch in enumerate(group):
         batch = Batch(*(t.to(acc.device) for t in (batch.input_ids, batch.attention_mask, batch.rows, batch.cols, batch.targets)))
         teacher_hidden = teacher_head = None
-        if kd_weight > 0 and loss_name != "sft":  # the teacher runs only for batches that need it
+        if objective.uses_teacher:  # the teacher runs only for batches that need it
             with torch.no_grad(), acc.autocast():
                 hidden = run.teacher.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
             teacher_hidden = hidden[batch.rows, batch.cols]
             teacher_head = run.teacher.get_output_embeddings().weight
-        sync = acc.no_sync(model) if k < len(group) - 1 else _nullcontext()
+        # gradients are all-reduced once per optimizer step, at the last micro-batch
+        sync = acc.no_sync(model) if k < len(group) - 1 else contextlib.nullcontext()
         with sync, acc.autocast():
-            sums = model(batch, teacher_hidden, teacher_head, plan, loss_name, loss_params, kd_weight,
-                         run.config.loss_chunk_tokens)
+            sums = model(batch, objective, teacher_hidden, teacher_head)
         acc.backward(sums.loss_sum * scale)
         loss_total += sums.loss_sum.item()
         sft_total += sums.sft_sum.item()
@@ -190,16 +154,8 @@ def train_step(run: Run, model: Any, group: list[Batch], plan: EpochPlan, optimi
     optimizer.zero_grad(set_to_none=True)
     n = max(1, local_tokens)
     return {"loss": loss_total / n, "ce": sft_total / n,  # cross-entropy of the ground truth (the SFT term)
-            "kd": kd_total / n, "kd_weight": kd_weight, "loss_name": loss_name, "tokens": local_tokens,
+            "kd": kd_total / n, "kd_weight": objective.kd_weight, "loss_name": objective.loss, "tokens": local_tokens,
             "grad_norm": float(grad_norm)}
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def fit(run: Run) -> Path:
@@ -217,26 +173,28 @@ def fit(run: Run) -> Path:
     bar = tqdm(total=total_steps, initial=progress.global_step, desc="train", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
     metrics = state_io.MetricsLog(run.out / "metrics.jsonl", progress.global_step)
+    stage_ends = schedule.stage_ends()
     stopped = False
-    for plan in schedule.epochs[progress.epoch:]:
-        if plan.restart_optimizer and plan.index > progress.optimizer_epoch and progress.step_in_epoch == 0:
-            progress.optimizer_epoch = plan.index
-            optimizer, scheduler = build_optimizer(run, plan.index)
-        sample_ids = progress.epoch_ids if progress.epoch_ids is not None else read_shard(plan.shard)
+    for epoch in schedule.epochs[progress.epoch:]:
+        plan, objective = epoch.plan, run.objectives[epoch.index]
+        if plan.restart_optimizer and epoch.index > progress.optimizer_epoch and progress.step_in_epoch == 0:
+            progress.optimizer_epoch = epoch.index
+            optimizer, scheduler = build_optimizer(run, epoch.index)
+        sample_ids = progress.epoch_ids if progress.epoch_ids is not None else read_shard(epoch.shard)
         if plan.rescore and progress.epoch_ids is None:
-            sample_ids = rescore_epoch(run, plan, model)
+            sample_ids = rescore_epoch(run, epoch.index, model)
         progress.epoch_ids = sample_ids
-        micro = epoch_micro_batches(sample_ids, config.seed, plan.index, config.micro_batch_size,
+        micro = epoch_micro_batches(sample_ids, config.seed, epoch.index, config.micro_batch_size,
                                     acc.process_index, acc.num_processes)
         groups = [micro[i : i + config.grad_accum] for i in range(0, len(micro), config.grad_accum)]
         for step_in_epoch in range(progress.step_in_epoch, len(groups)):
             t0 = time.perf_counter()
             batches = [collate([run.store.encoded(s) for s in ids], run.tokenizer.pad_token_id) for ids in groups[step_in_epoch]]
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            stats = train_step(run, model, batches, plan, optimizer, scheduler)
+            stats = train_step(run, model, batches, objective, optimizer, scheduler)
             progress.advance()
             elapsed = time.perf_counter() - t0
-            record = {"step": progress.global_step, "epoch": plan.index, "stage": plan.stage,
+            record = {"step": progress.global_step, "epoch": epoch.index, "stage": plan.stage,
                       "temperature": plan.temperature, "lr": lr,
                       "tokens_per_second": stats["tokens"] * acc.num_processes / elapsed, **stats}
             metrics.write(record, acc.is_main_process)
@@ -244,7 +202,6 @@ def fit(run: Run) -> Path:
             bar.set_postfix(loss=f"{stats['loss']:.3f}", kd=f"{stats['kd']:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
             if progress.global_step % config.save_every_steps == 0:
                 state_io.save(run, model, optimizer, scheduler)
-            _crash_hook(progress.global_step)
             if config.max_steps is not None and progress.global_step >= config.max_steps:
                 stopped = True
                 break
@@ -252,10 +209,10 @@ def fit(run: Run) -> Path:
             break
         progress.finish_epoch()
         state_io.save(run, model, optimizer, scheduler)
-        if plan.index in schedule.stage_ends():
+        if epoch.index in stage_ends:
             checkpoint = state_io.save_checkpoint(run, model, f"stage-{plan.stage}")
-            if config.eval_sets and acc.is_main_process:
-                evaluate_stage(run, checkpoint, plan.stage)
+            if run.on_stage_end is not None and acc.is_main_process:
+                run.on_stage_end(run, checkpoint, plan.stage)
     bar.close()
     state_io.save(run, model, optimizer, scheduler)
     return state_io.save_checkpoint(run, model, "final")
@@ -278,16 +235,6 @@ def evaluate_stage(run: Run, checkpoint: Path, stage: int) -> None:
         shutil.rmtree(run.out / "checkpoints" / "best", ignore_errors=True)
         shutil.copytree(checkpoint, run.out / "checkpoints" / "best")
         atomic_write_json(best_file, {"checkpoint": checkpoint.name, "stage": stage, "average": score})
-
-
-def _crash_hook(step: int) -> None:
-    """Test hook: SIGKILL after N optimizer steps, as a preemption would."""
-    import os
-    import signal
-
-    limit = os.environ.get("SYLLABUS_KILL_AFTER_STEPS")
-    if limit is not None and step >= int(limit):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train(config: TrainConfig) -> Path:

@@ -1,25 +1,24 @@
-"""Token-level distillation losses (design.md, "Losses"), as small pure functions.
+"""Token-level distillation losses for training (docs/methods.md, "Losses"): the chunked loss with closed-form
+gradients. `syllabus.train.losses_reference` holds the same losses written with plain autograd: the tests' oracle.
 
 p = teacher, q = student, both softened by the same temperature tau; every KD term is multiplied by tau^2. Only
 response tokens count: the caller passes a validity mask built from lengths (never by matching pad ids, which may
-equal the EOS id whose target must be kept). Functions return SUMS over valid tokens and the token count, so the
+equal the EOS id whose target must be kept). The loss returns SUMS over valid tokens and the token count, so the
 trainer can divide by the global count across gradient accumulation and ranks; `LossSums.mean` is the local mean.
 
 Numerics. All divergence math is fp32 with autocast disabled; both models' logits are upcast before anything is
 mixed (a bf16 teacher against an fp32 student made a peer's JSD negative). Mixtures are formed in log space,
 log(a p + (1-a) q) = logaddexp(log a + log p, log(1-a) + log q), exact at a = 0 and a = 1, so nothing takes log 0.
-These are true divergences; `distillm_form=True` also returns DistiLLM's logged form (for kld and skl the
-cross-entropy -sum p log(.), i.e. the KL plus the teacher's entropy; DistiLLM's other losses are already true
-divergences) for comparison with their logs. Gradients of the two forms are identical.
+These are true divergences (DistiLLM logs kld and skl as cross-entropies; `losses_reference.kd_divergence` gives
+that form for comparison with their logs).
 
 Memory. Full-vocabulary fp32 logits for teacher and student are the first OOM in every peer. `chunked_loss_sums`
 takes final hidden states and the lm_head weights and computes logits one chunk of tokens at a time: the (N, V)
 logits never exist. Each chunk's gradient with respect to its logits is computed in the forward, in closed form
 (checked against autograd by the tests), and pushed through the lm_head at once, the fused-linear scheme of
 Liger-Kernel: no (chunk, V) tensor outlives its chunk and, unlike activation checkpointing, nothing is recomputed
-in backward. The price: the gradient is that of the one objective `(1 - kd_weight) * sft + kd_weight * kd`, so
-`kd_weight` is an argument and only `loss_sum` carries a gradient (`sft_sum` and `kd_sum` are detached, for logs).
-`loss_sums` is the same loss on full logits with plain autograd: the reference, and fine for small vocabularies.
+in backward. The price: the gradient is that of the one objective `(1 - kd_weight) * sft + kd_weight * kd`, so the
+`Objective` is an argument and only `loss_sum` carries a gradient (`sft_sum` and `kd_sum` are detached, for logs).
 
 Precision. The lm_head matmuls follow the ambient autocast (bf16 under `accelerator.autocast()`: about 9x faster on
 this CPU than fp32); the softmax, the divergences and all accumulators are fp32.
@@ -29,16 +28,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .loss_params import DEFAULT_PARAMS, LOSSES, resolve_loss_params  # noqa: F401 (re-exported)
+from syllabus.core.loss_params import check_kd_weight, check_temperature, resolve_loss_params
 
 # -inf logits (a masked vocabulary) make 0 * log 0 and log-space mixtures of two -inf produce NaN gradients. A finite
 # floor gives the same probabilities (exp underflows to exactly 0) and finite gradients, even at temperature 0.01.
-_LOGIT_FLOOR = -1e30
+LOGIT_FLOOR = -1e30
 
 
 class LossSums(NamedTuple):
@@ -48,14 +48,12 @@ class LossSums(NamedTuple):
         only one that carries a gradient.
     sft_sum: summed cross-entropy of the targets under q at temperature 1 (detached).
     kd_sum: summed divergence times tau^2 (detached); 0 when kd_weight is 0 or the loss is "sft".
-    kd_distillm_sum: kd_sum in DistiLLM's logged form (detached), or None unless asked for.
     num_tokens: number of valid tokens in this call.
     """
 
     loss_sum: torch.Tensor
     sft_sum: torch.Tensor
     kd_sum: torch.Tensor
-    kd_distillm_sum: torch.Tensor | None
     num_tokens: int
 
     def mean(self) -> torch.Tensor:
@@ -63,8 +61,53 @@ class LossSums(NamedTuple):
         return self.loss_sum / max(1, self.num_tokens)
 
 
+@dataclass(frozen=True)
+class Objective:
+    """One epoch's loss, checked once when built: `(1 - kd_weight) * sft + kd_weight * tau^2 * D(p, q)`.
+
+    Attributes:
+        loss: one of `syllabus.core.loss_params.LOSSES`; "sft" trains on the cross-entropy alone, whatever
+            kd_weight says, and never runs the teacher.
+        temperature: tau > 0 of the KD term (the SFT term is at temperature 1).
+        kd_weight: w in [0, 1], as the schedule (or a --kd-weight override) gives it.
+        params: the loss's parameters (skew, beta, lambda); missing ones take their defaults.
+
+    Raises:
+        ValueError: an unknown loss, a parameter it does not take or out of range, a bad temperature or kd_weight.
+    """
+
+    loss: str
+    temperature: float
+    kd_weight: float
+    params: dict[str, float] = field(default_factory=dict)
+    sft_scale: float = field(init=False)  # the weights the gradient uses (1 and 0 for the loss "sft")
+    kd_scale: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: fill the derived fields once
+        set_(self, "params", resolve_loss_params(self.loss, self.params))
+        set_(self, "temperature", check_temperature(self.temperature))
+        set_(self, "kd_weight", check_kd_weight(self.kd_weight))
+        plain_sft = self.loss == "sft"  # a kd_weight left at 1 must not silence the loss
+        set_(self, "sft_scale", 1.0 if plain_sft else 1.0 - self.kd_weight)
+        set_(self, "kd_scale", 0.0 if plain_sft else self.kd_weight)
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.kd_scale > 0
+
+    def divergence_grad(self, log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This loss's per-token divergence (N,) and q * dD/dq (N, V), with its parameters by keyword."""
+        kwargs = {_KWARGS.get(k, k): v for k, v in self.params.items()}
+        return _DIVERGENCE_GRADS[self.loss](log_p, log_q, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------------------------
-# Divergences of log-probabilities. log_p: teacher, log_q: student, both (N, V) fp32; each returns (N,).
+# Closed-form divergences and gradients. Each returns the per-token divergence (N,) and q * dD/dq (N, V), from
+# which the gradient with respect to the student's logits s (q = softmax(s / tau)) is, for the tau^2-scaled term,
+#     d(tau^2 D)/ds = tau * (q dD/dq - q * sum_v q dD/dq).
+# Products such as q p / m are formed in log space; every one is bounded by a probability, so nothing overflows. Tests
+# check these against autograd through `losses_reference`, for every loss and the edge parameters.
 
 
 def log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> torch.Tensor:
@@ -75,241 +118,6 @@ def log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> to
         return log_p
     return torch.logaddexp(log_p + math.log(weight_p), log_q + math.log1p(-weight_p))
 
-
-def kl_divergence(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """KL(A || B) = sum_v A (log A - log B) per row; entries with A = 0 contribute 0 (log-probs are finite here)."""
-    return (log_a.exp() * (log_a - log_b)).sum(-1)
-
-
-def forward_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """kld: KL(p || q)."""
-    return kl_divergence(log_p, log_q)
-
-
-def reverse_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """rkl: KL(q || p)."""
-    return kl_divergence(log_q, log_p)
-
-
-def generalized_jsd(log_p: torch.Tensor, log_q: torch.Tensor, beta: float) -> torch.Tensor:
-    """jsd: beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q (GKD, TRL's generalized_jsd_loss).
-
-    DistiLLM's `js_distance(lam)` is this with beta = 1 - lam (its default lam = 0.9 is beta = 0.1).
-    """
-    log_m = log_mixture(log_p, log_q, beta)
-    return beta * kl_divergence(log_p, log_m) + (1 - beta) * kl_divergence(log_q, log_m)
-
-
-def total_variation(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """tvd: 0.5 sum_v |p - q|, in [0, 1]."""
-    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
-
-
-def skew_forward_kl(log_p: torch.Tensor, log_q: torch.Tensor, skew: float) -> torch.Tensor:
-    """skl: KL(p || a p + (1 - a) q), a = skew (DistiLLM; L2M-KD Eq. 5-6). skew 0 is kld."""
-    return kl_divergence(log_p, log_mixture(log_p, log_q, skew))
-
-
-def skew_reverse_kl(log_p: torch.Tensor, log_q: torch.Tensor, skew: float) -> torch.Tensor:
-    """srkl: KL(q || (1 - a) p + a q), a = skew (DistiLLM). skew 0 is rkl."""
-    return kl_divergence(log_q, log_mixture(log_p, log_q, 1.0 - skew))
-
-
-def bidirectional_discrepancy(log_p: torch.Tensor, log_q: torch.Tensor, lam: float) -> torch.Tensor:
-    """bdl: KL((1 - l) p + l q || l p + (1 - l) q), DA-KD Eq. 4, l = lambda.
-
-    Read as printed in Eq. 4 (teacher-weighted 1 - l in the first argument) and consistent with Algorithm 1,
-    `D_BDL(y_T, y_S)`. l = 0.5 makes the two arguments equal: the loss is identically 0 (the paper's "gradient
-    vanishing" at 0.5). l = 0 is kld and l = 1 is rkl. The paper's `tau = 0.1` is the data-mixing ratio of its
-    stratified sampling, not a temperature; the temperature comes from the schedule as for every loss. Appendix A.1
-    states the limits of P_m / Q_m for x = q/p -> 0 and -> inf the other way round from Sec. 3.3; the loss itself
-    is unambiguous.
-    """
-    return kl_divergence(log_mixture(log_p, log_q, 1.0 - lam), log_mixture(log_p, log_q, lam))
-
-
-_DIVERGENCES: dict[str, Callable[..., torch.Tensor]] = {
-    "kld": forward_kl, "rkl": reverse_kl, "jsd": generalized_jsd, "tvd": total_variation,
-    "skl": skew_forward_kl, "srkl": skew_reverse_kl, "bdl": bidirectional_discrepancy,
-}
-# DistiLLM logs forward_kl and skewed_forward_kl as cross-entropies (-sum p log q): our value plus H(p).
-_DISTILLM_ADDS_TEACHER_ENTROPY = ("kld", "skl")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Validation
-
-
-def _check_scalars(temperature: float, kd_weight: float | None = None) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-            math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if kd_weight is not None and not (isinstance(kd_weight, (int, float)) and 0.0 <= kd_weight <= 1.0):
-        raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight!r}")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Logits -> per-token divergence and loss sums
-
-
-def _log_probs(logits: torch.Tensor, temperature: float, vocab_size: int) -> torch.Tensor:
-    """(N, V') logits of any float dtype -> (N, vocab_size) fp32 log-probabilities at the temperature."""
-    logits = logits[..., :vocab_size].float().clamp_min(_LOGIT_FLOOR)
-    return torch.log_softmax(logits / temperature, dim=-1)
-
-
-def _divergence_per_token(
-    name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-    params: dict[str, float], distillm_form: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(kd, kd_distillm or None), each (N,) fp32 and times tau^2; parameters already validated."""
-    # Padded vocabularies differ (Qwen2.5 7B: 152064 rows, 3B: 151936): compare on the shared ids only.
-    vocab_size = min(student_logits.shape[-1], teacher_logits.shape[-1])
-    with torch.autocast(student_logits.device.type, enabled=False):
-        log_q = _log_probs(student_logits, temperature, vocab_size)
-        with torch.no_grad():
-            log_p = _log_probs(teacher_logits, temperature, vocab_size)
-        kd = _DIVERGENCES[name](log_p, log_q, *params.values()) * temperature**2
-        if not distillm_form:
-            return kd, None
-        with torch.no_grad():
-            kd_distillm = kd.detach()
-            if name in _DISTILLM_ADDS_TEACHER_ENTROPY:
-                kd_distillm = kd_distillm - (log_p.exp() * log_p).sum(-1) * temperature**2
-    return kd, kd_distillm
-
-
-def kd_divergence(
-    name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *,
-    distillm_form: bool = False, **params: float,
-) -> torch.Tensor:
-    """Per-token KD divergence between teacher and student at temperature tau, times tau^2.
-
-    Args:
-        name: a loss of `LOSSES` other than "sft".
-        student_logits: (N, V) any float dtype; upcast to fp32.
-        teacher_logits: (N, V') any float dtype, treated as a constant; both vocabularies are truncated to
-            min(V, V'), the shared ids (padded rows differ between sizes of one family).
-        temperature: tau > 0, applied to both.
-        distillm_form: return DistiLLM's logged form instead (the cross-entropy for kld and skl).
-        params: skew (skl, srkl), beta (jsd), lambda (bdl; pass as **{"lambda": l}); defaults in DEFAULT_PARAMS.
-
-    Returns:
-        (N,) fp32.
-
-    Raises:
-        ValueError: unknown loss, "sft", bad parameter or temperature.
-    """
-    if name == "sft":
-        raise ValueError("'sft' is not a divergence: it is the cross-entropy part of the total loss")
-    params = resolve_loss_params(name, params)
-    _check_scalars(temperature)
-    kd, kd_distillm = _divergence_per_token(name, student_logits, teacher_logits, temperature, params, distillm_form)
-    return kd_distillm if distillm_form else kd
-
-
-class _Objective(NamedTuple):
-    """loss = sft_weight * sft + kd_weight * kd; for the loss "sft", sft_weight = 1 and kd_weight = 0."""
-
-    loss: str
-    temperature: float
-    sft_weight: float
-    kd_weight: float
-    params: dict[str, float]
-    distillm_form: bool
-
-    @property
-    def uses_teacher(self) -> bool:
-        return self.kd_weight > 0
-
-
-def _token_sums(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor, objective: _Objective,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(loss, sft, kd, kd_distillm) summed over the rows given: all of them are valid tokens.
-
-    Args:
-        student_logits: (n, V) any float dtype.
-        teacher_logits: (n, V') or None when the objective does not use the teacher.
-        targets: (n,) next-token ids.
-    """
-    with torch.autocast(student_logits.device.type, enabled=False):
-        sft = F.cross_entropy(student_logits.float(), targets, reduction="sum")
-        zero = sft.new_zeros(())
-        kd, kd_distillm = zero, zero if objective.distillm_form else None
-        if objective.uses_teacher:
-            kd_tokens, distillm_tokens = _divergence_per_token(
-                objective.loss, student_logits, teacher_logits, objective.temperature, objective.params,
-                objective.distillm_form)
-            kd = kd_tokens.sum()
-            kd_distillm = None if distillm_tokens is None else distillm_tokens.sum()
-        loss = objective.sft_weight * sft + objective.kd_weight * kd
-    return loss, sft, kd, kd_distillm
-
-
-def _objective(loss: str, temperature: float, kd_weight: float, distillm_form: bool, params: dict) -> _Objective:
-    resolved = resolve_loss_params(loss, params)
-    _check_scalars(temperature, kd_weight)
-    if loss == "sft":  # the KD term is the SFT term itself: a kd_weight left at 1 must not silence the loss
-        return _Objective(loss, float(temperature), 1.0, 0.0, resolved, distillm_form)
-    return _Objective(loss, float(temperature), 1.0 - kd_weight, float(kd_weight), resolved, distillm_form)
-
-
-def _valid_rows(valid_mask: torch.Tensor | None, num_rows: int, device: torch.device) -> torch.Tensor:
-    """(n,) indices of the valid rows of a flattened (N,) mask; all rows without a mask."""
-    if valid_mask is None:
-        return torch.arange(num_rows, device=device)
-    if valid_mask.dtype != torch.bool or valid_mask.numel() != num_rows:
-        raise ValueError(f"valid_mask must be a bool tensor with one entry per token ({num_rows}), "
-                         f"got {valid_mask.dtype} with {valid_mask.numel()} entries")
-    return valid_mask.reshape(-1).nonzero().squeeze(1)
-
-
-def _check_teacher(objective: _Objective, teacher: torch.Tensor | None, what: str) -> None:
-    if objective.uses_teacher and teacher is None:
-        raise ValueError(f"loss {objective.loss!r} with kd_weight {objective.kd_weight} needs {what}; pass it, or "
-                         "use kd_weight 0 / loss 'sft' to train without a teacher")
-
-
-def loss_sums(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
-    valid_mask: torch.Tensor | None = None, *, loss: str, temperature: float, kd_weight: float,
-    distillm_form: bool = False, **params: float,
-) -> LossSums:
-    """The loss from full logits, with plain autograd: the reference for `chunked_loss_sums`, and fine for small V.
-
-    Args:
-        student_logits: (N, V) or (B, T, V), any float dtype.
-        teacher_logits: same leading shape, (..., V'), treated as constant; may be None if kd_weight is 0 or the
-            loss is "sft".
-        targets: (N,) or (B, T) next-token ids; values at invalid positions are never read.
-        valid_mask: bool, same shape as targets: True at response tokens (EOS target included), False at prompt
-            and padding. None: every token is valid. Build it from lengths, not by matching pad ids.
-        loss, temperature, kd_weight, distillm_form, params: as for `chunked_loss_sums`.
-
-    Returns:
-        LossSums over the valid tokens. Invalid positions get exactly zero gradient, whatever their logits hold.
-    """
-    objective = _objective(loss, temperature, kd_weight, distillm_form, params)
-    _check_teacher(objective, teacher_logits, "teacher_logits")
-    student = student_logits.reshape(-1, student_logits.shape[-1])
-    teacher = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1]) if objective.uses_teacher else None
-    flat_targets = targets.reshape(-1)
-    if valid_mask is not None:  # gather the valid rows: invalid ones never enter the math, not even as 0 * NaN
-        rows = _valid_rows(valid_mask, flat_targets.numel(), student.device)
-        student, flat_targets = student.index_select(0, rows), flat_targets.index_select(0, rows)
-        teacher = None if teacher is None else teacher.index_select(0, rows)
-    total, sft, kd, kd_distillm = _token_sums(student, teacher, flat_targets, objective)
-    return LossSums(total, sft.detach(), kd.detach(), None if kd_distillm is None else kd_distillm.detach(),
-                    int(flat_targets.numel()))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Closed-form gradients for the chunked path. Each returns the per-token divergence (N,) and q * dD/dq (N, V), from
-# which the gradient with respect to the student's logits s (q = softmax(s / tau)) is, for the tau^2-scaled term,
-#     d(tau^2 D)/ds = tau * (q dD/dq - q * sum_v q dD/dq).
-# Products such as q p / m are formed in log space; every one is bounded by a probability, so nothing overflows. Tests
-# check these against autograd through the divergence functions above, for every loss and the edge parameters.
 
 
 def _kl_(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
@@ -328,7 +136,7 @@ def _reverse_kl_grad(log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Te
     return q_grad.sum(-1), q_grad.add_(q)  # dD/dq = log q - log p + 1
 
 
-def _jsd_grad(log_p: torch.Tensor, log_q: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _jsd_grad(log_p: torch.Tensor, log_q: torch.Tensor, *, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     log_m = log_mixture(log_p, log_q, beta)
     q_term = (log_q - log_m).mul_(log_q.exp())
     value = beta * _kl_(log_p, log_m) + (1 - beta) * q_term.sum(-1)
@@ -341,13 +149,13 @@ def _tvd_grad(log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, t
     return 0.5 * diff.abs().sum(-1), diff.sign_().mul_(q).mul_(-0.5)  # dD/dq = -sign(p - q) / 2
 
 
-def _skew_forward_kl_grad(log_p: torch.Tensor, log_q: torch.Tensor, skew: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _skew_forward_kl_grad(log_p: torch.Tensor, log_q: torch.Tensor, *, skew: float) -> tuple[torch.Tensor, torch.Tensor]:
     log_m = log_mixture(log_p, log_q, skew)
     # dD/dq = -(1 - a) p / m, and q p / m <= p / (1 - a)
     return _kl_(log_p, log_m), (log_p + log_q).sub_(log_m).exp_().mul_(-(1 - skew))
 
 
-def _skew_reverse_kl_grad(log_p: torch.Tensor, log_q: torch.Tensor, skew: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _skew_reverse_kl_grad(log_p: torch.Tensor, log_q: torch.Tensor, *, skew: float) -> tuple[torch.Tensor, torch.Tensor]:
     log_m = log_mixture(log_p, log_q, 1 - skew)
     log_ratio = log_q - log_m
     q = log_q.exp()
@@ -359,7 +167,7 @@ def _skew_reverse_kl_grad(log_p: torch.Tensor, log_q: torch.Tensor, skew: float)
     return value, q_grad
 
 
-def _bdl_grad(log_p: torch.Tensor, log_q: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _bdl_grad(log_p: torch.Tensor, log_q: torch.Tensor, *, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     log_a = log_mixture(log_p, log_q, 1 - lam)  # A = (1 - l) p + l q
     log_ratio = log_a - log_mixture(log_p, log_q, lam)  # log A/B, B = l p + (1 - l) q
     value = (log_a.exp() * log_ratio).sum(-1)  # not exp_: at l = 0 or 1, log_a is log_p or log_q itself
@@ -374,14 +182,15 @@ _DIVERGENCE_GRADS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] =
     "kld": _forward_kl_grad, "rkl": _reverse_kl_grad, "jsd": _jsd_grad, "tvd": _tvd_grad,
     "skl": _skew_forward_kl_grad, "srkl": _skew_reverse_kl_grad, "bdl": _bdl_grad,
 }
+_KWARGS = {"lambda": "lam"}  # `lambda` (DA-KD's symbol, the manifest's key) is a Python keyword
 
 
 def _chunk_sums_and_grad(
     hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None, teacher_hidden: torch.Tensor | None,
     teacher_head: torch.Tensor | None, teacher_bias: torch.Tensor | None, targets: torch.Tensor,
-    objective: _Objective, needs_grad: bool,
+    objective: Objective, needs_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One chunk: its sums (loss, sft, kd, kd_distillm) and the gradient of its loss sum for the student's logits.
+    """One chunk: its sums (loss, sft, kd) and the gradient of its loss sum for the student's logits.
 
     Args:
         hidden, teacher_hidden: (c, H) and (c, H') in the dtype of their head (teacher_hidden None when the
@@ -390,12 +199,12 @@ def _chunk_sums_and_grad(
         targets: (c,) next-token ids.
 
     Returns:
-        (4,) fp32 sums and the (c, V) fp32 gradient with respect to the logits (None unless needs_grad). The
+        (3,) fp32 sums and the (c, V) fp32 gradient with respect to the logits (None unless needs_grad). The
         logits live only in here, and in-place updates keep few (c, V) tensors alive at once: on CPU, fresh pages
         cost more than the arithmetic.
     """
-    tau, sft_weight, kd_weight = objective.temperature, objective.sft_weight, objective.kd_weight
-    logits = F.linear(hidden, head, bias).float().clamp_min_(_LOGIT_FLOOR)  # (c, V)
+    tau, sft_weight, kd_weight = objective.temperature, objective.sft_scale, objective.kd_scale
+    logits = F.linear(hidden, head, bias).float().clamp_min_(LOGIT_FLOOR)  # (c, V)
     log_q1 = torch.log_softmax(logits, dim=-1)  # temperature 1 for the SFT term
     sft = -log_q1.gather(1, targets[:, None]).sum()
     grad = None
@@ -403,26 +212,23 @@ def _chunk_sums_and_grad(
         grad = log_q1.exp_().mul_(sft_weight)
         grad[torch.arange(targets.numel(), device=targets.device), targets] -= sft_weight
     del log_q1
-    kd = kd_distillm = sft.new_zeros(())
+    kd = sft.new_zeros(())
     if objective.uses_teacher:
         teacher_logits = F.linear(teacher_hidden, teacher_head, teacher_bias).float()  # (c, V')
         vocab = min(logits.shape[-1], teacher_logits.shape[-1])
         log_q = torch.log_softmax(logits[:, :vocab].div_(tau), dim=-1)
         del logits
-        log_p = torch.log_softmax(teacher_logits[:, :vocab].clamp_min_(_LOGIT_FLOOR).div_(tau), dim=-1)
+        log_p = torch.log_softmax(teacher_logits[:, :vocab].clamp_min_(LOGIT_FLOOR).div_(tau), dim=-1)
         del teacher_logits
-        kd_tokens, q_grad = _DIVERGENCE_GRADS[objective.loss](log_p, log_q, *objective.params.values())
+        kd_tokens, q_grad = objective.divergence_grad(log_p, log_q)
         kd = kd_tokens.sum() * tau**2
-        kd_distillm = kd
-        if objective.distillm_form and objective.loss in _DISTILLM_ADDS_TEACHER_ENTROPY:
-            kd_distillm = kd - (log_p.exp() * log_p).sum() * tau**2
         del log_p
         if needs_grad:
             q = log_q.exp_()
             q_grad.addcmul_(q, q_grad.sum(-1, keepdim=True), value=-1.0)
             grad[:, :vocab].add_(q_grad, alpha=kd_weight * tau)
     loss = sft_weight * sft + kd_weight * kd
-    return torch.stack([loss, sft, kd, kd_distillm]), grad
+    return torch.stack([loss, sft, kd]), grad
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -462,7 +268,7 @@ class _ChunkedLoss(torch.autograd.Function):
             if needs_hidden else None  # (n, H)
         grad_head = torch.zeros_like(student_head, dtype=torch.float32) if needs_head else None  # (V, H)
         grad_bias = torch.zeros_like(student_bias, dtype=torch.float32) if needs_bias else None  # (V,)
-        totals = torch.zeros(4, dtype=torch.float32, device=student_hidden.device)  # loss, sft, kd, kd_distillm
+        totals = torch.zeros(3, dtype=torch.float32, device=student_hidden.device)  # loss, sft, kd
         with torch.autocast(student_hidden.device.type, enabled=False):
             for start in range(0, rows.numel(), chunk_tokens):
                 index = rows[start:start + chunk_tokens]
@@ -487,9 +293,9 @@ class _ChunkedLoss(torch.autograd.Function):
         if needs_hidden:
             grad_hidden = torch.zeros_like(student_hidden, dtype=torch.float32).index_copy_(0, rows, grad_rows)
         ctx.save_for_backward(grad_hidden, grad_head, grad_bias)
-        loss_sum, sft_sum, kd_sum, kd_distillm_sum = (total.clone() for total in totals.unbind())
-        ctx.mark_non_differentiable(sft_sum, kd_sum, kd_distillm_sum)
-        return loss_sum, sft_sum, kd_sum, kd_distillm_sum
+        loss_sum, sft_sum, kd_sum = (total.clone() for total in totals.unbind())
+        ctx.mark_non_differentiable(sft_sum, kd_sum)
+        return loss_sum, sft_sum, kd_sum
 
     @staticmethod
     def backward(ctx, grad_loss, *_unused):
@@ -498,51 +304,54 @@ class _ChunkedLoss(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None, None, None)
 
 
+def _valid_rows(valid_mask: torch.Tensor | None, num_rows: int, device: torch.device) -> torch.Tensor:
+    """(n,) indices of the valid rows of a flattened (N,) mask; all rows without a mask."""
+    if valid_mask is None:
+        return torch.arange(num_rows, device=device)
+    if valid_mask.dtype != torch.bool or valid_mask.numel() != num_rows:
+        raise ValueError(f"valid_mask must be a bool tensor with one entry per token ({num_rows}), "
+                         f"got {valid_mask.dtype} with {valid_mask.numel()} entries")
+    return valid_mask.reshape(-1).nonzero().squeeze(1)
+
+
 def chunked_loss_sums(
     student_hidden: torch.Tensor,
     student_head: torch.Tensor,
     targets: torch.Tensor,
     valid_mask: torch.Tensor | None = None,
     *,
+    objective: Objective,
     teacher_hidden: torch.Tensor | None = None,
     teacher_head: torch.Tensor | None = None,
     student_bias: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
-    loss: str,
-    temperature: float,
-    kd_weight: float,
     chunk_tokens: int = 1024,
-    distillm_form: bool = False,
-    **params: float,
 ) -> LossSums:
     """SFT + KD loss sums from final hidden states, computing logits `chunk_tokens` tokens at a time.
 
-    Equal in value and gradient to `loss_sums` on the full logits `hidden @ head.T + bias` (up to fp32 summation
-    order), with memory O(chunk_tokens * V) instead of O(N * V).
+    Equal in value and gradient to `losses_reference.loss_sums` on the full logits `hidden @ head.T + bias` (up to
+    fp32 summation order), with memory O(chunk_tokens * V) instead of O(N * V).
 
     Args:
         student_hidden: (N, H) or (B, T, H) student final hidden states (after the final norm).
         student_head: (V, H) student lm_head (output embedding) weight; tied embeddings are fine.
         targets: (N,) or (B, T) next-token ids; values at invalid positions are never read.
         valid_mask: bool, shaped like targets: True at response tokens (EOS target included). None: all valid.
+        objective: the loss, its parameters, temperature and kd_weight (built once per epoch).
         teacher_hidden: (N, H') or (B, T, H') teacher hidden states at the same positions; a constant (no grad).
         teacher_head: (V', H') teacher lm_head; V' may differ from V by padding: KD uses the first min(V, V') ids.
         student_bias, teacher_bias: optional (V,) and (V',) lm_head biases.
-        loss: one of `LOSSES`; "sft" trains on sft_sum alone, whatever kd_weight says, and ignores the teacher.
-        temperature: tau > 0 for the KD term (the SFT term is at temperature 1); KD is multiplied by tau^2.
-        kd_weight: w in [0, 1]; loss_sum = (1 - w) * sft_sum + w * kd_sum. At 0 the teacher is not used.
         chunk_tokens: tokens per chunk (>= 1); peak memory grows linearly with it.
-        distillm_form: also return kd_distillm_sum.
-        params: skew (skl, srkl), beta (jsd), lambda (bdl); defaults in DEFAULT_PARAMS.
 
     Returns:
         LossSums; only loss_sum has a gradient. Zero valid tokens give zeros (and zero gradients), never NaN.
 
     Raises:
-        ValueError: bad loss name, parameter, temperature, kd_weight, chunk size, shapes, or a missing teacher.
+        ValueError: a bad chunk size, shapes that do not match, or a teacher missing where the objective needs one.
     """
-    objective = _objective(loss, temperature, kd_weight, distillm_form, params)
-    _check_teacher(objective, teacher_hidden if teacher_head is not None else None, "teacher_hidden and teacher_head")
+    if objective.uses_teacher and (teacher_hidden is None or teacher_head is None):
+        raise ValueError(f"loss {objective.loss!r} with kd_weight {objective.kd_weight} needs teacher_hidden and "
+                         "teacher_head; pass them, or use kd_weight 0 / loss 'sft' to train without a teacher")
     if not (isinstance(chunk_tokens, int) and chunk_tokens >= 1):
         raise ValueError(f"chunk_tokens must be an integer >= 1, got {chunk_tokens!r}")
     hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
@@ -559,8 +368,7 @@ def chunked_loss_sums(
     rows = _valid_rows(valid_mask, hidden.shape[0], hidden.device)
     teacher_head = None if teacher is None else teacher_head.detach()
     teacher_bias = None if teacher is None or teacher_bias is None else teacher_bias.detach()
-    loss_sum, sft_sum, kd_sum, kd_distillm_sum = _ChunkedLoss.apply(
+    loss_sum, sft_sum, kd_sum = _ChunkedLoss.apply(
         hidden, student_head, student_bias, teacher, teacher_head, teacher_bias, flat_targets, rows, objective,
         chunk_tokens, torch.is_grad_enabled())
-    return LossSums(loss_sum, sft_sum, kd_sum, kd_distillm_sum if distillm_form else None, int(rows.numel()))
-
+    return LossSums(loss_sum, sft_sum, kd_sum, int(rows.numel()))

@@ -7,20 +7,21 @@ a dynamic DA-KD epoch differ only in the DDS values they select from.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import polars as pl
 import torch
 
-from syllabus.curate.engines.base import ScoringRequest
-from syllabus.curate.engines.hf_engine import default_batch_tokens, response_nll
+from syllabus.core.engines.base import ScoringRequest
+from syllabus.core.engines.hf_engine import default_batch_tokens, response_nll
 from syllabus.curate.schedules import dakd
 
-from .manifest import EpochPlan
+from .run import Run
 
 
-def rescore_epoch(run: Any, plan: EpochPlan, model: Any) -> list[str]:
-    """Student CE of the whole pool under the current weights -> dds -> this epoch's sample ids."""
+def rescore_epoch(run: Run, epoch: int, model: Any) -> list[str]:
+    """Student CE of the whole pool under the current weights -> dds -> the sample ids of epoch `epoch` (0-based)."""
     frame = run.table.frame
     pool = frame.filter((pl.col("status") == "ok") & (pl.col("teacher_ce") > 0)).select("sample_id", "teacher_ce")
     ids = pool["sample_id"].to_list()
@@ -38,14 +39,12 @@ def rescore_epoch(run: Any, plan: EpochPlan, model: Any) -> list[str]:
     scored = pool.with_columns(student_ce=pl.Series(student_ce)).with_columns(
         dds=pl.col("student_ce") / pl.col("teacher_ce")
     )
-    params = run.schedule.raw.get("params", {})
-    selected = dakd.select_epoch(scored.select("sample_id", "dds"), epoch=plan.index,
+    params = run.schedule.params
+    selected = dakd.select_epoch(scored.select("sample_id", "dds"), epoch=epoch,
                                  num_epochs=len(run.schedule.epochs), seed=run.schedule.seed, **dakd.selection_params(params))
     if run.accelerator.is_main_process:
         with (run.out / "rescore.jsonl").open("a") as f:
-            import json
-
-            f.write(json.dumps({"epoch": plan.index, "mean_student_ce": sum(student_ce) / len(student_ce),
+            f.write(json.dumps({"epoch": epoch, "mean_student_ce": sum(student_ce) / len(student_ce),
                                 "mean_dds": scored["dds"].mean(), "selected": len(selected)}) + "\n")
-    torch.manual_seed(run.config.seed + plan.index)  # keep later randomness independent of re-scoring
+    torch.manual_seed(run.config.seed + epoch)  # keep later randomness independent of re-scoring
     return selected

@@ -14,35 +14,18 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from syllabus.curate.table import atomic_write_json
+from syllabus.core.io import atomic_write_json
+
+from .run import Progress, Run
+from .student import DistillStudent
 
 STATE = "state"
-
-
-@dataclass
-class Progress:
-    """Where the run is: the data position is (epoch, step_in_epoch); epoch_ids pins a re-scored epoch's samples."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    optimizer_epoch: int = 0  # epoch at which the current optimizer/LR schedule started
-    epoch_ids: list[str] | None = None
-
-    def advance(self) -> None:
-        self.step_in_epoch += 1
-        self.global_step += 1
-
-    def finish_epoch(self) -> None:
-        self.epoch += 1
-        self.step_in_epoch = 0
-        self.epoch_ids = None
 
 
 def fingerprint_manifest(schedule_dir: Path) -> str:
@@ -54,11 +37,11 @@ def fingerprint_manifest(schedule_dir: Path) -> str:
     return h.hexdigest()
 
 
-def _unwrapped(run: Any, model: Any) -> Any:
+def _unwrapped(run: Run, model: Any) -> Any:
     return run.accelerator.unwrap_model(model).model
 
 
-def save(run: Any, model: Any, optimizer: Any, scheduler: Any) -> None:
+def save(run: Run, model: Any, optimizer: Any, scheduler: Any) -> None:
     """Snapshot everything resume needs (main process writes; all processes wait)."""
     acc = run.accelerator
     acc.wait_for_everyone()
@@ -101,7 +84,7 @@ def load_progress(out: Path) -> Progress | None:
     return Progress(**json.loads((out / STATE / "progress.json").read_text()))
 
 
-def load_student(out: Path, student: Any) -> None:
+def load_student(out: Path, student: DistillStudent) -> None:
     from safetensors.torch import load_file
 
     weights = load_file(out / STATE / "student.safetensors")
@@ -118,7 +101,7 @@ def load_optimizer(out: Path, optimizer: Any, scheduler: Any) -> None:
     torch.set_rng_state(saved["torch_rng"])
 
 
-def save_checkpoint(run: Any, model: Any, name: str) -> Path:
+def save_checkpoint(run: Run, model: Any, name: str) -> Path:
     """A Hugging Face checkpoint (safetensors + tokenizer + config) plus what produced it."""
     acc = run.accelerator
     path = run.out / "checkpoints" / name

@@ -1,4 +1,4 @@
-"""Curriculum schedules built from a difficulty table (`curate schedule`; design.md, "The four methods").
+"""Curriculum schedules built from a difficulty table (`curate schedule`; docs/methods.md).
 
 One file per method, each a frozen config plus pure functions from a polars frame to a list of `Epoch`s:
 `spectrum` (SpectrumKD), `srd` (SRD), `l2m` (L2M-KD), `dakd` (DA-KD; `select_epoch` is shared with the trainer),

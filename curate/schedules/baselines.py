@@ -9,16 +9,16 @@ It never marks `rescore`: random selection does not look at difficulty.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from syllabus.core.schedule import EpochPlan, read_schedule
+
 from .common import Epoch, floor_count
 from .config import ScheduleError, check_at_least, check_loss, check_positive, check_range, resolve_loss_params
-from .manifest import read_manifest
 
 RANDOM_DEFAULT_EPOCHS = 10  # DA-KD's "w/o DDS" ablation trains 10 epochs
 
@@ -28,9 +28,9 @@ class FullConfig:
     """Every usable row every epoch: the papers' baselines, and DA-KD's "w/o DiffUp" with --loss bdl."""
 
     epochs: int = 20  # the MiniLLM/DistiLLM protocol the papers compare with trains 20 epochs
-    temperature: float = 1.0
-    kd_weight: float = 1.0
-    loss: str = "kld"
+    temperature: float = 1.0  # fixed temperature
+    kd_weight: float = 1.0  # fixed KD weight
+    loss: str = "kld"  # the papers' baselines use KLD
     loss_params: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,26 +80,26 @@ class RandomConfig:
         return []
 
 
-def build_full(frame: pl.DataFrame, config: FullConfig) -> list[Epoch]:
-    """Every usable row in every epoch (in sample_id order; the trainer shuffles within an epoch)."""
+def build_full(frame: pl.DataFrame, config: FullConfig, seed: int = 0, reverse: bool = False) -> list[Epoch]:
+    """Every usable row in every epoch (in sample_id order; the trainer shuffles within an epoch).
+
+    `seed` and `reverse` change nothing: there is no draw and no order to reverse.
+    """
     ids = frame["sample_id"].sort()
     params = resolve_loss_params(config.loss, {}, config.loss_params)
-    return [Epoch(ids, stage=0, temperature=config.temperature, kd_weight=config.kd_weight, loss=config.loss,
-                  loss_params=params) for _ in range(config.epochs)]
+    plan = EpochPlan(stage=0, temperature=config.temperature, kd_weight=config.kd_weight, loss=config.loss,
+                     loss_params=params)
+    return [Epoch(ids, plan) for _ in range(config.epochs)]
 
 
-_NO_IDS = pl.Series("sample_id", [], dtype=pl.String)
-
-
-def _plans(config: RandomConfig, n: int) -> list[tuple[int, Epoch]]:
-    """(size, training settings with no ids yet) per epoch, from the config or from `sizes_from`."""
+def _plans(config: RandomConfig, n: int) -> list[tuple[int, EpochPlan]]:
+    """(size, training settings) per epoch, from the config or from `sizes_from`."""
     if config.sizes_from is None:
         size = config.size if config.size is not None else max(1, floor_count(config.fraction, n))
         if size > n:
             raise ScheduleError(f"parameter size: {size} samples per epoch, but the table has {n} usable rows")
         loss = config.loss or "kld"
-        plan = Epoch(
-            _NO_IDS,
+        plan = EpochPlan(
             stage=0,
             temperature=1.0 if config.temperature is None else config.temperature,
             kd_weight=1.0 if config.kd_weight is None else config.kd_weight,
@@ -107,44 +107,46 @@ def _plans(config: RandomConfig, n: int) -> list[tuple[int, Epoch]]:
             loss_params=resolve_loss_params(loss, {}, config.loss_params),
         )
         return [(size, plan)] * (config.epochs or RANDOM_DEFAULT_EPOCHS)
-    source = read_manifest(Path(config.sizes_from))
-    records = source["epochs"]
-    if config.epochs is not None and config.epochs != len(records):
+    source = read_schedule(Path(config.sizes_from), check_shards=False)
+    if config.epochs is not None and config.epochs != len(source.epochs):
         raise ScheduleError(
-            f"parameter epochs: {config.epochs} given, but sizes_from {config.sizes_from} has {len(records)} epochs"
+            f"parameter epochs: {config.epochs} given, but sizes_from {config.sizes_from} has "
+            f"{len(source.epochs)} epochs"
         )
     out = []
-    for i, e in enumerate(records):
-        if e["num_samples"] > n:
+    for e in source.epochs:
+        if e.num_samples > n:
             raise ScheduleError(
-                f"parameter sizes_from: epoch {i + 1} of {config.sizes_from} has {e['num_samples']} samples, "
+                f"parameter sizes_from: epoch {e.index + 1} of {config.sizes_from} has {e.num_samples} samples, "
                 f"but this table has {n} usable rows"
             )
-        loss = config.loss or e["loss"]
-        given = config.loss_params if config.loss else {**e["loss_params"], **config.loss_params}
+        loss = config.loss or e.plan.loss
+        given = config.loss_params if config.loss else {**e.plan.loss_params, **config.loss_params}
         check_loss(loss, given)
-        out.append((e["num_samples"], Epoch(
-            _NO_IDS,
-            stage=e["stage"],
-            temperature=e["temperature"] if config.temperature is None else config.temperature,
-            kd_weight=e["kd_weight"] if config.kd_weight is None else config.kd_weight,
+        out.append((e.num_samples, EpochPlan(
+            stage=e.plan.stage,
+            temperature=e.plan.temperature if config.temperature is None else config.temperature,
+            kd_weight=e.plan.kd_weight if config.kd_weight is None else config.kd_weight,
             loss=loss,
             loss_params=resolve_loss_params(loss, {}, given),
-            restart_optimizer=e["restart_optimizer"],
+            restart_optimizer=e.plan.restart_optimizer,
         )))
     return out
 
 
-def build_random(frame: pl.DataFrame, config: RandomConfig, seed: int) -> list[Epoch]:
+def build_random(frame: pl.DataFrame, config: RandomConfig, seed: int = 0, reverse: bool = False) -> list[Epoch]:
     """A uniform random subset per epoch (generator seeded by (seed, epoch)), in sample_id order.
 
     Raises:
-        ScheduleError: an epoch larger than the usable rows, or a `sizes_from` that is not a schedule.
+        ScheduleError: an epoch larger than the usable rows, a `sizes_from` that is not a schedule, or `reverse`
+            (random selection has no difficulty order to reverse).
     """
+    if reverse:
+        raise ScheduleError("--reverse has no meaning for method random (it does not order by difficulty)")
     ids = frame["sample_id"].sort()
     n = ids.len()
     epochs = []
     for e, (size, plan) in enumerate(_plans(config, n)):
         pick = np.sort(np.random.default_rng([seed, e]).choice(n, size=size, replace=False))
-        epochs.append(dataclasses.replace(plan, sample_ids=ids.gather(pick)))
+        epochs.append(Epoch(ids.gather(pick), plan))
     return epochs

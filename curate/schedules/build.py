@@ -8,39 +8,31 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from ..table import PART_GLOB, Table, read_table
-from . import baselines, dakd, l2m, spectrum, srd
-from .common import Epoch, usable_rows
+from syllabus.core.table import PART_GLOB, Table, read_table
+
+from .common import usable_rows
 from .config import ScheduleError, check_at_least, typed_params, typed_value
 from .manifest import manifest_bytes, write_schedule
-
-CONFIGS: dict[str, type] = {
-    "spectrum": spectrum.SpectrumConfig,
-    "srd": srd.SRDConfig,
-    "l2m": l2m.L2MConfig,
-    "dakd": dakd.DAKDConfig,
-    "full": baselines.FullConfig,
-    "random": baselines.RandomConfig,
-}
-METHODS = tuple(CONFIGS)
-STAGED = ("srd", "l2m")
+from .methods import METHODS, load_method
 
 
 def make_config(method: str, params: dict[str, Any]) -> Any:
     """A method's frozen config from parameter names and values (flags or YAML keys).
 
-    `epochs` is accepted by every method: the staged methods (srd, l2m) turn it into epochs_per_stage.
+    `epochs` is accepted by every method: the staged methods (those with `stages` and `epochs_per_stage`) turn it
+    into epochs_per_stage.
 
     Raises:
         ScheduleError: unknown method, unknown parameter (listing the valid ones), wrong type or out of range.
     """
-    if method not in CONFIGS:
+    if method not in METHODS:
         raise ScheduleError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    cls = CONFIGS[method]
+    cls = load_method(method).config
     params = dict(params)
-    if method in STAGED and params.get("epochs", 0) is None:
+    staged = {"stages", "epochs_per_stage"} <= {f.name for f in dataclasses.fields(cls)}
+    if staged and params.get("epochs", 0) is None:
         params.pop("epochs")
-    if method in STAGED and "epochs" in params:
+    if staged and "epochs" in params:
         if "epochs_per_stage" in params:
             raise ScheduleError(f"method {method}: give epochs or epochs_per_stage, not both")
         stages = typed_value("stages", int, params.get("stages", cls.stages))
@@ -53,23 +45,6 @@ def make_config(method: str, params: dict[str, Any]) -> Any:
             )
         params["epochs_per_stage"] = epochs // stages
     return cls(**typed_params(cls, method, params))
-
-
-def build_epochs(method: str, frame: Any, config: Any, seed: int, reverse: bool) -> list[Epoch]:
-    """Dispatch to the method's pure `build` function."""
-    if method == "spectrum":
-        return spectrum.build(frame, config, reverse)
-    if method == "srd":
-        return srd.build(frame, config, reverse)
-    if method == "l2m":
-        return l2m.build(frame, config, reverse)
-    if method == "dakd":
-        return dakd.build(frame, config, seed, reverse)
-    if method == "full":
-        return baselines.build_full(frame, config)
-    if reverse:
-        raise ScheduleError("--reverse has no meaning for method random (it does not order by difficulty)")
-    return baselines.build_random(frame, config, seed)
 
 
 def _read(table_path: Path, columns: list[str]) -> Table:
@@ -111,7 +86,7 @@ def build_schedule(
     config = make_config(method, params or {})
     table = _read(Path(table_path), config.columns())
     frame, excluded = usable_rows(table.frame, config.columns(), method, str(table_path))
-    epochs = build_epochs(method, frame, config, seed, reverse)
+    epochs = load_method(method).build(frame, config, seed=seed, reverse=reverse)
     recorded = {**dataclasses.asdict(config), "reverse": reverse}
     manifest = manifest_bytes(method, recorded, table, frame.height, seed, epochs, excluded)
     write_schedule(Path(out), manifest, epochs, overwrite)

@@ -3,32 +3,25 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import polars as pl
 
-from .config import ScheduleError
+from syllabus.core.schedule import EpochPlan, ScheduleError
 
 # Relative tolerance for turning a fraction of N into a count: (1 - 0.15 - 0.05) * 20 is 15.999999999999998 in
 # floats, and the papers' "i <= 0.8 N" means 16 there.
 _COUNT_EPS = 1e-9
 
 
-@dataclass(frozen=True)
-class Epoch:
+class Epoch(NamedTuple):
     """One epoch of a schedule: its samples in training order, and how to train on them.
 
     Consecutive epochs over the same subset share one `sample_ids` Series (the writer serialises it once).
     """
 
     sample_ids: pl.Series  # String, unique
-    stage: int
-    temperature: float
-    kd_weight: float
-    loss: str
-    loss_params: dict[str, float] = field(default_factory=dict)
-    restart_optimizer: bool = False
-    rescore: bool = False
+    plan: EpochPlan
 
 
 def floor_count(fraction: float, n: int) -> int:

@@ -11,14 +11,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from syllabus.train import loss_params as trainer_losses
+from syllabus.core import loss_params as trainer_losses
+from syllabus.core.schedule import ScheduleError  # noqa: F401 (re-exported: the error of every schedule module)
 
-
-class ScheduleError(ValueError):
-    """A schedule cannot be built: missing columns, no usable rows, parameters out of range, a taken directory."""
-
-
-# design.md, "Losses": the trainer's loss table (names, parameters, defaults). The manifest always carries every
+# docs/methods.md, "Losses": the trainer's loss table (names, parameters, defaults). The manifest always carries every
 # parameter of its loss, so a schedule means the same thing whatever defaults the trainer has.
 LOSS_DEFAULTS = trainer_losses.DEFAULT_PARAMS
 LOSSES = trainer_losses.LOSSES

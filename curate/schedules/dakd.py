@@ -1,4 +1,5 @@
-"""DA-KD stratified data updating (dakd.txt, section 3.2, Eq. 2, Algorithm 1) with the BDL loss (Eq. 4).
+"""DA-KD stratified data updating (He et al., "DA-KD: Difficulty-Aware Knowledge Distillation for Efficient
+Large Language Models", ICML 2025, section 3.2, Eq. 2, Algorithm 1) with the BDL loss (Eq. 4).
 
 Epoch e (0-based, e = 0..E-1) uses the selection ratio
     linear:  r = 1 - e/E            cosine (the paper's choice):  r = 0.5 cos(pi e / E) + 0.5      (Eq. 2)
@@ -27,6 +28,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from syllabus.core.schedule import EpochPlan
+
 from .common import Epoch, round_half_up
 from .config import (
     ScheduleError,
@@ -46,10 +49,10 @@ class DAKDConfig:
     """DA-KD parameters; defaults from section 4.1 (implementation details)."""
 
     epochs: int = 10  # E
-    decay: str = "cosine"
+    decay: str = "cosine"  # cosine (the paper's choice) or linear, Eq. 2
     tau: float = 0.1  # share of an epoch drawn from D_low (stratified sampling)
     dynamic: bool = True  # recompute DDS before every epoch after the first, as the paper does
-    temperature: float = 1.0
+    temperature: float = 1.0  # fixed temperature
     kd_weight: float = 1.0  # Algorithm 1 back-propagates BDL alone
     loss: str = "bdl"  # Eq. 4; lambda = 0.9 is the loss default
     loss_params: dict[str, float] = field(default_factory=dict)
@@ -165,12 +168,14 @@ def build(frame: pl.DataFrame, config: DAKDConfig, seed: int, reverse: bool = Fa
     return [
         Epoch(
             select_ordered(ordered, e, config.epochs, seed, config.decay, config.tau),
-            stage=0,
-            temperature=config.temperature,
-            kd_weight=config.kd_weight,
-            loss=config.loss,
-            loss_params=params,
-            rescore=config.dynamic and e > 0,
+            EpochPlan(
+                stage=0,
+                temperature=config.temperature,
+                kd_weight=config.kd_weight,
+                loss=config.loss,
+                loss_params=params,
+                rescore=config.dynamic and e > 0,
+            ),
         )
         for e in range(config.epochs)
     ]

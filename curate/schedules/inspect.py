@@ -6,8 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
-from ..table import TableError, read_table
-from .manifest import read_manifest
+from syllabus.core.schedule import read_schedule
+from syllabus.core.table import TableError, read_table
 
 
 def epoch_profile(path: Path, column: str = "student_ce") -> pl.DataFrame:
@@ -19,26 +19,25 @@ def epoch_profile(path: Path, column: str = "student_ce") -> pl.DataFrame:
     Raises:
         ScheduleError: `path` is not a schedule directory.
     """
-    manifest = read_manifest(path)
-    records = manifest["epochs"]
+    schedule = read_schedule(path)
+    epochs = schedule.epochs
     profile = pl.DataFrame({
-        "epoch": [e["epoch"] for e in records],
-        "stage": [e["stage"] for e in records],
-        "num_samples": [e["num_samples"] for e in records],
-        "temperature": [float(e["temperature"]) for e in records],
-        "kd_weight": [float(e["kd_weight"]) for e in records],
+        "epoch": [e.index + 1 for e in epochs],
+        "stage": [e.plan.stage for e in epochs],
+        "num_samples": [e.num_samples for e in epochs],
+        "temperature": [float(e.plan.temperature) for e in epochs],
+        "kd_weight": [float(e.plan.kd_weight) for e in epochs],
     })
     try:
-        scores = read_table(manifest["table"]["path"], columns=["sample_id", column]).frame
-    except (TableError, OSError, pl.exceptions.PolarsError, KeyError):
+        scores = read_table(schedule.table_path, columns=["sample_id", column]).frame
+    except (TableError, OSError, pl.exceptions.PolarsError):
         return profile.with_columns(mean=pl.lit(None, dtype=pl.Float64))
     scores = scores.with_columns(pl.col(column).cast(pl.Float64).fill_nan(None))
     means, cache = [], {}
-    for e in records:
-        shard = path / e["shard"]
-        key = shard.read_bytes()  # epochs over the same subset have identical shards: join once
+    for e in epochs:
+        key = e.shard.read_bytes()  # epochs over the same subset have identical shards: join once
         if key not in cache:
-            ids = pl.read_parquet(shard, columns=["sample_id"])
+            ids = pl.read_parquet(e.shard, columns=["sample_id"])
             cache[key] = ids.join(scores, on="sample_id", how="left")[column].mean()
         means.append(cache[key])
     return profile.with_columns(mean=pl.Series(means, dtype=pl.Float64))
@@ -50,7 +49,8 @@ def summarize_schedule(path: Path, column: str = "student_ce") -> str:
     Raises:
         ScheduleError: `path` is not a schedule directory.
     """
-    manifest = read_manifest(path)
+    schedule = read_schedule(path)
+    manifest = schedule.manifest
     table = manifest["table"]
     profile = epoch_profile(path, column)
     usable = table.get("usable_rows") or 1
@@ -65,13 +65,14 @@ def summarize_schedule(path: Path, column: str = "student_ce") -> str:
         f"  {'epoch':>5} {'stage':>5} {'samples':>9} {'mean ' + column:>16} {'temp':>6} {'kd_w':>6} "
         f"{'loss':>5}  loss params / flags",
     ]
-    for record, mean in zip(manifest["epochs"], profile["mean"]):
-        flags = [f for f, on in (("restart", record["restart_optimizer"]), ("rescore", record["rescore"])) if on]
-        loss_params = " ".join(f"{k}={v:g}" for k, v in record["loss_params"].items())
+    for epoch, mean in zip(schedule.epochs, profile["mean"]):
+        plan = epoch.plan
+        flags = [f for f, on in (("restart", plan.restart_optimizer), ("rescore", plan.rescore)) if on]
+        loss_params = " ".join(f"{k}={v:g}" for k, v in plan.loss_params.items())
         shown = "n/a" if mean is None else f"{mean:.4f}"
         lines.append(
-            f"  {record['epoch']:>5} {record['stage']:>5} {record['num_samples']:>9} {shown:>16} "
-            f"{record['temperature']:>6.3f} {record['kd_weight']:>6.3f} {record['loss']:>5}  "
+            f"  {epoch.index + 1:>5} {plan.stage:>5} {epoch.num_samples:>9} {shown:>16} "
+            f"{plan.temperature:>6.3f} {plan.kd_weight:>6.3f} {plan.loss:>5}  "
             f"{' '.join([loss_params, *flags]).strip()}"
         )
     if profile["mean"].null_count() == len(profile):

@@ -1,4 +1,5 @@
-"""L2M-KD, least-to-most staged KD (l2m-kd.txt, section 3.2, Algorithm 1, appendix 9.2).
+"""L2M-KD, least-to-most staged KD (Zhang et al., "Staged Knowledge Distillation Through Least-to-Most
+Prompting", section 3.2, Algorithm 1, appendix 9.2).
 
 Rank by rouge_l descending, ties by student_ce ascending (3.2.1: "supplemented by the cross-entropy loss with
 respect to the ground-truth response"), cut into n = 4 subsets of floor(N/n) or floor(N/n)+1 samples with the
@@ -23,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import polars as pl
+
+from syllabus.core.schedule import EpochPlan
 
 from .common import Epoch, cumulative_stages, cut, ladder, split_sizes
 from .config import (
@@ -50,8 +53,8 @@ class L2MConfig:
     betan: float = 1.0  # KD ratio of stage n
     loss_order: str = "l2m"  # m2l: skew ladder reversed (Table 3)
     tie_column: str = "student_ce"  # breaks rouge_l ties; "none": ties by sample_id only
-    temperature: float = 1.0
-    restart_optimizer: bool = True
+    temperature: float = 1.0  # fixed temperature
+    restart_optimizer: bool = True  # restart optimizer + LR schedule per stage
     loss: str = "skl"  # Eq. 6 is the skew KL with a per-stage skew
     loss_params: dict[str, float] = field(default_factory=dict)
 
@@ -86,8 +89,8 @@ def subsets(frame: pl.DataFrame, stages: int, tie_column: str = "student_ce") ->
     return cut(ids, split_sizes(frame.height, stages))
 
 
-def build(frame: pl.DataFrame, config: L2MConfig, reverse: bool = False) -> list[Epoch]:
-    """Baby-step epochs with Eq. 6 (skew alpha_i) and Eq. 7 (kd_weight beta_i) per stage."""
+def build(frame: pl.DataFrame, config: L2MConfig, seed: int = 0, reverse: bool = False) -> list[Epoch]:
+    """Baby-step epochs with Eq. 6 (skew alpha_i) and Eq. 7 (kd_weight beta_i) per stage (`seed` is unused)."""
     parts = subsets(frame, config.stages, config.tie_column)
     if reverse:
         parts = parts[::-1]
@@ -97,13 +100,12 @@ def build(frame: pl.DataFrame, config: L2MConfig, reverse: bool = False) -> list
         skew = ladder(0.0, config.alpha, skew_step, config.stages)
         params = resolve_loss_params(config.loss, {"skew": skew}, config.loss_params)
         for p in range(config.epochs_per_stage):
-            epochs.append(Epoch(
-                ids,
+            epochs.append(Epoch(ids, EpochPlan(
                 stage=stage,
                 temperature=config.temperature,
                 kd_weight=ladder(config.beta1, config.betan, stage, config.stages),
                 loss=config.loss,
                 loss_params=params,
                 restart_optimizer=config.restart_optimizer and p == 0 and stage > 0,
-            ))
+            )))
     return epochs

@@ -1,8 +1,4 @@
-"""The schedule directory: `manifest.json` plus one Parquet shard of sample_ids per epoch (design.md, "Schedule").
-
-    SCHEDULE/
-      epoch-000.parquet ...   column sample_id, the epoch's samples in training order
-      manifest.json           method, parameters, table fingerprint, seed, one record per epoch; written last
+"""Writing a schedule directory (the contract, its file names and its epoch record are in `syllabus.core.schedule`).
 
 Every file is written atomically and the manifest last, so its presence means "complete". Nothing in the
 manifest depends on time or on the machine: same table, parameters and seed give byte-identical files.
@@ -17,38 +13,11 @@ from typing import Any
 
 import polars as pl
 
-from ..table import Table, atomic_write_bytes
+from syllabus.core.io import atomic_write_bytes
+from syllabus.core.schedule import KIND, MANIFEST_FILE, SCHEMA_VERSION, SHARD_GLOB, ScheduleError, shard_name
+from syllabus.core.table import Table
+
 from .common import Epoch
-from .config import ScheduleError
-
-SCHEMA_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-SHARD_GLOB = "epoch-*.parquet"
-
-
-def shard_name(index: int) -> str:
-    return f"epoch-{index:03d}.parquet"
-
-
-def _number(x: float) -> float:
-    # 12 decimals: ladders like 0.3 + (0.1 - 0.3) / 2 print as 0.2, not 0.19999999999999998.
-    return round(float(x), 12)
-
-
-def epoch_record(index: int, epoch: Epoch) -> dict[str, Any]:
-    """The manifest entry of one epoch (index 0-based; "epoch" is 1-based for people)."""
-    return {
-        "epoch": index + 1,
-        "shard": shard_name(index),
-        "num_samples": epoch.sample_ids.len(),
-        "stage": epoch.stage,
-        "temperature": _number(epoch.temperature),
-        "kd_weight": _number(epoch.kd_weight),
-        "loss": epoch.loss,
-        "loss_params": {k: _number(v) for k, v in sorted(epoch.loss_params.items())},
-        "restart_optimizer": bool(epoch.restart_optimizer),
-        "rescore": bool(epoch.rescore),
-    }
 
 
 def manifest_bytes(
@@ -56,10 +25,10 @@ def manifest_bytes(
     excluded: dict[str, int],
 ) -> bytes:
     """The manifest as it will be written (sorted keys, no timestamps)."""
-    records = [epoch_record(i, e) for i, e in enumerate(epochs)]
+    records = [e.plan.record(i, e.sample_ids.len()) for i, e in enumerate(epochs)]
     manifest = {
         "schema_version": SCHEMA_VERSION,
-        "kind": "syllabus.schedule",
+        "kind": KIND,
         "method": method,
         "params": params,
         "seed": seed,
@@ -128,20 +97,3 @@ def write_schedule(out: Path, manifest: bytes, epochs: list[Epoch], overwrite: b
             stale.unlink()
     atomic_write_bytes(out / MANIFEST_FILE, manifest)
     return out
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest of a schedule directory.
-
-    Raises:
-        ScheduleError: no manifest.json (not a schedule, or an unfinished one) or not valid JSON.
-    """
-    manifest_path = Path(path) / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise ScheduleError(f"{path}: no {MANIFEST_FILE}; pass a directory written by `curate schedule`")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        manifest["epochs"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ScheduleError(f"{manifest_path}: malformed manifest ({type(exc).__name__}: {exc})") from None
-    return manifest

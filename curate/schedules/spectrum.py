@@ -1,4 +1,5 @@
-"""SpectrumKD (spectrumkd.txt, sections 3.2-3.3, Algorithm 1): difficulty zones and a sliding window.
+"""SpectrumKD ("SpectrumKD: Dynamic Dataset Curation for Distribution-Aware Knowledge
+Distillation of Large Language Models", sections 3.2-3.3, Algorithm 1): difficulty zones and a sliding window.
 
 Sort by difficulty ascending (student_ce by default; rouge_l, descending, as an option) into s_1..s_N. Zones:
 Early i <= la N; Continuous up to (1 - la - lb) N; Late up to (1 - lb) N; Excluded beyond (never trained on).
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from syllabus.core.schedule import EpochPlan
+
 from .common import Epoch, difficulty_of, floor_count, ladder, round_half_up
 from .config import (
     ScheduleError,
@@ -48,9 +51,9 @@ class SpectrumConfig:
     la: float = 0.1  # lambda_a: Early zone share
     lb: float = 0.1  # lambda_b: Excluded zone share
     difficulty: str = "student_ce"  # the spectrum's metric (rouge_l is ranked descending)
-    step: str = "adaptive"
-    tau0: float = 1.0
-    taun: float = 2.0
+    step: str = "adaptive"  # adaptive, greedy (Algorithm 1 literal) or linear window steps
+    tau0: float = 1.0  # first temperature
+    taun: float = 2.0  # last temperature
     sft_weight: float = 0.3  # alpha of Eq. 7 for off-policy KD; kd_weight = 1 - alpha
     loss: str = "kld"  # SpectrumKD is a plug-in over a base KD loss; KLD is its main baseline
     loss_params: dict[str, float] = field(default_factory=dict)
@@ -134,8 +137,10 @@ def _greedy_starts(difficulty: np.ndarray, m: int, last: int, slides: int, avg: 
     return starts
 
 
-def build(frame: pl.DataFrame, config: SpectrumConfig, reverse: bool = False) -> list[Epoch]:
+def build(frame: pl.DataFrame, config: SpectrumConfig, seed: int = 0, reverse: bool = False) -> list[Epoch]:
     """The SpectrumKD epochs for the usable rows of a table (columns sample_id and `config.difficulty`).
+
+    Deterministic: `seed` is unused (no random draw).
 
     Raises:
         ScheduleError: la, lb leave an empty window for this many rows.
@@ -161,11 +166,13 @@ def build(frame: pl.DataFrame, config: SpectrumConfig, reverse: bool = False) ->
     return [
         Epoch(
             windows.setdefault(s, ids.slice(s, m)),
-            stage=0,
-            temperature=ladder(config.tau0, config.taun, j, config.epochs),
-            kd_weight=1.0 - config.sft_weight,
-            loss=config.loss,
-            loss_params=params,
+            EpochPlan(
+                stage=0,
+                temperature=ladder(config.tau0, config.taun, j, config.epochs),
+                kd_weight=1.0 - config.sft_weight,
+                loss=config.loss,
+                loss_params=params,
+            ),
         )
         for j, s in enumerate(starts)
     ]

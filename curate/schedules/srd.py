@@ -1,4 +1,5 @@
-"""SRD, Selective Reflection Distillation (srd.txt, sections 3.2-3.3, Algorithm 1, appendix B.3).
+"""SRD, Selective Reflection Distillation (Liu et al., "Less is More: Selective Reflection for Compatible and
+Efficient Knowledge Distillation in Large Language Models", sections 3.2-3.3, Algorithm 1, appendix B.3).
 
 Rank by rouge_l (descending: higher is easier) and by a CE column (ascending), ranks from 1, and fuse them with
 reciprocal rank fusion f = 1/(k + r_rouge) + 1/(k + r_ce), k = 60 (higher f = easier). Keep the top
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from syllabus.core.schedule import EpochPlan
+
 from .common import Epoch, cumulative_stages, cut, floor_count, ladder, split_sizes
 from .config import (
     ScheduleError,
@@ -46,14 +49,14 @@ class SRDConfig:
     stages: int = 3  # n
     epochs_per_stage: int = 8  # p
     keep: float = 0.75  # lambda: retained share
-    rrf_k: int = 60
-    ce_column: str = "output_ce"
-    rank_ties: str = "ordinal"
-    tau0: float = 1.0
-    taun: float = 2.0
+    rrf_k: int = 60  # reciprocal rank fusion constant
+    ce_column: str = "output_ce"  # output_ce (paper, Eq. 4) or student_ce (reference code)
+    rank_ties: str = "ordinal"  # ordinal or min
+    tau0: float = 1.0  # temperature of stage 1
+    taun: float = 2.0  # temperature of stage n
     sft0: float = 0.3  # alpha_0 (off-policy KD)
     sftn: float = 0.1  # alpha_n
-    restart_optimizer: bool = True
+    restart_optimizer: bool = True  # restart optimizer + LR schedule per stage (reference code)
     loss: str = "kld"  # SRD is a plug-in over a base KD loss; its main tables use KLD
     loss_params: dict[str, float] = field(default_factory=dict)
 
@@ -114,8 +117,11 @@ def subsets(frame: pl.DataFrame, config: SRDConfig) -> list[pl.Series]:
     return cut(ranked["sample_id"].head(kept), split_sizes(kept, config.stages))
 
 
-def build(frame: pl.DataFrame, config: SRDConfig, reverse: bool = False) -> list[Epoch]:
-    """Baby-step epochs with the per-stage temperature and SFT ladders (columns sample_id, rouge_l, CE)."""
+def build(frame: pl.DataFrame, config: SRDConfig, seed: int = 0, reverse: bool = False) -> list[Epoch]:
+    """Baby-step epochs with the per-stage temperature and SFT ladders (columns sample_id, rouge_l, CE).
+
+    Deterministic: `seed` is unused (no random draw).
+    """
     parts = subsets(frame, config)
     if reverse:
         parts = parts[::-1]
@@ -123,13 +129,12 @@ def build(frame: pl.DataFrame, config: SRDConfig, reverse: bool = False) -> list
     epochs = []
     for stage, ids in enumerate(cumulative_stages(parts)):
         for p in range(config.epochs_per_stage):
-            epochs.append(Epoch(
-                ids,
+            epochs.append(Epoch(ids, EpochPlan(
                 stage=stage,
                 temperature=ladder(config.tau0, config.taun, stage, config.stages),
                 kd_weight=1.0 - ladder(config.sft0, config.sftn, stage, config.stages),
                 loss=config.loss,
                 loss_params=params,
                 restart_optimizer=config.restart_optimizer and p == 0 and stage > 0,
-            ))
+            )))
     return epochs

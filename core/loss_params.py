@@ -1,7 +1,7 @@
-"""The loss names, their parameters and defaults (design.md, "Losses"), and their validation.
+"""The loss names, their parameters and defaults (docs/methods.md, "Losses"), and their validation.
 
 Pure Python, so that `curate schedule` checks a schedule's losses with the trainer's own rules without importing
-torch. `train/losses.py` computes the losses.
+torch. `syllabus.train.losses` computes them.
 """
 
 from __future__ import annotations
@@ -45,3 +45,18 @@ def resolve_loss_params(name: str, params: dict[str, float] | None = None) -> di
             raise ValueError(f"loss parameter {key} of {name!r} must be in [0, 1], got {value}")
         resolved[key] = float(value)
     return resolved
+
+
+def check_temperature(temperature: float) -> float:
+    """The temperature as a float, or ValueError unless it is a finite number > 0."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return float(temperature)
+
+
+def check_kd_weight(kd_weight: float) -> float:
+    """The KD weight as a float, or ValueError unless it is a number in [0, 1]."""
+    if isinstance(kd_weight, bool) or not isinstance(kd_weight, (int, float)) or not 0.0 <= kd_weight <= 1.0:
+        raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight!r}")
+    return float(kd_weight)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 EXTRA_ARG = "no_repeat_ngram_size"
-PROCESSOR_FQCN = "syllabus.curate.engines.ngram:NoRepeatNGramLogitsProcessor"
+PROCESSOR_FQCN = "syllabus.core.engines.ngram:NoRepeatNGramLogitsProcessor"
 
 
 def banned_tokens(tokens: Sequence[int], n: int) -> set[int]:

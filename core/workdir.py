@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .table import atomic_write_json
+from .io import atomic_write_json
 
 WORK_DIR = "_work"
 RUN_FILE = "run.json"

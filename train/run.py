@@ -1,0 +1,60 @@
+"""What a training run is made of once set up: the `Run` record that `loop.setup` builds and everything else reads
+(the loop, the run-directory state, DA-KD re-scoring), and `Progress`, where the run stands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from syllabus.core.schedule import Schedule
+from syllabus.core.table import Table
+
+from .config import TrainConfig
+from .data import SampleStore
+from .losses import Objective
+from .student import DistillStudent
+
+
+@dataclass
+class Progress:
+    """Where the run is: the data position is (epoch, step_in_epoch); epoch_ids pins a re-scored epoch's samples."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    optimizer_epoch: int = 0  # epoch at which the current optimizer/LR schedule started
+    epoch_ids: list[str] | None = None
+
+    def advance(self) -> None:
+        self.step_in_epoch += 1
+        self.global_step += 1
+
+    def finish_epoch(self) -> None:
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_ids = None
+
+
+@dataclass
+class Run:
+    """Everything `setup` builds before the loop starts.
+
+    `objectives[i]` is epoch i's loss (the manifest's, or the config's override for a loss ablation), checked once
+    at setup. `on_stage_end` is the stage-end evaluation (None when no eval sets were asked for).
+    """
+
+    config: TrainConfig
+    out: Path
+    schedule: Schedule
+    table: Table
+    accelerator: Any  # accelerate.Accelerator
+    student: DistillStudent
+    teacher: Any  # a transformers causal LM, frozen
+    tokenizer: Any
+    store: SampleStore
+    manifest_fingerprint: str
+    objectives: tuple[Objective, ...]
+    on_stage_end: Callable[[Run, Path, int], None] | None = None
+    progress: Progress = field(default_factory=Progress)
