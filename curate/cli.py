@@ -11,6 +11,17 @@ from typing import Optional
 
 import typer
 
+from syllabus.core.cli import choices, fail
+from syllabus.core.cli import value as choice_value
+from syllabus.core.engines import ENGINE_CHOICES
+from syllabus.core.templates import TEMPLATES
+
+from .data import PRESETS
+
+Engine = choices("Engine", ENGINE_CHOICES)
+Template = choices("Template", TEMPLATES)
+Preset = choices("Preset", tuple(PRESETS))
+
 app = typer.Typer(
     help="Syllabus data curation: score once, schedule many curricula.",
     no_args_is_help=True,
@@ -19,11 +30,6 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Prepare and inspect the embedded default models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -37,12 +43,12 @@ def score(
     ),
     teacher: Optional[str] = typer.Option("default", help="teacher: local HF directory, hub id, or `default` (ignored with --teacher-from)"),
     teacher_from: Optional[Path] = typer.Option(None, help="reuse teacher_ce from this table instead of running the teacher"),
-    preset: str = typer.Option("minillm", help="field preset: minillm (prompt/instruction/input/output) or dolly"),
+    preset: Preset = typer.Option("minillm", help="field preset: minillm (prompt/instruction/input/output) or dolly"),
     instruction_field: Optional[str] = typer.Option(None, help="override the preset's instruction field"),
     input_field: Optional[str] = typer.Option(None, help="override the preset's input/context field"),
     prompt_field: Optional[str] = typer.Option(None, help="override the preset's ready-made prompt field"),
     response_field: Optional[str] = typer.Option(None, help="override the preset's response field (string or list)"),
-    template: str = typer.Option("alpaca", help="alpaca (MiniLLM template), chat (tokenizer's) or none (prompt as is)"),
+    template: Template = typer.Option("alpaca", help="alpaca (MiniLLM template), chat (tokenizer's) or none (prompt as is)"),
     split: str = typer.Option("train", help="split, for hub datasets"),
     limit: Optional[int] = typer.Option(None, help="score only the first N usable rows"),
     max_seq_len: int = typer.Option(1024, help="prompt + response tokens; longer rows get status too_long"),
@@ -52,8 +58,8 @@ def score(
     max_new_tokens: int = typer.Option(256),
     num_samples: int = typer.Option(1, help="generations per prompt; rouge_l/output_ce are their means"),
     seed: int = typer.Option(0),
-    gen_engine: str = typer.Option("auto", help="auto (vllm if installed), vllm or hf"),
-    ce_engine: str = typer.Option("auto", help="auto (vllm on GPU, hf on CPU), vllm or hf"),
+    gen_engine: Engine = typer.Option("auto", help="auto: vllm if installed"),
+    ce_engine: Engine = typer.Option("auto", help="auto: vllm on GPU, hf on CPU"),
     dtype: str = typer.Option("bfloat16", help="inference dtype (bf16 is ~9x faster than fp32 on AMX CPUs)"),
     part_size: int = typer.Option(256, help="rows per resumable part"),
     batch_tokens: Optional[int] = typer.Option(None, help="padded tokens per transformers forward (default 2048 CPU, 16384 GPU)"),
@@ -79,18 +85,18 @@ def score(
         config = ScoreConfig(
             data=data, out=str(out), student=None if student == "none" else student,
             teacher=None if teacher_from else teacher,
-            teacher_from=str(teacher_from) if teacher_from else None, preset=preset,
+            teacher_from=str(teacher_from) if teacher_from else None, preset=choice_value(preset),
             instruction_field=instruction_field, input_field=input_field, prompt_field=prompt_field,
-            response_field=response_field, template=template, split=split, limit=limit, max_seq_len=max_seq_len,
+            response_field=response_field, template=choice_value(template), split=split, limit=limit, max_seq_len=max_seq_len,
             truncate=truncate,
             generation=GenerationParams(temperature, top_p, max_new_tokens, num_samples, seed),
-            gen_engine=gen_engine, ce_engine=ce_engine, dtype=dtype, part_size=part_size, batch_tokens=batch_tokens,
+            gen_engine=choice_value(gen_engine), ce_engine=choice_value(ce_engine), dtype=dtype, part_size=part_size, batch_tokens=batch_tokens,
             num_shards=num_shards, shard_index=shard_index, tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization, keep_every=keep_every, overwrite=overwrite,
         )
         table = run_score(config, progress=not quiet)
     except (DataError, ModelError, ScoreError, RunDirError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(summarize_table(table))
     rejects = out / "rejects.jsonl"
     if rejects.exists():
@@ -111,7 +117,7 @@ def merge(
     try:
         table = merge_tables(shards, out)
     except TableError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(summarize_table(table))
 
 
@@ -130,13 +136,13 @@ def inspect(
         typer.echo(inspect_schedule(list(paths), plots))
         return
     if len(paths) != 1:
-        _fail("give one table, or schedule directories only (each holding a manifest.json)")
+        fail("give one table, or schedule directories only (each holding a manifest.json)")
     from .summary import summarize_table
 
     try:
         table = read_table(paths[0])
     except TableError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(summarize_table(table))
     if plots is not None:
         from .plots import plot_table
@@ -156,7 +162,7 @@ def models_prepare(
     try:
         teacher, student = prepare_default_models(keep_every, force=force)
     except ModelError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"teacher: {teacher}\nstudent: {student}\n(cache: {cache_dir()}; set SYLLABUS_CACHE to move it)")
 
 

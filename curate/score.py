@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from syllabus.core.engines import ENGINE_CHOICES
 from syllabus.core.engines.base import GenerationParams, ScoringRequest, request_seed
 from syllabus.core.io import atomic_write_parquet
 from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
@@ -36,8 +37,6 @@ from syllabus.core.workdir import claim_output
 from . import data as data_mod
 
 REJECTS_FILE = "rejects.jsonl"
-CE_ENGINES = ("auto", "hf", "vllm")
-GEN_ENGINES = ("auto", "vllm", "hf")
 
 
 class ScoreError(ValueError):
@@ -82,8 +81,8 @@ class ScoreConfig:
             raise ScoreError(f"unknown preset {self.preset!r}; choose one of {', '.join(data_mod.PRESETS)}")
         if self.template not in data_mod.TEMPLATES:
             raise ScoreError(f"unknown template {self.template!r}; choose one of {', '.join(data_mod.TEMPLATES)}")
-        if self.gen_engine not in GEN_ENGINES or self.ce_engine not in CE_ENGINES:
-            raise ScoreError(f"engines: --gen-engine in {GEN_ENGINES}, --ce-engine in {CE_ENGINES}")
+        if self.gen_engine not in ENGINE_CHOICES or self.ce_engine not in ENGINE_CHOICES:
+            raise ScoreError(f"engines: --gen-engine and --ce-engine are one of {', '.join(ENGINE_CHOICES)}")
         if not 0 <= self.shard_index < self.num_shards:
             raise ScoreError(f"--shard-index must be in [0, {self.num_shards}), got {self.shard_index}")
         if self.part_size < 1 or self.max_seq_len < 2 or (self.batch_tokens is not None and self.batch_tokens < 1):

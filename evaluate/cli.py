@@ -7,13 +7,14 @@ from typing import Optional
 
 import typer
 
+from syllabus.core.cli import choices, fail
+from syllabus.core.cli import value as choice_value
+from syllabus.core.engines import ENGINE_CHOICES
+
+Engine = choices("Engine", ENGINE_CHOICES)
+
 app = typer.Typer(help="Evaluate students with the papers' protocol.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def _csv(value: str) -> list[str]:
@@ -33,7 +34,7 @@ def run(
     temperature: float = typer.Option(1.0),
     top_p: float = typer.Option(1.0),
     no_repeat_ngram_size: int = typer.Option(6, help="0 turns n-gram blocking off"),
-    engine: str = typer.Option("auto", help="auto (vllm if installed), vllm or hf"),
+    engine: Engine = typer.Option("auto", help="auto: vllm if installed"),
     dtype: str = typer.Option("bfloat16"),
     label: Optional[str] = typer.Option(None, help="name of this model in comparisons"),
     overwrite: bool = typer.Option(False, help="replace OUT if it holds a different run"),
@@ -49,11 +50,11 @@ def run(
     try:
         protocol = EvalProtocol(max_prompt_tokens, max_new_tokens, temperature, top_p, no_repeat_ngram_size,
                                 tuple(int(s) for s in _csv(seeds)))
-        config = EvalConfig(model, str(out), tuple(_csv(sets)), limit, protocol, engine, dtype, label=label,
+        config = EvalConfig(model, str(out), tuple(_csv(sets)), limit, protocol, choice_value(engine), dtype, label=label,
                             overwrite=overwrite)
         summary = evaluate(config, progress=not quiet)
     except (ModelError, EvalSetError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(markdown_summary(summary))
 
 
@@ -70,6 +71,6 @@ def compare(
     try:
         markdown = compare_runs(runs, out, _csv(labels) if labels else None, allow_mismatch)
     except CompareError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(markdown)
     typer.echo(f"wrote {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'compare.png'}")

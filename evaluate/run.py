@@ -19,6 +19,7 @@ from typing import Any
 
 import polars as pl
 
+from syllabus.core.engines import ENGINE_CHOICES
 from syllabus.core.engines.base import GenerationParams, request_seed
 from syllabus.core.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet
 from syllabus.core.models import ModelRef, load_tokenizer, resolve_model
@@ -27,7 +28,6 @@ from syllabus.core.workdir import claim_output
 from .protocol import EvalProtocol, score_row
 from .sets import DEFAULT_SETS, EvalSet, load_set
 
-ENGINES = ("auto", "vllm", "hf")
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class EvalConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.engine not in ENGINE_CHOICES:
+            raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINE_CHOICES)}")
         if not self.sets:
             raise ValueError("--sets is empty")
         if self.limit is not None and self.limit < 1:

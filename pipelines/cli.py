@@ -6,13 +6,10 @@ from pathlib import Path
 
 import typer
 
+from syllabus.core.cli import fail
+
 app = typer.Typer(help="Syllabus pipelines: one command per recipe.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def _vars(items: list[str]) -> dict[str, str]:
@@ -39,7 +36,7 @@ def run(
         pipeline = load_pipeline(recipe, _vars(set_))
         ran = run_pipeline(pipeline, dry_run=dry_run, only=only or None, echo=typer.echo)
     except PipelineError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"{pipeline.name}: {'would run' if dry_run else 'ran'} {len(ran)} stage(s); workdir {pipeline.workdir}")
 
 

@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from syllabus.core.config import ConfigError, read_yaml, typed_fields
+from syllabus.core.loss_params import resolve_loss_params
+
 SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("bf16", "fp32")
-
-
-class ConfigError(ValueError):
-    """A training setting is missing, unknown or out of range."""
 
 
 @dataclass(frozen=True)
@@ -62,30 +61,28 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.loss is not None:  # the override of every epoch's loss: checked before any model loads
+            try:
+                resolve_loss_params(self.loss, self.loss_params)
+            except ValueError as err:
+                raise ConfigError(f"--loss {self.loss}: {err}") from None
+        elif self.loss_params:
+            raise ConfigError("--loss-param needs --loss: the schedule's own losses keep their parameters")
 
     @classmethod
     def from_sources(cls, yaml_path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
-        """YAML values first, then explicit command-line values; unknown YAML keys are errors."""
-        values: dict[str, Any] = {}
-        if yaml_path is not None:
-            import yaml
+        """YAML values first, then explicit command-line values (None = not given), each checked against its field.
 
-            loaded = yaml.safe_load(yaml_path.read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"{yaml_path}: expected a mapping of setting: value")
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(loaded) - known)
-            if unknown:
-                raise ConfigError(f"{yaml_path}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-            values.update(loaded)
+        Raises:
+            ConfigError: an unknown YAML key, a value of the wrong type (`lr: abc`), a missing manifest or out
+                directory, or a value out of range.
+        """
+        values = read_yaml(yaml_path) if yaml_path is not None else {}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for key in ("eval_sets", "eval_seeds"):
-            if key in values and not isinstance(values[key], tuple):
-                values[key] = tuple(values[key])
         missing = [k for k in ("manifest", "out") if k not in values]
         if missing:
             raise ConfigError(f"missing setting(s): {', '.join(missing)}")
-        return cls(**values)
+        return cls(**typed_fields(cls, values, str(yaml_path or "train run"), what="setting"))
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

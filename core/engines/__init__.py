@@ -9,6 +9,7 @@ from typing import Any
 from .base import Engine, Generation, GenerationParams, ScoringRequest
 
 ENGINES = ("vllm", "hf")
+ENGINE_CHOICES = ("auto", *ENGINES)  # auto: vLLM where it is installed (and, for scoring CE, on GPU)
 _current: tuple[tuple, Engine] | None = None
 
 
@@ -53,4 +54,4 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-__all__ = ["Engine", "Generation", "GenerationParams", "ScoringRequest", "open_engine", "close_engine", "vllm_available"]
+__all__ = ["ENGINES", "ENGINE_CHOICES", "Engine", "Generation", "GenerationParams", "ScoringRequest", "open_engine", "close_engine", "vllm_available"]

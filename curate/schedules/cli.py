@@ -10,43 +10,19 @@ defaults come from each method's config dataclass, and `--help-params` lists the
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
+from syllabus.core.cli import choices, fail
+from syllabus.core.cli import value as choice_value
 from syllabus.core.loss_params import LOSSES
 
 from .methods import METHODS
 
-MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
-LossName = Enum("LossName", {name: name for name in LOSSES}, type=str)
-
-
-def _parse_loss_params(items: list[str]) -> dict[str, float]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            out[key.strip()] = float(value)
-        except ValueError:
-            raise typer.BadParameter(f"expected key=number, e.g. skew=0.1, got {item!r}", param_hint="--loss-param")
-    return out
-
-
-def _parse_params(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"expected key=value, e.g. warmup_epochs=2, got {item!r}", param_hint="--param")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)  # YAML scalars: 2 -> int, true -> bool
-    return out
+MethodName = choices("MethodName", tuple(METHODS))
+LossName = choices("LossName", LOSSES)
 
 
 def _show_params(ctx: typer.Context, method: Optional[str]) -> None:
@@ -92,19 +68,19 @@ def schedule(
     from syllabus.core.table import TableError
 
     from .build import build_schedule
-    from .config import ScheduleError, read_config_file
+    from .config import ScheduleError, parse_params, read_config_file
     from .inspect import summarize_schedule
 
     options: dict[str, Any] = {
-        "method": method.value if method else None, "epochs": epochs, "seed": seed, "reverse": reverse,
-        "loss": loss.value if loss else None,
+        "method": choice_value(method), "epochs": epochs, "seed": seed, "reverse": reverse,
+        "loss": choice_value(loss),
     }
     try:
         values = read_config_file(config) if config is not None else {}
-        values.update(_parse_params(param))  # precedence: --config < -p < explicit options
+        values.update(parse_params(param))  # precedence: --config < -p < explicit options
         values.update({k: v for k, v in options.items() if v is not None})
         if loss_param:
-            values["loss_params"] = {**(values.get("loss_params") or {}), **_parse_loss_params(loss_param)}
+            values["loss_params"] = {**(values.get("loss_params") or {}), **parse_params(loss_param, "--loss-param")}
         chosen = values.pop("method", None)
         if chosen is None:
             raise ScheduleError("--method is required (or `method:` in --config)")
@@ -116,6 +92,5 @@ def schedule(
             raise ScheduleError(f"parameter reverse: expected true or false, got {reverse_value!r}")
         path, excluded = build_schedule(table, chosen, out, values, seed_value, reverse_value, overwrite)
     except (ScheduleError, TableError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
+        fail(str(exc))
     typer.echo(summarize_schedule(path))

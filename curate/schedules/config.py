@@ -5,13 +5,12 @@ Pure Python (no polars, no numpy) so that the CLI can validate parameters before
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 from syllabus.core import loss_params as trainer_losses
+from syllabus.core.config import parse_pairs, read_yaml, typed_fields
+from syllabus.core.config import typed_value as core_typed_value
 from syllabus.core.schedule import ScheduleError  # noqa: F401 (re-exported: the error of every schedule module)
 
 # docs/methods.md, "Losses": the trainer's loss table (names, parameters, defaults). The manifest always carries every
@@ -68,91 +67,29 @@ def resolve_loss_params(loss: str, from_method: dict[str, float], given: dict[st
     return {**keys, **{k: v for k, v in from_method.items() if k in keys}, **given}
 
 
-def _accepts(annotation: Any, value: Any) -> Any:
-    """`value` converted to the field type, or raise TypeError. Ints are accepted for floats; bools only for bool."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _accepts(option, value)
-            except TypeError:
-                pass
-        raise TypeError
-    if origin is dict or annotation is dict:
-        if not isinstance(value, dict):
-            raise TypeError
-        return {str(k): _accepts(float, v) for k, v in value.items()}
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise TypeError
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise TypeError
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise TypeError
-    return value
-
-
 def typed_params(cls: type, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Check names and types of `params` against the fields of a config dataclass.
+    """Check names and types of `params` against the fields of a method's config (`syllabus.core.config` rules).
 
     Raises:
         ScheduleError: an unknown name (listing the valid ones) or a value of the wrong type (naming the parameter).
     """
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(params) - set(names))
-    if unknown:
-        raise ScheduleError(
-            f"method {method}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
-        )
-    return {key: typed_value(key, hints[key], value) for key, value in params.items()}
+    return typed_fields(cls, params, f"method {method}", ScheduleError)
 
 
 def typed_value(name: str, annotation: Any, value: Any) -> Any:
-    """`value` as the type `annotation` (ints pass for floats, integral floats for ints, nothing else converts).
-
-    Raises:
-        ScheduleError: naming the parameter and the expected type.
-    """
-    try:
-        return _accepts(annotation, value)
-    except (TypeError, ValueError):
-        want = getattr(annotation, "__name__", str(annotation))
-        raise ScheduleError(f"parameter {name}: expected {want}, got {value!r}") from None
+    """`value` as the type `annotation`; ScheduleError naming the parameter and the expected type otherwise."""
+    return core_typed_value(name, annotation, value, ScheduleError)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """The mapping of a `--config` YAML file; dashes in keys become underscores (flags and keys read the same).
+    """The mapping of a `--config` YAML file (dashes in keys become underscores).
 
     Raises:
         ScheduleError: the file is missing, is not YAML, or is not a mapping.
     """
-    import yaml
+    return read_yaml(path, "--config", ScheduleError)
 
-    if not path.is_file():
-        raise ScheduleError(f"--config {path}: no such file")
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ScheduleError(f"--config {path}: not valid YAML ({exc})") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ScheduleError(f"--config {path}: expected a mapping of parameter: value, got {type(loaded).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
+
+def parse_params(items: list[str], option: str = "--param") -> dict[str, Any]:
+    """`key=value` items (YAML scalars); ScheduleError naming the option for an item without `=`."""
+    return parse_pairs(items, option, ScheduleError)

@@ -1,0 +1,165 @@
+"""One way to read settings for every command: YAML file < `key=value` pairs < explicit options, each value checked
+against the type of its dataclass field, unknown names refused with the valid ones listed.
+
+Pure Python (PyYAML is imported only to read), so a CLI can validate before anything heavy is imported.
+
+Conversions are the ones a person means and nothing more: an int passes for a float, an integral float for an
+int, a numeric string for a number (PyYAML reads `lr: 1e-5` as the string "1e-5": YAML 1.1 wants a dot), a list
+or a comma-separated string for a tuple. A bool is never a number, and a number is never a string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type, or unreadable; the message names it and where it came from."""
+
+
+def _number(kind: type, value: Any) -> Any:
+    if isinstance(value, bool):
+        raise TypeError
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if kind is float else int(value.strip())
+        except ValueError:
+            raise TypeError from None
+    if kind is float and isinstance(value, (int, float)):
+        return float(value)
+    if kind is int and isinstance(value, int):
+        return value
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise TypeError
+
+
+def _convert(annotation: Any, value: Any) -> Any:
+    """`value` as `annotation`, or TypeError."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value)
+            except TypeError:
+                pass
+        raise TypeError
+    if origin is dict or annotation is dict:
+        if not isinstance(value, Mapping):
+            raise TypeError
+        args = typing.get_args(annotation)
+        value_type = args[1] if len(args) == 2 else Any
+        return {str(k): _convert(value_type, v) for k, v in value.items()}
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        args = typing.get_args(annotation)
+        item_type = args[0] if args else Any
+        return tuple(_convert(item_type, v) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if annotation in (int, float):
+        return _number(annotation, value)
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, Path):
+            return str(value)
+        raise TypeError
+    return value
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is None and hasattr(annotation, "__name__"):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def typed_value(name: str, annotation: Any, value: Any, error: type[ValueError] = ConfigError) -> Any:
+    """`value` converted to `annotation`.
+
+    Raises:
+        `error` (ConfigError by default): naming the parameter, the expected type and the value.
+    """
+    try:
+        return _convert(annotation, value)
+    except TypeError:
+        raise error(f"parameter {name}: expected {_type_name(annotation)}, got {value!r}") from None
+
+
+def typed_fields(cls: type, values: Mapping[str, Any], where: str, error: type[ValueError] = ConfigError,
+                 what: str = "parameter") -> dict[str, Any]:
+    """Check the names and types of `values` against the fields of the dataclass `cls`.
+
+    Args:
+        cls: a dataclass.
+        values: name -> value (from YAML, pairs or options).
+        where: who is asking, for messages (e.g. "method dakd", "train run").
+        error: the exception type to raise.
+        what: what a name is called in messages ("parameter", "setting").
+
+    Raises:
+        `error`: an unknown name (the valid ones are listed) or a value of the wrong type (named).
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise error(f"{where}: unknown {what}(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    return {key: typed_value(key, hints[key], value, error) for key, value in values.items()}
+
+
+def read_yaml(path: Path, option: str = "--config", error: type[ValueError] = ConfigError) -> dict[str, Any]:
+    """The mapping in a YAML file; dashes in keys become underscores (flags and keys read the same).
+
+    Raises:
+        `error`: the file is missing, is not YAML, or is not a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{option} {path}: no such file")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise error(f"{option} {path}: not valid YAML ({exc})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise error(f"{option} {path}: expected a mapping of name: value, got {type(loaded).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
+
+
+def parse_pairs(items: Iterable[str], option: str, error: type[ValueError] = ConfigError) -> dict[str, Any]:
+    """`key=value` items as a dict; values are YAML scalars (2 -> int, true -> bool, 1e-5 -> str, checked later).
+
+    Raises:
+        `error`: an item without `=` or with an empty key, naming the option.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise error(f"{option}: expected key=value, got {item!r}")
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip().replace("-", "_")] = value
+    return out
