@@ -45,7 +45,8 @@ def lognormal_fit(values: np.ndarray) -> tuple[float, float]:
 
 
 def plot_table(
-    table: Table, plots_dir: Path, column: str = "student_ce", la: float = 0.1, lb: float = 0.1
+    table: Table, plots_dir: Path, column: str = "student_ce", early_share: float = 0.1,
+    excluded_share: float = 0.1,
 ) -> list[Path]:
     """The difficulty histogram with a log-normal fit, and the sorted spectrum with SpectrumKD's zones.
 
@@ -53,7 +54,7 @@ def plot_table(
         table: a difficulty table (rows with status != "ok" and null/NaN values are left out).
         plots_dir: output directory (created).
         column: the difficulty column.
-        la, lb: SpectrumKD's zone shares for the spectrum plot.
+        early_share, excluded_share: SpectrumKD's zone shares (lambda_a, lambda_b) for the spectrum plot.
 
     Returns:
         [<column>_histogram.png, <column>_spectrum.png].
@@ -101,7 +102,7 @@ def plot_table(
     # Easiest first: ascending difficulty, or descending ROUGE-L.
     ordered = np.sort(values)[::-1] if column in HIGHER_IS_EASIER else np.sort(values)
     n = ordered.size
-    e1, e2, e3 = zone_bounds(n, la, lb)
+    e1, e2, e3 = zone_bounds(n, early_share, excluded_share)
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for (name, color), (start, end) in zip(ZONES, [(0, e1), (e1, e2), (e2, e3), (e3, n)]):
         ax.axvspan(start + 0.5, end + 0.5, color=color, alpha=0.35, lw=0, label=f"{name}: {end - start} samples")
@@ -113,7 +114,8 @@ def plot_table(
     ax.set_xlim(0.5, n + 0.5)
     ax.set_xlabel("rank i of sample s_i (1 = easiest)")
     ax.set_ylabel(_axis_label(column))
-    ax.set_title(f"Difficulty spectrum with SpectrumKD zones (la = {la}, lb = {lb}, N = {n})")
+    ax.set_title(f"Difficulty spectrum with SpectrumKD zones (lambda_a = {early_share}, lambda_b = {excluded_share}, "
+                 f"N = {n})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: the curve spans the whole box
     fig.tight_layout()
     spectrum = plots_dir / f"{column}_spectrum.png"

@@ -22,6 +22,24 @@ def test_every_shipped_recipe_validates_and_dry_runs(recipe, tmp_path):
     assert ran == [s.name for s in pipeline.stages]
 
 
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_every_schedule_stage_of_a_shipped_recipe_builds(recipe, tmp_path):
+    """A dry run parses options but not a method's -p parameters: build each schedule stage on a synthetic table."""
+    from test_schedule_support import make_frame, write
+
+    from syllabus.curate.cli import app as curate_app
+
+    table = write(tmp_path, make_frame(200))
+    stages = [s for s in load_pipeline(recipe, {"workdir_root": str(tmp_path)}).stages
+              if s.argv[:2] == ("curate", "schedule")]
+    assert stages, f"{recipe.name} has no schedule stage"
+    for stage in stages:
+        argv = list(stage.argv[1:])
+        argv[1] = str(table.path)  # the table the recipe would have scored
+        result = runner.invoke(curate_app, argv)
+        assert result.exit_code == 0, f"{stage.name}: {result.output}"
+
+
 def write_recipe(path: Path, data: Path, model: Path, workdir: Path, max_new_tokens: int = 4, bad: bool = False) -> Path:
     score = (f"curate score {data} --out ${{workdir}}/table --student {model} --teacher {model} --gen-engine hf "
              f"--ce-engine hf --max-new-tokens {max_new_tokens} --max-seq-len 512 --quiet --overwrite")

@@ -28,11 +28,11 @@ def manifest(path) -> dict:
 def test_options_and_params_reach_the_method(tmp_path):
     table = write(tmp_path, make_frame(120))
     out = tmp_path / "spectrum"
-    result = run("schedule", table.path, "--method", "spectrum", "--epochs", 6, "-p", "warmup_epochs=1", "-p", "la=0.2",
+    result = run("schedule", table.path, "--method", "spectrum", "--epochs", 6, "-p", "warmup_epochs=1", "-p", "early_share=0.2",
                  "--param", "step=linear", "--loss", "skl", "--loss-param", "skew=0.2", "--reverse", "--out", out)
     assert result.exit_code == 0, result.output
     m = manifest(out)
-    assert m["params"]["la"] == 0.2 and m["params"]["step"] == "linear" and m["params"]["reverse"] is True
+    assert m["params"]["early_share"] == 0.2 and m["params"]["step"] == "linear" and m["params"]["reverse"] is True
     assert len(m["epochs"]) == 6 and all(e["loss_params"] == {"skew": 0.2} for e in m["epochs"])
     assert "method spectrum, 6 epochs" in result.output
 
@@ -40,13 +40,13 @@ def test_options_and_params_reach_the_method(tmp_path):
 def test_config_file_with_params_and_options_on_top(tmp_path):
     table = write(tmp_path, make_frame(120))
     config = tmp_path / "srd.yaml"
-    config.write_text("method: srd\nepochs: 6\nkeep: 0.75\nseed: 7\nce-column: student_ce\nloss: jsd\n"
+    config.write_text("method: srd\nepochs: 6\nkeep_share: 0.75\nseed: 7\nce-column: student_ce\nloss: jsd\n"
                       "loss_params: {beta: 0.4}\n")
     out = tmp_path / "srd"
-    result = run("schedule", table.path, "--config", config, "-p", "keep=0.5", "--out", out)
+    result = run("schedule", table.path, "--config", config, "-p", "keep_share=0.5", "--out", out)
     assert result.exit_code == 0, result.output
     m = manifest(out)
-    assert m["seed"] == 7 and m["params"]["keep"] == 0.5 and m["params"]["ce_column"] == "student_ce"
+    assert m["seed"] == 7 and m["params"]["keep_share"] == 0.5 and m["params"]["ce_column"] == "student_ce"
     assert m["params"]["epochs_per_stage"] == 2 and m["epochs"][0]["loss_params"] == {"beta": 0.4}
     assert "restart" in result.output
     generic = run("schedule", table.path, "--config", config, "-p", "epochs=9", "-p", "rank-ties=min", "--epochs", 3,
@@ -63,7 +63,7 @@ def test_errors_exit_2_with_a_message_naming_the_culprit(tmp_path):
     cases = [
         (["--config", bad_yaml], "unknown parameter(s) lambda_a"),
         (["--method", "dakd", "-p", "la=0.1"], "method dakd: unknown parameter(s) la"),
-        (["--method", "srd", "-p", "keep=1.5"], "parameter keep must be in"),
+        (["--method", "srd", "-p", "keep_share=1.5"], "parameter keep_share must be in"),
         (["--method", "curriculum"], "'curriculum' is not one of"),
         (["--method", "full", "--loss", "kl"], "'kl' is not one of"),
         (["--method", "full", "-p", "temperature=.inf"], "temperature must be a finite number > 0"),
@@ -72,8 +72,8 @@ def test_errors_exit_2_with_a_message_naming_the_culprit(tmp_path):
         (["--method", "dakd", "--loss-param", "lambda"], "--loss-param: expected key=value"),
         (["--method", "dakd", "--loss-param", "lambda=abc"], "parameter loss_params: expected dict[str, float]"),
         (["--config", tmp_path / "missing.yaml"], "no such file"),
-        (["--method", "dakd", "-p", "tau"], "expected key=value"),
-        (["--method", "dakd", "-p", "tau=lots"], "parameter tau: expected float, got 'lots'"),
+        (["--method", "dakd", "-p", "low_share"], "expected key=value"),
+        (["--method", "dakd", "-p", "low_share=lots"], "parameter low_share: expected float, got 'lots'"),
     ]
     for args, message in cases:
         result = run("schedule", table.path, *args, "--out", tmp_path / "x")
@@ -123,7 +123,7 @@ def test_help_params_lists_every_field_with_its_paper_default():
     assert result.exit_code == 0, result.output
     listed = [line.split()[1].rstrip(":") for line in result.output.splitlines() if line.strip().startswith("-p ")]
     assert listed == [f.name for f in dataclasses.fields(SpectrumConfig)]
-    assert "-p la: float = 0.1" in result.output and "lambda_a" in result.output
+    assert "-p early_share: float = 0.1" in result.output and "lambda_a" in result.output
     every = run("schedule", "--help-params", "all")
     assert every.exit_code == 0 and all(f"{m}: " in every.output for m in ("spectrum", "srd", "l2m", "dakd", "full"))
     assert run("schedule", "--help-params", "curriculum").exit_code == 2

@@ -69,8 +69,8 @@ def test_select_epoch_refuses_bad_input():
         dakd.select_epoch(frame, 1, 3, seed=0)
     with pytest.raises(ScheduleError, match="epoch 3 is outside"):
         dakd.select_epoch(frame.head(1), 3, 3, seed=0)
-    with pytest.raises(ScheduleError, match="parameter tau must be in"):
-        DAKDConfig(tau=2.0)
+    with pytest.raises(ScheduleError, match="parameter low_share must be in"):
+        DAKDConfig(low_share=2.0)
     with pytest.raises(ScheduleError, match="parameter decay must be one of"):
         DAKDConfig(decay="step")
 
@@ -83,8 +83,10 @@ def test_loss_rescore_and_static_mode():
     assert not any(e.plan.rescore for e in dakd.build(frame, DAKDConfig(epochs=4, dynamic=False), seed=0))
     assert dakd.build(frame, DAKDConfig(epochs=2, loss_params={"lambda": 0.7}), 0)[0].plan.loss_params == {"lambda": 0.7}
     assert dakd.build(frame, DAKDConfig(epochs=2, loss="kld"), 0)[0].plan.loss_params == {}
-    assert dakd.selection_params({"decay": "linear", "tau": 0.2, "reverse": True, "epochs": 3}) == {
-        "decay": "linear", "tau": 0.2, "reverse": True}
+    assert dakd.selection_params({"decay": "linear", "low_share": 0.2, "reverse": True, "epochs": 3}) == {
+        "decay": "linear", "low_share": 0.2, "reverse": True}
+    with pytest.raises(ScheduleError, match="lack low_share; rebuild the schedule"):
+        dakd.selection_params({"decay": "linear", "tau": 0.2, "reverse": True})  # a manifest of an earlier version
 
 
 @settings(max_examples=60, deadline=None)
@@ -92,7 +94,7 @@ def test_loss_rescore_and_static_mode():
        tau=st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0]), seed=st.integers(0, 10_000), ties=st.booleans())
 def test_invariants_over_random_tables(n, epochs, decay, tau, seed, ties):
     frame = make_frame(n, seed, ties).select("sample_id", "dds")
-    result = dakd.build(frame, DAKDConfig(epochs=epochs, decay=decay, tau=tau), seed)
+    result = dakd.build(frame, DAKDConfig(epochs=epochs, decay=decay, low_share=tau), seed)
     order = [r[0] for r in sorted(frame.iter_rows(), key=lambda r: (-r[1], r[0]))]
     assert ids_of(result[0]) == order  # epoch 1: every row
     for e, epoch in enumerate(result):

@@ -141,12 +141,14 @@ def test_empty_and_unusable_tables(tmp_path):
 
 
 def test_parameters_are_checked_by_name_and_type(tmp_path):
-    with pytest.raises(ScheduleError, match="method spectrum: unknown parameter.s. lambda_a; valid: .*la, lb"):
+    with pytest.raises(ScheduleError, match="method spectrum: unknown parameter.s. lambda_a; valid: .*early_share"):
         make_config("spectrum", {"lambda_a": 0.1})
     with pytest.raises(ScheduleError, match="method dakd: unknown parameter.s. la"):
         make_config("dakd", {"la": 0.1})
-    with pytest.raises(ScheduleError, match="parameter la: expected float, got 'high'"):
-        make_config("spectrum", {"la": "high"})
+    with pytest.raises(ScheduleError, match="parameter early_share: expected float, got 'high'"):
+        make_config("spectrum", {"early_share": "high"})
+    with pytest.raises(ScheduleError, match=r"unknown parameter.s. la;.*\(la is now early_share\)"):
+        make_config("spectrum", {"la": 0.1})  # the spelling of an earlier version names its replacement
     with pytest.raises(ScheduleError, match="parameter epochs: expected int, got 2.5"):
         make_config("dakd", {"epochs": 2.5})
     with pytest.raises(ScheduleError, match="parameter dynamic: expected bool"):
@@ -154,7 +156,7 @@ def test_parameters_are_checked_by_name_and_type(tmp_path):
     with pytest.raises(ScheduleError, match="epochs must be a positive multiple of 3 .got 4."):
         make_config("srd", {"epochs": 4})
     assert make_config("l2m", {"epochs": 12, "stages": 3}).epochs_per_stage == 4
-    assert make_config("spectrum", {"la": 0, "epochs": 8.0}).epochs == 8  # ints for floats, integral floats for ints
+    assert make_config("spectrum", {"early_share": 0, "epochs": 8.0}).epochs == 8  # ints for floats, integral floats for ints
     with pytest.raises(ScheduleError, match="unknown method 'curriculum'"):
         make_config("curriculum", {})
 

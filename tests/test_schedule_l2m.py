@@ -56,8 +56,8 @@ def test_loss_override_keeps_the_ladder_only_where_the_loss_reads_it():
     assert [e.plan.kd_weight for e in kld] == pytest.approx([0.7, 0.8, 0.9, 1.0])
     with pytest.raises(ScheduleError, match="loss_params.skew: L2M-KD sets the skew per stage"):
         L2MConfig(loss_params={"skew": 0.2})
-    with pytest.raises(ScheduleError, match="parameter alpha must be in"):
-        L2MConfig(alpha=1.5)
+    with pytest.raises(ScheduleError, match="parameter skew_last must be in"):
+        L2MConfig(skew_last=1.5)
     with pytest.raises(ScheduleError, match="parameter stages: 4 stages need at least 4 usable rows"):
         l2m.build(make_frame(3), L2MConfig())
 
@@ -67,7 +67,7 @@ def test_loss_override_keeps_the_ladder_only_where_the_loss_reads_it():
        seed=st.integers(0, 10_000), ties=st.booleans(), alpha=st.sampled_from([0.1, 0.15, 0.5]))
 def test_invariants_over_random_tables(n, stages, epochs_per_stage, seed, ties, alpha):
     frame = make_frame(n, seed, ties).select("sample_id", "rouge_l", "student_ce")
-    config = L2MConfig(stages=stages, epochs_per_stage=epochs_per_stage, alpha=alpha)
+    config = L2MConfig(stages=stages, epochs_per_stage=epochs_per_stage, skew_last=alpha)
     if n < stages:
         with pytest.raises(ScheduleError):
             l2m.build(frame, config)

@@ -25,17 +25,17 @@ def test_zone_bounds_by_hand():
 
 
 def test_parameters_are_checked_by_name():
-    with pytest.raises(ScheduleError, match=r"2\*la \+ lb <= 1"):
-        SpectrumConfig(la=0.5, lb=0.1)
-    SpectrumConfig(la=0.45, lb=0.1)  # 2 la + lb = 1 is allowed
-    with pytest.raises(ScheduleError, match="parameter lb must be in"):
-        SpectrumConfig(lb=-0.1)
+    with pytest.raises(ScheduleError, match=r"2\*early_share \+ excluded_share <= 1"):
+        SpectrumConfig(early_share=0.5, excluded_share=0.1)
+    SpectrumConfig(early_share=0.45, excluded_share=0.1)  # 2 la + lb = 1 is allowed
+    with pytest.raises(ScheduleError, match="parameter excluded_share must be in"):
+        SpectrumConfig(excluded_share=-0.1)
     with pytest.raises(ScheduleError, match="parameter warmup_epochs must be < epochs"):
         SpectrumConfig(epochs=5, warmup_epochs=5)
     with pytest.raises(ScheduleError, match="parameter step must be one of"):
         SpectrumConfig(step="fast")
-    with pytest.raises(ScheduleError, match="parameter tau0 must be > 0"):
-        SpectrumConfig(tau0=0)
+    with pytest.raises(ScheduleError, match="parameter temperature_first must be > 0"):
+        SpectrumConfig(temperature_first=0)
 
 
 def staircase() -> pl.DataFrame:
@@ -54,7 +54,7 @@ def staircase() -> pl.DataFrame:
     ("linear", [0, 0, 3, 5]),
 ])
 def test_window_positions_by_hand(step, starts):
-    config = SpectrumConfig(epochs=4, warmup_epochs=1, la=0.25, lb=0.0, step=step)
+    config = SpectrumConfig(epochs=4, warmup_epochs=1, early_share=0.25, excluded_share=0.0, step=step)
     epochs = spectrum.build(staircase(), config)
     assert [ids_of(e) for e in epochs] == [[f"s{i:02d}" for i in range(s, s + 15)] for s in starts]
 
@@ -63,8 +63,8 @@ def test_adaptive_rise_is_more_even_than_the_literal_loop_by_hand():
     frame = staircase()
     td = lambda e: sum(frame.filter(pl.col("sample_id").is_in(ids_of(e)))["student_ce"])  # noqa: E731
     rises = lambda es: [td(b) - td(a) for a, b in zip(es[1:], es[2:])]  # noqa: E731  (after warm-up)
-    adaptive = spectrum.build(frame, SpectrumConfig(epochs=4, warmup_epochs=1, la=0.25, lb=0.0))
-    greedy = spectrum.build(frame, SpectrumConfig(epochs=4, warmup_epochs=1, la=0.25, lb=0.0, step="greedy"))
+    adaptive = spectrum.build(frame, SpectrumConfig(epochs=4, warmup_epochs=1, early_share=0.25, excluded_share=0.0))
+    greedy = spectrum.build(frame, SpectrumConfig(epochs=4, warmup_epochs=1, early_share=0.25, excluded_share=0.0, step="greedy"))
     assert rises(adaptive) == [4.0, 6.0] and rises(greedy) == [10.0, 0.0]
 
 
@@ -77,7 +77,7 @@ def test_temperature_is_linear_over_all_epochs_and_kd_weight_is_one_minus_sft():
 
 def test_rouge_l_spectrum_ranks_high_rouge_first():
     frame = pl.DataFrame({"sample_id": list("abcde"), "rouge_l": [0.1, 0.9, 0.5, 0.7, 0.3]})
-    epochs = spectrum.build(frame, SpectrumConfig(epochs=2, warmup_epochs=0, la=0.2, lb=0.2, difficulty="rouge_l"))
+    epochs = spectrum.build(frame, SpectrumConfig(epochs=2, warmup_epochs=0, early_share=0.2, excluded_share=0.2, difficulty="rouge_l"))
     # easiest first: b .9, d .7, c .5, e .3, a .1; M = 3, curated end 4, so a is Excluded
     assert [ids_of(e) for e in epochs] == [["b", "d", "c"], ["d", "c", "e"]]
 
@@ -95,7 +95,7 @@ def test_reverse_warms_up_on_the_hardest_window_and_slides_left():
 
 def test_too_few_rows_for_a_window():
     with pytest.raises(ScheduleError, match="empty window"):
-        spectrum.build(make_frame(3), SpectrumConfig(la=0.3, lb=0.4))
+        spectrum.build(make_frame(3), SpectrumConfig(early_share=0.3, excluded_share=0.4))
 
 
 def spectrum_cases():
@@ -118,7 +118,7 @@ def test_invariants_over_random_tables(case):
     if m < 1:
         return
     frame = make_frame(n, case["seed"], case["ties"]).select("sample_id", "student_ce")
-    result = spectrum.build(frame, SpectrumConfig(epochs=epochs, warmup_epochs=k, la=la, lb=lb, step=case["step"]))
+    result = spectrum.build(frame, SpectrumConfig(epochs=epochs, warmup_epochs=k, early_share=la, excluded_share=lb, step=case["step"]))
     ordered = frame.sort(["student_ce", "sample_id"])["sample_id"].to_list()
     position = {s: i for i, s in enumerate(ordered)}
     starts = [position[ids_of(e)[0]] for e in result]

@@ -41,13 +41,13 @@ def test_keep_top_lambda_and_cut_into_near_equal_subsets_by_hand():
         "rouge_l": [1 - i / 10 for i in range(10)],  # s0 easiest by both metrics ... s9 hardest
         "output_ce": [float(i) for i in range(10)],
     })
-    parts = srd.subsets(frame, SRDConfig(keep=0.75, stages=3))
+    parts = srd.subsets(frame, SRDConfig(keep_share=0.75, stages=3))
     assert [p.to_list() for p in parts] == [["s0", "s1", "s2"], ["s3", "s4"], ["s5", "s6"]]  # floor(7.5) = 7 kept
 
 
 def test_stages_ladders_and_restarts_by_hand():
     frame = make_frame(40)
-    epochs = srd.build(frame, SRDConfig(stages=3, epochs_per_stage=2, keep=0.75))
+    epochs = srd.build(frame, SRDConfig(stages=3, epochs_per_stage=2, keep_share=0.75))
     assert [len(ids_of(e)) for e in epochs] == [10, 10, 20, 20, 30, 30]
     assert [e.plan.stage for e in epochs] == [0, 0, 1, 1, 2, 2]
     assert [e.plan.temperature for e in epochs] == pytest.approx([1.0, 1.0, 1.5, 1.5, 2.0, 2.0])
@@ -70,10 +70,10 @@ def test_ce_column_and_ranges_are_checked():
     assert SRDConfig(ce_column="student_ce").columns() == ["rouge_l", "student_ce"]
     with pytest.raises(ScheduleError, match="parameter ce_column"):
         SRDConfig(ce_column="dds")
-    with pytest.raises(ScheduleError, match="parameter keep must be in"):
-        SRDConfig(keep=1.5)
-    with pytest.raises(ScheduleError, match="parameter keep: keep=0.5 of 4 usable rows leaves 2 rows for 3 stages"):
-        srd.subsets(make_frame(4), SRDConfig(keep=0.5))
+    with pytest.raises(ScheduleError, match="parameter keep_share must be in"):
+        SRDConfig(keep_share=1.5)
+    with pytest.raises(ScheduleError, match="parameter keep_share: keep_share=0.5 of 4 usable rows leaves 2 rows for 3 stages"):
+        srd.subsets(make_frame(4), SRDConfig(keep_share=0.5))
 
 
 def test_reverse_introduces_the_hardest_subset_first():
@@ -102,9 +102,9 @@ def reference_order(rows: list[tuple[str, float, float]], k: int) -> list[str]:
 def test_invariants_over_random_tables(n, keep, stages, epochs_per_stage, seed, ties, ce_column):
     frame = make_frame(n, seed, ties).select("sample_id", "rouge_l", ce_column)
     kept = math.floor(keep * n + 1e-6)
-    config = SRDConfig(stages=stages, epochs_per_stage=epochs_per_stage, keep=keep, ce_column=ce_column)
+    config = SRDConfig(stages=stages, epochs_per_stage=epochs_per_stage, keep_share=keep, ce_column=ce_column)
     if kept < stages:
-        with pytest.raises(ScheduleError, match="parameter keep"):
+        with pytest.raises(ScheduleError, match="parameter keep_share"):
             srd.build(frame, config)
         return
     epochs = srd.build(frame, config)

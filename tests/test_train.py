@@ -84,7 +84,7 @@ def test_the_manifest_fingerprint_is_stable_and_covers_every_shard(table, tmp_pa
 
 
 def test_stage_restarts_and_stage_checkpoints(table, tmp_path, tiny_model, tiny_teacher):
-    sched = schedule(table, tmp_path, "srd", epochs=3, keep=1.0, ce_column="student_ce")  # 3 stages x 1 epoch
+    sched = schedule(table, tmp_path, "srd", epochs=3, keep_share=1.0, ce_column="student_ce")  # 3 stages x 1 epoch
     out = tmp_path / "run"
     result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher))
     assert result.exit_code == 0, result.output
@@ -184,7 +184,7 @@ def test_unknown_yaml_setting_is_refused(table, tmp_path, tiny_model, tiny_teach
 
 @pytest.mark.slow
 def test_stage_end_evaluation_keeps_the_best_checkpoint(table, tmp_path, tiny_model, tiny_teacher):
-    sched = schedule(table, tmp_path, "srd", epochs=2, stages=2, keep=1.0, ce_column="student_ce")
+    sched = schedule(table, tmp_path, "srd", epochs=2, stages=2, keep_share=1.0, ce_column="student_ce")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("eval_sets: [dollyeval]\neval_limit: 2\n")
     out = tmp_path / "run"

@@ -26,7 +26,7 @@ from . import state as state_io
 from .config import TrainConfig
 from .data import Batch, SampleStore, collate, epoch_micro_batches, read_shard
 from .losses import Objective
-from .rescore import rescore_epoch
+from .rescore import check_rescore_params, rescore_epoch
 from .run import Run
 from .student import DistillStudent
 
@@ -41,6 +41,8 @@ def setup(config: TrainConfig) -> Run:
 
     schedule = read_schedule(config.manifest)
     objectives = tuple(epoch_objective(epoch, config) for epoch in schedule.epochs)  # before any model loads
+    if any(epoch.plan.rescore for epoch in schedule.epochs):
+        check_rescore_params(schedule.params)
     table_path = config.table or schedule.table_path
     table = read_table(table_path)
     if table.fingerprint != schedule.table_fingerprint:

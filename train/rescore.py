@@ -20,6 +20,15 @@ from syllabus.curate.schedules import dakd
 from .run import Run
 
 
+def check_rescore_params(params: dict[str, Any]) -> None:
+    """Fail at setup, not mid-run, when a schedule asks for re-scoring but its manifest lacks DA-KD's selection.
+
+    Raises:
+        ScheduleError: see `dakd.selection_params`.
+    """
+    dakd.selection_params(params)
+
+
 def rescore_epoch(run: Run, epoch: int, model: Any) -> list[str]:
     """Student CE of the whole pool under the current weights -> dds -> the sample ids of epoch `epoch` (0-based)."""
     frame = run.table.frame

@@ -5,6 +5,7 @@ Pure Python (no polars, no numpy) so that the CLI can validate parameters before
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +68,30 @@ def resolve_loss_params(loss: str, from_method: dict[str, float], given: dict[st
     return {**keys, **{k: v for k, v in from_method.items() if k in keys}, **given}
 
 
+# Parameter names of earlier versions, for the message that names the new one (the papers' symbols stay in the docs).
+RENAMED = {
+    "la": "early_share", "lb": "excluded_share", "tau0": "temperature_first", "taun": "temperature_last",
+    "sft_weight": "kd_weight (= 1 - sft_weight)", "sft0": "kd_weight_first (= 1 - sft0)",
+    "sftn": "kd_weight_last (= 1 - sftn)", "keep": "keep_share", "alpha": "skew_last", "beta1": "kd_weight_first",
+    "betan": "kd_weight_last", "tau": "low_share",
+}
+
+
 def typed_params(cls: type, method: str, params: dict[str, Any]) -> dict[str, Any]:
     """Check names and types of `params` against the fields of a method's config (`syllabus.core.config` rules).
 
     Raises:
-        ScheduleError: an unknown name (listing the valid ones) or a value of the wrong type (naming the parameter).
+        ScheduleError: an unknown name (listing the valid ones, and the new name of a renamed one) or a value of
+            the wrong type (naming the parameter).
     """
-    return typed_fields(cls, params, f"method {method}", ScheduleError)
+    names = {f.name for f in dataclasses.fields(cls)}
+    renamed = [f"{old} is now {RENAMED[old]}" for old in params if old not in names and old in RENAMED]
+    try:
+        return typed_fields(cls, params, f"method {method}", ScheduleError)
+    except ScheduleError as err:
+        if renamed:
+            raise ScheduleError(f"{err} ({'; '.join(renamed)})") from None
+        raise
 
 
 def typed_value(name: str, annotation: Any, value: Any) -> Any:

@@ -5,7 +5,7 @@ Epoch e (0-based, e = 0..E-1) uses the selection ratio
     linear:  r = 1 - e/E            cosine (the paper's choice):  r = 0.5 cos(pi e / E) + 0.5      (Eq. 2)
 and |epoch| = round_half_up(r N), at least 1. Sort by dds descending; D_high = the top |epoch| rows, D_low = the
 rest; draw round_half_up((1 - tau)|D_high|) rows from D_high and the remaining ~tau|D_high| from D_low, uniformly
-at random with a generator seeded by (seed, e); tau = 0.1. When D_low holds fewer rows than its share (r near 1),
+at random with a generator seeded by (seed, e); tau = `low_share` = 0.1 (the paper's data-mixing ratio). When D_low holds fewer rows than its share (r near 1),
 D_high fills in. No sample appears twice in an epoch; epoch 0 is every row.
 
 Why the epoch index is 0-based (docs/methods.md): read with e = 1..E, Eq. 2 empties the last epoch (r = 0) and
@@ -50,7 +50,7 @@ class DAKDConfig:
 
     epochs: int = 10  # E
     decay: str = "cosine"  # cosine (the paper's choice) or linear, Eq. 2
-    tau: float = 0.1  # share of an epoch drawn from D_low (stratified sampling)
+    low_share: float = 0.1  # tau: share of an epoch drawn from D_low (stratified sampling)
     dynamic: bool = True  # recompute DDS before every epoch after the first, as the paper does
     temperature: float = 1.0  # fixed temperature
     kd_weight: float = 1.0  # Algorithm 1 back-propagates BDL alone
@@ -60,7 +60,7 @@ class DAKDConfig:
     def __post_init__(self) -> None:
         check_at_least("epochs", self.epochs, 1)
         check_choice("decay", self.decay, DECAYS)
-        check_range("tau", self.tau, 0.0, 1.0)
+        check_range("low_share", self.low_share, 0.0, 1.0)
         check_positive("temperature", self.temperature)
         check_range("kd_weight", self.kd_weight, 0.0, 1.0)
         check_loss(self.loss, self.loss_params)
@@ -80,24 +80,24 @@ def epoch_size(epoch: int, num_epochs: int, n: int, decay: str = "cosine") -> in
     return max(1, min(n, round_half_up(ratio(epoch, num_epochs, decay) * n)))
 
 
-def stratum_counts(size: int, n: int, tau: float) -> tuple[int, int]:
+def stratum_counts(size: int, n: int, low_share: float) -> tuple[int, int]:
     """(rows drawn from D_high, rows drawn from D_low) for an epoch of `size` rows out of `n`.
 
     D_high has `size` rows and D_low n - size; when D_low is too small for its share, D_high fills in.
     """
-    from_high = round_half_up((1.0 - tau) * size)
+    from_high = round_half_up((1.0 - low_share) * size)
     from_low = min(size - from_high, n - size)
     return size - from_low, from_low
 
 
 def select_ordered(ordered: pl.Series, epoch: int, num_epochs: int, seed: int, decay: str = "cosine",
-                   tau: float = 0.1) -> pl.Series:
+                   low_share: float = 0.1) -> pl.Series:
     """One epoch's sample ids from ids already sorted by priority (dds descending): see `select_epoch`."""
     n = ordered.len()
     size = epoch_size(epoch, num_epochs, n, decay)
     if size >= n:
         return ordered
-    from_high, from_low = stratum_counts(size, n, tau)
+    from_high, from_low = stratum_counts(size, n, low_share)
     rng = np.random.default_rng([seed, epoch])
     pick_high = np.sort(rng.choice(size, size=from_high, replace=False))
     pick_low = size + np.sort(rng.choice(n - size, size=from_low, replace=False))
@@ -127,7 +127,7 @@ def select_epoch(
     num_epochs: int,
     seed: int,
     decay: str = "cosine",
-    tau: float = 0.1,
+    low_share: float = 0.1,
     reverse: bool = False,
 ) -> list[str]:
     """The sample ids of one DA-KD epoch. Shared by `curate schedule` and the trainer's dynamic mode.
@@ -138,27 +138,33 @@ def select_epoch(
         num_epochs: E.
         seed: the schedule's seed; epoch e draws with a generator seeded by (seed, e).
         decay: cosine or linear (Eq. 2).
-        tau: share of the epoch drawn from D_low.
+        low_share: share of the epoch drawn from D_low (the paper's tau).
         reverse: prioritise low dds instead (the reversed-priority ablation).
 
     Returns:
         The D_high draws then the D_low draws, each in priority order (the trainer shuffles within an epoch).
 
     Raises:
-        ScheduleError: an epoch outside [0, num_epochs), bad decay or tau, no rows, or a non-finite dds.
+        ScheduleError: an epoch outside [0, num_epochs), bad decay or low_share, no rows, or a non-finite dds.
     """
     check_at_least("num_epochs", num_epochs, 1)
     if not 0 <= epoch < num_epochs:
         raise ScheduleError(f"DA-KD selection: epoch {epoch} is outside [0, {num_epochs})")
     check_choice("decay", decay, DECAYS)
-    check_range("tau", tau, 0.0, 1.0)
-    return select_ordered(priority_order(frame, reverse), epoch, num_epochs, seed, decay, tau).to_list()
+    check_range("low_share", low_share, 0.0, 1.0)
+    return select_ordered(priority_order(frame, reverse), epoch, num_epochs, seed, decay, low_share).to_list()
 
 
 def selection_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of `select_epoch` held in a DA-KD manifest's "params" (for the trainer)."""
-    return {"decay": params.get("decay", "cosine"), "tau": params.get("tau", 0.1),
-            "reverse": params.get("reverse", False)}
+    """The keyword arguments of `select_epoch` held in a DA-KD manifest's "params" (for the trainer).
+
+    Raises:
+        ScheduleError: a key is missing (a manifest from another version: rebuild the schedule).
+    """
+    missing = [k for k in ("decay", "low_share", "reverse") if k not in params]
+    if missing:
+        raise ScheduleError(f"DA-KD manifest params lack {', '.join(missing)}; rebuild the schedule")
+    return {"decay": params["decay"], "low_share": params["low_share"], "reverse": params["reverse"]}
 
 
 def build(frame: pl.DataFrame, config: DAKDConfig, seed: int, reverse: bool = False) -> list[Epoch]:
@@ -167,7 +173,7 @@ def build(frame: pl.DataFrame, config: DAKDConfig, seed: int, reverse: bool = Fa
     params = resolve_loss_params(config.loss, {}, config.loss_params)
     return [
         Epoch(
-            select_ordered(ordered, e, config.epochs, seed, config.decay, config.tau),
+            select_ordered(ordered, e, config.epochs, seed, config.decay, config.low_share),
             EpochPlan(
                 stage=0,
                 temperature=config.temperature,

@@ -5,13 +5,14 @@ Rank by rouge_l descending, ties by student_ce ascending (3.2.1: "supplemented b
 respect to the ground-truth response"), cut into n = 4 subsets of floor(N/n) or floor(N/n)+1 samples with the
 remainder to the easiest subsets first, and train stage i on subsets 1..i (Baby Step) for p = 2 epochs.
 Per stage i (1-based):
-  alpha_i = alpha * (i-1)/(n-1)                          Eq. 6: skew of the skew KL, alpha = 0.1
-  beta_i  = beta_1 - (beta_1 - beta_n) * (i-1)/(n-1)     Eq. 7: KD ratio 0.7 -> 1.0; total (1-beta) CE + beta KD
+  alpha_i = alpha * (i-1)/(n-1)                          Eq. 6: skew of the skew KL, alpha = `skew_last` = 0.1
+  beta_i  = beta_1 - (beta_1 - beta_n) * (i-1)/(n-1)     Eq. 7: KD ratio 0.7 -> 1.0 (`kd_weight_first`, `_last`);
+                                                         total (1-beta) CE + beta KD
 so stage 1 trains with plain KL (skew 0). The manifest stores loss "skl" with {"skew": alpha_i} and
 kd_weight = beta_i.
 
 Choices (docs/methods.md):
-- alpha = 0.1 (section 3.2 and Algorithm 1); 9.2 and Table 4 report 0.15 as best: pass --alpha 0.15.
+- alpha = 0.1 (section 3.2 and Algorithm 1); 9.2 and Table 4 report 0.15 as best: pass -p skew_last=0.15.
 - p = 2 epochs per stage (9.2: "8 epochs across its four stages"; the same paragraph also says "5 per stage").
 - Optimizer restart per stage: 9.2 starts each stage "using the previous stage's checkpoint for initialization",
   i.e. a new training run (with its own linear LR schedule and warm-up), so restart_optimizer defaults to true.
@@ -48,9 +49,9 @@ class L2MConfig:
 
     stages: int = 4  # n
     epochs_per_stage: int = 2  # p
-    alpha: float = 0.1  # final skew (Eq. 6)
-    beta1: float = 0.7  # KD ratio of stage 1 (Eq. 7)
-    betan: float = 1.0  # KD ratio of stage n
+    skew_last: float = 0.1  # alpha: the skew of stage n (Eq. 6); stage 1 is plain KL
+    kd_weight_first: float = 0.7  # beta_1: KD ratio of stage 1 (Eq. 7)
+    kd_weight_last: float = 1.0  # beta_n: KD ratio of stage n
     loss_order: str = "l2m"  # m2l: skew ladder reversed (Table 3)
     tie_column: str = "student_ce"  # breaks rouge_l ties; "none": ties by sample_id only
     temperature: float = 1.0  # fixed temperature
@@ -61,15 +62,15 @@ class L2MConfig:
     def __post_init__(self) -> None:
         check_at_least("stages", self.stages, 1)
         check_at_least("epochs_per_stage", self.epochs_per_stage, 1)
-        check_range("alpha", self.alpha, 0.0, 1.0)
-        check_range("beta1", self.beta1, 0.0, 1.0)
-        check_range("betan", self.betan, 0.0, 1.0)
+        check_range("skew_last", self.skew_last, 0.0, 1.0)
+        check_range("kd_weight_first", self.kd_weight_first, 0.0, 1.0)
+        check_range("kd_weight_last", self.kd_weight_last, 0.0, 1.0)
         check_choice("loss_order", self.loss_order, LOSS_ORDERS)
         check_choice("tie_column", self.tie_column, TIE_COLUMNS)
         check_positive("temperature", self.temperature)
         check_loss(self.loss, self.loss_params)
         if "skew" in self.loss_params:
-            raise ScheduleError("parameter loss_params.skew: L2M-KD sets the skew per stage (Eq. 6); use alpha")
+            raise ScheduleError("parameter loss_params.skew: L2M-KD sets the skew per stage (Eq. 6); use skew_last")
 
     def columns(self) -> list[str]:
         return ["rouge_l"] + ([] if self.tie_column == "none" else [self.tie_column])
@@ -97,13 +98,13 @@ def build(frame: pl.DataFrame, config: L2MConfig, seed: int = 0, reverse: bool =
     epochs = []
     for stage, ids in enumerate(cumulative_stages(parts)):
         skew_step = stage if config.loss_order == "l2m" else config.stages - 1 - stage
-        skew = ladder(0.0, config.alpha, skew_step, config.stages)
+        skew = ladder(0.0, config.skew_last, skew_step, config.stages)
         params = resolve_loss_params(config.loss, {"skew": skew}, config.loss_params)
         for p in range(config.epochs_per_stage):
             epochs.append(Epoch(ids, EpochPlan(
                 stage=stage,
                 temperature=config.temperature,
-                kd_weight=ladder(config.beta1, config.betan, stage, config.stages),
+                kd_weight=ladder(config.kd_weight_first, config.kd_weight_last, stage, config.stages),
                 loss=config.loss,
                 loss_params=params,
                 restart_optimizer=config.restart_optimizer and p == 0 and stage > 0,

@@ -2,11 +2,12 @@
 Distillation of Large Language Models", sections 3.2-3.3, Algorithm 1): difficulty zones and a sliding window.
 
 Sort by difficulty ascending (student_ce by default; rouge_l, descending, as an option) into s_1..s_N. Zones:
-Early i <= la N; Continuous up to (1 - la - lb) N; Late up to (1 - lb) N; Excluded beyond (never trained on).
-Window size M = (1 - la - lb) N. Epochs 1..k+1 (k warm-up epochs, then the first window: Algorithm 1's
+Early i <= la N; Continuous up to (1 - la - lb) N; Late up to (1 - lb) N; Excluded beyond (never trained on),
+where la = `early_share` and lb = `excluded_share` (the paper's lambda_a, lambda_b). Window size M = (1 - la - lb) N. Epochs 1..k+1 (k warm-up epochs, then the first window: Algorithm 1's
 `i <= k + 1`) train on s_1..s_M; the remaining n-k-1 epochs slide the window right so that its summed difficulty
 td rises by about Delta_avg = (td(last) - td(first)) / (n-k-1) per epoch, the last window ending at (1 - lb) N.
-Temperature tau_j = tau0 + (taun - tau0)(j-1)/(n-1) over all n epochs; SFT weight 0.3 => kd_weight 0.7.
+Temperature tau_j = tau_1 + (tau_n - tau_1)(j-1)/(n-1) over all n epochs (`temperature_first`, `temperature_last`);
+the paper's SFT weight alpha = 0.3 is `kd_weight` = 1 - alpha = 0.7.
 
 Choices (docs/methods.md):
 - `step="adaptive"` (default) puts window j where td is closest to td(first) + j Delta_avg (a cumulative
@@ -48,23 +49,24 @@ class SpectrumConfig:
 
     epochs: int = 25  # n: baselines train 20 epochs; SpectrumKD uses 80% of the data per epoch, so 25
     warmup_epochs: int = 5  # k
-    la: float = 0.1  # lambda_a: Early zone share
-    lb: float = 0.1  # lambda_b: Excluded zone share
+    early_share: float = 0.1  # lambda_a: share of the Early zone
+    excluded_share: float = 0.1  # lambda_b: share of the Excluded zone (never trained on)
     difficulty: str = "student_ce"  # the spectrum's metric (rouge_l is ranked descending)
     step: str = "adaptive"  # adaptive, greedy (Algorithm 1 literal) or linear window steps
-    tau0: float = 1.0  # first temperature
-    taun: float = 2.0  # last temperature
-    sft_weight: float = 0.3  # alpha of Eq. 7 for off-policy KD; kd_weight = 1 - alpha
+    temperature_first: float = 1.0  # tau of epoch 1
+    temperature_last: float = 2.0  # tau of epoch n
+    kd_weight: float = 0.7  # 1 - alpha, Eq. 7's SFT weight alpha = 0.3 (off-policy KD)
     loss: str = "kld"  # SpectrumKD is a plug-in over a base KD loss; KLD is its main baseline
     loss_params: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_range("la", self.la, 0.0, 1.0)
-        check_range("lb", self.lb, 0.0, 1.0)
-        if 2 * self.la + self.lb > 1 + 1e-12:
+        check_range("early_share", self.early_share, 0.0, 1.0)
+        check_range("excluded_share", self.excluded_share, 0.0, 1.0)
+        if 2 * self.early_share + self.excluded_share > 1 + 1e-12:
             raise ScheduleError(
-                f"parameters la, lb: SpectrumKD needs 2*la + lb <= 1 (the Early zone must fit inside the window), "
-                f"got 2*{self.la} + {self.lb} = {2 * self.la + self.lb:g}"
+                "parameters early_share, excluded_share: SpectrumKD needs 2*early_share + excluded_share <= 1 (the "
+                f"Early zone must fit inside the window), got 2*{self.early_share} + {self.excluded_share} = "
+                f"{2 * self.early_share + self.excluded_share:g}"
             )
         check_at_least("epochs", self.epochs, 1)
         check_at_least("warmup_epochs", self.warmup_epochs, 0)
@@ -74,20 +76,21 @@ class SpectrumConfig:
             )
         check_choice("difficulty", self.difficulty, DIFFICULTY_COLUMNS)
         check_choice("step", self.step, STEPS)
-        check_positive("tau0", self.tau0)
-        check_positive("taun", self.taun)
-        check_range("sft_weight", self.sft_weight, 0.0, 1.0)
+        check_positive("temperature_first", self.temperature_first)
+        check_positive("temperature_last", self.temperature_last)
+        check_range("kd_weight", self.kd_weight, 0.0, 1.0)
         check_loss(self.loss, self.loss_params)
 
     def columns(self) -> list[str]:
         return [self.difficulty]
 
 
-def zone_bounds(n: int, la: float, lb: float) -> tuple[int, int, int]:
+def zone_bounds(n: int, early_share: float, excluded_share: float) -> tuple[int, int, int]:
     """Ends of the Early, Continuous and Late zones as counts (s_1..e1, ..e2, ..e3); Excluded is e3+1..N.
 
     e2 is also the window size M and e3 the end of the curated spectrum D'_ds.
     """
+    la, lb = early_share, excluded_share
     return floor_count(la, n), floor_count(1 - la - lb, n), floor_count(1 - lb, n)
 
 
@@ -143,18 +146,19 @@ def build(frame: pl.DataFrame, config: SpectrumConfig, seed: int = 0, reverse: b
     Deterministic: `seed` is unused (no random draw).
 
     Raises:
-        ScheduleError: la, lb leave an empty window for this many rows.
+        ScheduleError: early_share, excluded_share leave an empty window for this many rows.
     """
     ordered = frame.with_columns(_difficulty=difficulty_of(config.difficulty, frame[config.difficulty])).sort(
         ["_difficulty", "sample_id"]  # ties by sample_id: the order never depends on the table's row order
     )
     ids, difficulty = ordered["sample_id"], ordered["_difficulty"].to_numpy()
     n = len(ids)
-    _, m, end = zone_bounds(n, config.la, config.lb)
+    _, m, end = zone_bounds(n, config.early_share, config.excluded_share)
     if m < 1:
         raise ScheduleError(
-            f"parameters la={config.la}, lb={config.lb} leave an empty window for {n} usable rows "
-            "(M = floor((1 - la - lb) N) = 0); lower them or score more rows"
+            f"parameters early_share={config.early_share}, excluded_share={config.excluded_share} leave an empty "
+            f"window for {n} usable rows (M = floor((1 - early_share - excluded_share) N) = 0); lower them or score "
+            "more rows"
         )
     k = config.warmup_epochs
     positions = [0, *window_starts(difficulty, m, end, config.epochs - k - 1, config.step)]
@@ -168,8 +172,8 @@ def build(frame: pl.DataFrame, config: SpectrumConfig, seed: int = 0, reverse: b
             windows.setdefault(s, ids.slice(s, m)),
             EpochPlan(
                 stage=0,
-                temperature=ladder(config.tau0, config.taun, j, config.epochs),
-                kd_weight=1.0 - config.sft_weight,
+                temperature=ladder(config.temperature_first, config.temperature_last, j, config.epochs),
+                kd_weight=config.kd_weight,
                 loss=config.loss,
                 loss_params=params,
             ),

@@ -5,8 +5,8 @@ Rank by rouge_l (descending: higher is easier) and by a CE column (ascending), r
 reciprocal rank fusion f = 1/(k + r_rouge) + 1/(k + r_ce), k = 60 (higher f = easier). Keep the top
 lambda = 0.75 (floor(lambda N) rows), cut them into n = 3 subsets of increasing difficulty whose sizes differ by
 at most one, and train stage i on the union of subsets 1..i (Baby Step) for p epochs. Per stage (1-based i):
-tau_i = tau0 + (taun - tau0)(i-1)/(n-1) (1 -> 2) and SFT ratio alpha_i = alpha0 - (alpha0 - alphan)(i-1)/(n-1)
-(0.3 -> 0.1), so kd_weight = 1 - alpha_i runs 0.7 -> 0.9. The optimizer and LR schedule restart at each stage.
+tau_i = tau_1 + (tau_n - tau_1)(i-1)/(n-1) (1 -> 2) and SFT ratio alpha_i = alpha_0 - (alpha_0 - alpha_n)(i-1)/(n-1)
+(0.3 -> 0.1), given as kd_weight = 1 - alpha_i: `kd_weight_first` 0.7 -> `kd_weight_last` 0.9. The optimizer and LR schedule restart at each stage.
 
 Choices (docs/methods.md):
 - CE column: Eq. 4 ranks by the CE of the student's own output (`output_ce`); the reference code uses the CE of
@@ -16,7 +16,8 @@ Choices (docs/methods.md):
 - Ties in a ranking get consecutive ranks in sample_id order (`rank_ties="ordinal"`, what ranking a sorted list
   does); `rank_ties="min"` gives tied rows the same (best) rank, as TREC's RRF does with equal scores.
 - `--reverse` is Table 5's "Reverse" (hard-to-easy order): the subsets enter hardest first; the temperature and
-  SFT ladders keep their direction (Table 5 ablates those separately: set tau0/taun or sft0/sftn).
+  SFT ladders keep their direction (Table 5 ablates those separately: set temperature_first/_last or
+  kd_weight_first/_last).
 """
 
 from __future__ import annotations
@@ -48,14 +49,14 @@ class SRDConfig:
 
     stages: int = 3  # n
     epochs_per_stage: int = 8  # p
-    keep: float = 0.75  # lambda: retained share
+    keep_share: float = 0.75  # lambda: share of the rows kept (the easiest by fused rank)
     rrf_k: int = 60  # reciprocal rank fusion constant
     ce_column: str = "output_ce"  # output_ce (paper, Eq. 4) or student_ce (reference code)
     rank_ties: str = "ordinal"  # ordinal or min
-    tau0: float = 1.0  # temperature of stage 1
-    taun: float = 2.0  # temperature of stage n
-    sft0: float = 0.3  # alpha_0 (off-policy KD)
-    sftn: float = 0.1  # alpha_n
+    temperature_first: float = 1.0  # tau of stage 1
+    temperature_last: float = 2.0  # tau of stage n
+    kd_weight_first: float = 0.7  # 1 - alpha_0 (SFT ratio 0.3, off-policy KD)
+    kd_weight_last: float = 0.9  # 1 - alpha_n (SFT ratio 0.1)
     restart_optimizer: bool = True  # restart optimizer + LR schedule per stage (reference code)
     loss: str = "kld"  # SRD is a plug-in over a base KD loss; its main tables use KLD
     loss_params: dict[str, float] = field(default_factory=dict)
@@ -63,14 +64,14 @@ class SRDConfig:
     def __post_init__(self) -> None:
         check_at_least("stages", self.stages, 1)
         check_at_least("epochs_per_stage", self.epochs_per_stage, 1)
-        check_range("keep", self.keep, 0.0, 1.0)
+        check_range("keep_share", self.keep_share, 0.0, 1.0)
         check_at_least("rrf_k", self.rrf_k, 0)
         check_choice("ce_column", self.ce_column, CE_COLUMNS)
         check_choice("rank_ties", self.rank_ties, RANK_TIES)
-        check_positive("tau0", self.tau0)
-        check_positive("taun", self.taun)
-        check_range("sft0", self.sft0, 0.0, 1.0)
-        check_range("sftn", self.sftn, 0.0, 1.0)
+        check_positive("temperature_first", self.temperature_first)
+        check_positive("temperature_last", self.temperature_last)
+        check_range("kd_weight_first", self.kd_weight_first, 0.0, 1.0)
+        check_range("kd_weight_last", self.kd_weight_last, 0.0, 1.0)
         check_loss(self.loss, self.loss_params)
 
     def columns(self) -> list[str]:
@@ -102,17 +103,17 @@ def rrf_scores(frame: pl.DataFrame, ce_column: str, k: int = 60, ties: str = "or
 
 
 def subsets(frame: pl.DataFrame, config: SRDConfig) -> list[pl.Series]:
-    """The n subsets of increasing difficulty, after keeping the top floor(keep * N) rows by fused score.
+    """The n subsets of increasing difficulty, after keeping the top floor(keep_share * N) rows by fused score.
 
     Raises:
         ScheduleError: fewer kept rows than stages.
     """
     ranked = rrf_scores(frame, config.ce_column, config.rrf_k, config.rank_ties)
-    kept = floor_count(config.keep, ranked.height)
+    kept = floor_count(config.keep_share, ranked.height)
     if kept < config.stages:
         raise ScheduleError(
-            f"parameter keep: keep={config.keep} of {ranked.height} usable rows leaves {kept} rows for "
-            f"{config.stages} stages; raise keep or lower stages"
+            f"parameter keep_share: keep_share={config.keep_share} of {ranked.height} usable rows leaves {kept} "
+            f"rows for {config.stages} stages; raise keep_share or lower stages"
         )
     return cut(ranked["sample_id"].head(kept), split_sizes(kept, config.stages))
 
@@ -131,8 +132,8 @@ def build(frame: pl.DataFrame, config: SRDConfig, seed: int = 0, reverse: bool =
         for p in range(config.epochs_per_stage):
             epochs.append(Epoch(ids, EpochPlan(
                 stage=stage,
-                temperature=ladder(config.tau0, config.taun, stage, config.stages),
-                kd_weight=1.0 - ladder(config.sft0, config.sftn, stage, config.stages),
+                temperature=ladder(config.temperature_first, config.temperature_last, stage, config.stages),
+                kd_weight=ladder(config.kd_weight_first, config.kd_weight_last, stage, config.stages),
                 loss=config.loss,
                 loss_params=params,
                 restart_optimizer=config.restart_optimizer and p == 0 and stage > 0,
