@@ -29,7 +29,6 @@ from .protocol import EvalProtocol, score_row
 from .sets import DEFAULT_SETS, EvalSet, load_set
 
 
-
 @dataclass(frozen=True)
 class EvalConfig:
     model: str

@@ -25,9 +25,8 @@ def test_every_shipped_recipe_validates_and_dry_runs(recipe, tmp_path):
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_every_schedule_stage_of_a_shipped_recipe_builds(recipe, tmp_path):
     """A dry run parses options but not a method's -p parameters: build each schedule stage on a synthetic table."""
-    from test_schedule_support import make_frame, write
-
     from syllabus.curate.cli import app as curate_app
+    from test_schedule_support import make_frame, write
 
     table = write(tmp_path, make_frame(200))
     stages = [s for s in load_pipeline(recipe, {"workdir_root": str(tmp_path)}).stages
