@@ -163,3 +163,14 @@ def parse_pairs(items: Iterable[str], option: str, error: type[ValueError] = Con
         except yaml.YAMLError:
             out[key.strip().replace("-", "_")] = value
     return out
+
+
+def field_defaults(cls: type) -> dict[str, Any]:
+    """Each field's default (default factories called): the one place a CLI reads its defaults from."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out

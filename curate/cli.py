@@ -13,10 +13,16 @@ import typer
 
 from syllabus.core.cli import choices, fail
 from syllabus.core.cli import value as choice_value
+from syllabus.core.config import field_defaults
 from syllabus.core.engines import ENGINE_CHOICES
+from syllabus.core.engines.base import GenerationParams
 from syllabus.core.templates import TEMPLATES
 
 from .data import PRESETS
+from .score_config import ScoreConfig
+
+SCORE = field_defaults(ScoreConfig)  # the CLI's defaults are the config's
+GENERATION = field_defaults(GenerationParams)
 
 Engine = choices("Engine", ENGINE_CHOICES)
 Template = choices("Template", TEMPLATES)
@@ -39,45 +45,44 @@ def score(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="table directory to write (resumed if it holds this same run)"),
     student: str = typer.Option(
-        "default", help="student: local HF directory, hub id, `default` (pruned SmolLM2), or `none` (teacher-only table)"
+        SCORE['student'], help="student: local HF directory, hub id, `default` (pruned SmolLM2), or `none` (teacher-only table)"
     ),
-    teacher: Optional[str] = typer.Option("default", help="teacher: local HF directory, hub id, or `default` (ignored with --teacher-from)"),
+    teacher: Optional[str] = typer.Option(SCORE['teacher'], help="teacher: local HF directory, hub id, or `default` (ignored with --teacher-from)"),
     teacher_from: Optional[Path] = typer.Option(None, help="reuse teacher_ce from this table instead of running the teacher"),
-    preset: Preset = typer.Option("minillm", help="field preset: minillm (prompt/instruction/input/output) or dolly"),
+    preset: Preset = typer.Option(SCORE['preset'], help="field preset: minillm (prompt/instruction/input/output) or dolly"),
     instruction_field: Optional[str] = typer.Option(None, help="override the preset's instruction field"),
     input_field: Optional[str] = typer.Option(None, help="override the preset's input/context field"),
     prompt_field: Optional[str] = typer.Option(None, help="override the preset's ready-made prompt field"),
     response_field: Optional[str] = typer.Option(None, help="override the preset's response field (string or list)"),
-    template: Template = typer.Option("alpaca", help="alpaca (MiniLLM template), chat (tokenizer's) or none (prompt as is)"),
-    split: str = typer.Option("train", help="split, for hub datasets"),
+    template: Template = typer.Option(SCORE['template'], help="alpaca (MiniLLM template), chat (tokenizer's) or none (prompt as is)"),
+    split: str = typer.Option(SCORE['split'], help="split, for hub datasets"),
     limit: Optional[int] = typer.Option(None, help="score only the first N usable rows"),
-    max_seq_len: int = typer.Option(1024, help="prompt + response tokens; longer rows get status too_long"),
-    truncate: bool = typer.Option(False, help="truncate over-long rows instead of marking them too_long"),
-    temperature: float = typer.Option(0.01, help="student sampling temperature (SRD: near-greedy 0.01)"),
-    top_p: float = typer.Option(1.0),
-    max_new_tokens: int = typer.Option(256),
-    num_samples: int = typer.Option(1, help="generations per prompt; rouge_l/output_ce are their means"),
-    seed: int = typer.Option(0),
-    gen_engine: Engine = typer.Option("auto", help="auto: vllm if installed"),
-    ce_engine: Engine = typer.Option("auto", help="auto: vllm on GPU, hf on CPU"),
-    dtype: str = typer.Option("bfloat16", help="inference dtype (bf16 is ~9x faster than fp32 on AMX CPUs)"),
-    part_size: int = typer.Option(256, help="rows per resumable part"),
+    max_seq_len: int = typer.Option(SCORE['max_seq_len'], help="prompt + response tokens; longer rows get status too_long"),
+    truncate: bool = typer.Option(SCORE['truncate'], help="truncate over-long rows instead of marking them too_long"),
+    temperature: float = typer.Option(GENERATION['temperature'], help="student sampling temperature (SRD: near-greedy)"),
+    top_p: float = typer.Option(GENERATION['top_p']),
+    max_new_tokens: int = typer.Option(GENERATION['max_new_tokens']),
+    num_samples: int = typer.Option(GENERATION['num_samples'], help="generations per prompt; rouge_l/output_ce are their means"),
+    seed: int = typer.Option(GENERATION['seed']),
+    gen_engine: Engine = typer.Option(SCORE['gen_engine'], help="auto: vllm if installed"),
+    ce_engine: Engine = typer.Option(SCORE['ce_engine'], help="auto: vllm on GPU, hf on CPU"),
+    dtype: str = typer.Option(SCORE['dtype'], help="inference dtype (bf16 is ~9x faster than fp32 on AMX CPUs)"),
+    part_size: int = typer.Option(SCORE['part_size'], help="rows per resumable part"),
     batch_tokens: Optional[int] = typer.Option(None, help="padded tokens per transformers forward (default 2048 CPU, 16384 GPU)"),
-    num_shards: int = typer.Option(1, help="split the rows into N shards by sample_id (many machines)"),
-    shard_index: int = typer.Option(0, help="which shard this run scores"),
-    tensor_parallel_size: int = typer.Option(1, help="vLLM tensor parallelism"),
+    num_shards: int = typer.Option(SCORE['num_shards'], help="split the rows into N shards by sample_id (many machines)"),
+    shard_index: int = typer.Option(SCORE['shard_index'], help="which shard this run scores"),
+    tensor_parallel_size: int = typer.Option(SCORE['tensor_parallel_size'], help="vLLM tensor parallelism"),
     gpu_memory_utilization: Optional[float] = typer.Option(None, help="vLLM memory share (default 0.9 GPU, 0.5 CPU)"),
-    keep_every: int = typer.Option(2, help="which default student: the teacher keeping every k-th layer"),
-    overwrite: bool = typer.Option(False, help="replace OUT if it holds a different run"),
+    keep_every: int = typer.Option(SCORE['keep_every'], help="which default student: the teacher keeping every k-th layer"),
+    overwrite: bool = typer.Option(SCORE['overwrite'], help="replace OUT if it holds a different run"),
     quiet: bool = typer.Option(False, help="no progress bars"),
 ) -> None:
     """Score a dataset into a Parquet difficulty table (student/teacher CE, DDS, student output, ROUGE-L)."""
-    from syllabus.core.engines.base import GenerationParams
     from syllabus.core.models import ModelError
     from syllabus.core.workdir import RunDirError
 
     from .data import DataError
-    from .score import ScoreConfig, ScoreError
+    from .score import ScoreError
     from .score import score as run_score
     from .summary import summarize_table
 

@@ -79,3 +79,22 @@ def test_score_choices_are_typed(tmp_path):
     assert result.exit_code == 2 and "'x' is not one of" in " ".join(result.output.split())
     result = runner.invoke(curate_app, ["score", "dolly_dev_1000", "--out", str(tmp_path / "t"), "--ce-engine", "tgi"])
     assert result.exit_code == 2 and "'tgi' is not one of" in " ".join(result.output.split())
+
+
+def test_score_options_default_to_the_config_defaults():
+    """The CLI reads its defaults from ScoreConfig and GenerationParams, so the two cannot drift apart."""
+    import typer
+
+    from syllabus.core.config import field_defaults
+    from syllabus.core.engines.base import GenerationParams
+    from syllabus.curate.score_config import ScoreConfig
+
+    expected = {**field_defaults(ScoreConfig), **field_defaults(GenerationParams)}
+    command = typer.main.get_command(curate_app).commands["score"]
+    checked = 0
+    for param in command.params:
+        if param.name in expected and expected[param.name] is not None:
+            default = param.default.value if hasattr(param.default, "value") else param.default
+            assert default == expected[param.name], param.name
+            checked += 1
+    assert checked >= 15

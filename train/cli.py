@@ -9,9 +9,12 @@ import typer
 
 from syllabus.core.cli import choices, fail
 from syllabus.core.cli import value as choice_value
+from syllabus.core.config import field_defaults
 from syllabus.core.loss_params import LOSSES
 
-from .config import PRECISIONS, SCHEDULERS
+from .config import PRECISIONS, SCHEDULERS, TrainConfig
+
+TRAIN = field_defaults(TrainConfig)  # options default to None (= the YAML or these); help shows these
 
 LossName = choices("LossName", LOSSES)
 SchedulerName = choices("SchedulerName", SCHEDULERS)
@@ -30,23 +33,23 @@ def _main() -> None:
 def run(
     manifest: Optional[Path] = typer.Option(None, help="schedule directory (manifest.json + epoch shards)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory"),
-    student: Optional[str] = typer.Option(None, help="student: directory, hub id or `default` (pruned SmolLM2)"),
-    teacher: Optional[str] = typer.Option(None, help="teacher: directory, hub id or `default`"),
+    student: Optional[str] = typer.Option(None, help=f"student: directory, hub id or `default` (pruned SmolLM2) [default: {TRAIN['student']}]"),
+    teacher: Optional[str] = typer.Option(None, help=f"teacher: directory, hub id or `default` [default: {TRAIN['teacher']}]"),
     table: Optional[Path] = typer.Option(None, help="difficulty table (default: the one the schedule names)"),
     config: Optional[Path] = typer.Option(None, help="YAML with any of these settings (flags win)"),
     loss: Optional[LossName] = typer.Option(None, help="override every epoch's loss (loss ablations)"),
     loss_param: list[str] = typer.Option([], help="loss parameter key=value (skew, beta, lambda), repeatable"),
     kd_weight: Optional[float] = typer.Option(None, help="override every epoch's kd_weight"),
-    lr: Optional[float] = typer.Option(None, help="peak learning rate (default 1e-5)"),
-    warmup_ratio: Optional[float] = typer.Option(None, help="share of each LR horizon spent warming up (default 0)"),
-    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default 0; L2M-KD uses 0.01)"),
-    scheduler: Optional[SchedulerName] = typer.Option(None, help="LR schedule [default: cosine]"),
-    micro_batch_size: Optional[int] = typer.Option(None, help="default 8"),
-    grad_accum: Optional[int] = typer.Option(None, help="default 1"),
-    max_seq_len: Optional[int] = typer.Option(None, help="default 512"),
-    precision: Optional[PrecisionName] = typer.Option(None, help="bf16 autocast or fp32 [default: bf16]"),
+    lr: Optional[float] = typer.Option(None, help=f"peak learning rate [default: {TRAIN['lr']}]"),
+    warmup_ratio: Optional[float] = typer.Option(None, help=f"share of each LR horizon spent warming up [default: {TRAIN['warmup_ratio']}]"),
+    weight_decay: Optional[float] = typer.Option(None, help=f"AdamW weight decay (L2M-KD uses 0.01) [default: {TRAIN['weight_decay']}]"),
+    scheduler: Optional[SchedulerName] = typer.Option(None, help=f"LR schedule [default: {TRAIN['scheduler']}]"),
+    micro_batch_size: Optional[int] = typer.Option(None, help=f"[default: {TRAIN['micro_batch_size']}]"),
+    grad_accum: Optional[int] = typer.Option(None, help=f"[default: {TRAIN['grad_accum']}]"),
+    max_seq_len: Optional[int] = typer.Option(None, help=f"[default: {TRAIN['max_seq_len']}]"),
+    precision: Optional[PrecisionName] = typer.Option(None, help=f"bf16 autocast or fp32 [default: {TRAIN['precision']}]"),
     seed: Optional[int] = typer.Option(None),
-    save_every_steps: Optional[int] = typer.Option(None, help="resumable snapshot interval (default 50)"),
+    save_every_steps: Optional[int] = typer.Option(None, help=f"resumable snapshot interval [default: {TRAIN['save_every_steps']}]"),
     max_steps: Optional[int] = typer.Option(None, help="stop after N optimizer steps"),
     eval_sets: Optional[str] = typer.Option(None, help="comma-separated sets to evaluate at stage ends"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last snapshot (a fresh --out simply starts)"),

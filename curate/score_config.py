@@ -1,0 +1,85 @@
+"""`curate score` settings: one frozen, validated dataclass (light to import: the CLI takes its defaults from here)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from syllabus.core.engines import ENGINE_CHOICES
+from syllabus.core.engines.base import GenerationParams
+
+from . import data as data_mod
+
+
+class ScoreError(ValueError):
+    """A scoring run cannot start or continue (bad arguments, mismatched resume, incompatible inputs)."""
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Everything a scoring run depends on. Its JSON form (minus `out`/`overwrite`) is the run's identity."""
+
+    data: str
+    out: str
+    student: str | None = "default"  # None: a teacher-only table, to reuse with --teacher-from
+    teacher: str | None = "default"
+    teacher_from: str | None = None
+    preset: str = "minillm"
+    instruction_field: str | None = None
+    input_field: str | None = None
+    prompt_field: str | None = None
+    response_field: str | None = None
+    template: str = "alpaca"
+    split: str = "train"
+    limit: int | None = None
+    max_seq_len: int = 1024
+    truncate: bool = False
+    generation: GenerationParams = field(default_factory=GenerationParams)
+    gen_engine: str = "auto"
+    ce_engine: str = "auto"
+    dtype: str = "bfloat16"
+    part_size: int = 256
+    batch_tokens: int | None = None  # transformers CE batches; None: 2048 on CPU (cache-friendly), 16384 on GPU
+    num_shards: int = 1
+    shard_index: int = 0
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    enforce_eager: bool | None = None
+    keep_every: int = 2
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.preset not in data_mod.PRESETS:
+            raise ScoreError(f"unknown preset {self.preset!r}; choose one of {', '.join(data_mod.PRESETS)}")
+        if self.template not in data_mod.TEMPLATES:
+            raise ScoreError(f"unknown template {self.template!r}; choose one of {', '.join(data_mod.TEMPLATES)}")
+        if self.gen_engine not in ENGINE_CHOICES or self.ce_engine not in ENGINE_CHOICES:
+            raise ScoreError(f"engines: --gen-engine and --ce-engine are one of {', '.join(ENGINE_CHOICES)}")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ScoreError(f"--shard-index must be in [0, {self.num_shards}), got {self.shard_index}")
+        if self.part_size < 1 or self.max_seq_len < 2 or (self.batch_tokens is not None and self.batch_tokens < 1):
+            raise ScoreError("--part-size >= 1, --max-seq-len >= 2 and --batch-tokens >= 1 are required")
+        if self.teacher is None and self.teacher_from is None:
+            raise ScoreError("give a --teacher, or --teacher-from TABLE to reuse the teacher scores of another table")
+        if self.student is None and self.teacher is None:
+            raise ScoreError("a teacher-only table (--student none) needs a --teacher")
+        if self.limit is not None and self.limit < 1:
+            raise ScoreError(f"--limit must be >= 1, got {self.limit}")
+
+    def fields(self) -> data_mod.FieldMap:
+        base = data_mod.PRESETS[self.preset]
+        overrides = {
+            "instruction": self.instruction_field,
+            "input": self.input_field,
+            "prompt": self.prompt_field,
+            "response": self.response_field,
+        }
+        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide the table's content (where it is written and --overwrite do not)."""
+        ident = dataclasses.asdict(self)
+        for key in ("out", "overwrite"):
+            ident.pop(key)
+        return ident
