@@ -9,9 +9,13 @@ import typer
 
 from syllabus.core.cli import choices, fail
 from syllabus.core.cli import value as choice_value
+from syllabus.core.config import field_defaults
 from syllabus.core.engines import ENGINE_CHOICES
 
+from .protocol import EvalProtocol
+
 Engine = choices("Engine", ENGINE_CHOICES)
+PROTOCOL = field_defaults(EvalProtocol)  # the CLI's defaults are the protocol's (MiniLLM's)
 
 app = typer.Typer(help="Evaluate students with the papers' protocol.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -27,13 +31,13 @@ def run(
     out: Path = typer.Option(..., "--out", "-o", help="run directory (resumed if it holds this same run)"),
     sets: str = typer.Option("dollyeval,selfinst,vicunaeval,sni,unni_short",
                              help="comma-separated shipped set names (also gsm8k) or jsonl paths"),
-    seeds: str = typer.Option("10,20,30,40,50", help="comma-separated sampling seeds"),
+    seeds: str = typer.Option(",".join(map(str, PROTOCOL["seeds"])), help="comma-separated sampling seeds"),
     limit: Optional[int] = typer.Option(None, help="first N rows of each set (a reduced run; recorded)"),
-    max_new_tokens: int = typer.Option(256),
-    max_prompt_tokens: int = typer.Option(256, help="prompts are cut to their first N tokens"),
-    temperature: float = typer.Option(1.0),
-    top_p: float = typer.Option(1.0),
-    no_repeat_ngram_size: int = typer.Option(6, help="0 turns n-gram blocking off"),
+    max_new_tokens: int = typer.Option(PROTOCOL["max_new_tokens"]),
+    max_prompt_tokens: int = typer.Option(PROTOCOL["max_prompt_tokens"], help="prompts are cut to their first N tokens"),
+    temperature: float = typer.Option(PROTOCOL["temperature"]),
+    top_p: float = typer.Option(PROTOCOL["top_p"]),
+    no_repeat_ngram_size: int = typer.Option(PROTOCOL["no_repeat_ngram_size"], help="0 turns n-gram blocking off"),
     engine: Engine = typer.Option("auto", help="auto: vllm if installed"),
     dtype: str = typer.Option("bfloat16"),
     label: Optional[str] = typer.Option(None, help="name of this model in comparisons"),
@@ -43,7 +47,6 @@ def run(
     """Generate and score on each set under each seed; write generations, summary.json and summary.md."""
     from syllabus.core.models import ModelError
 
-    from .protocol import EvalProtocol
     from .run import EvalConfig, evaluate, markdown_summary
     from .sets import EvalSetError
 
