@@ -9,15 +9,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from syllabus.core import loss_params as trainer_losses
+from syllabus.core.loss_params import DEFAULT_PARAMS, LOSSES
+from syllabus.core.loss_params import resolve_loss_params as loss_rules
 from syllabus.core.config import parse_pairs, read_yaml, typed_fields
 from syllabus.core.config import typed_value as core_typed_value
 from syllabus.core.schedule import ScheduleError  # noqa: F401 (re-exported: the error of every schedule module)
 
-# docs/methods.md, "Losses": the trainer's loss table (names, parameters, defaults). The manifest always carries every
-# parameter of its loss, so a schedule means the same thing whatever defaults the trainer has.
-LOSS_DEFAULTS = trainer_losses.DEFAULT_PARAMS
-LOSSES = trainer_losses.LOSSES
+# The loss table (names, parameters, defaults) is core's, shared with the trainer. The manifest always carries every
+# parameter of its loss, so a schedule means the same thing whatever defaults a later trainer has.
 
 
 def check_range(name: str, value: float, low: float, high: float) -> None:
@@ -49,12 +48,12 @@ def check_loss(loss: str, loss_params: dict[str, float]) -> None:
     """
     check_choice("loss", loss, LOSSES)
     for key, value in loss_params.items():
-        if key not in LOSS_DEFAULTS[loss]:
-            accepted = ", ".join(LOSS_DEFAULTS[loss]) or "none"
+        if key not in DEFAULT_PARAMS[loss]:
+            accepted = ", ".join(DEFAULT_PARAMS[loss]) or "none"
             raise ScheduleError(f"parameter loss_params.{key}: loss {loss} does not read it (it reads: {accepted})")
         check_range(f"loss_params.{key}", value, 0.0, 1.0)
     try:  # the loss's own rules (e.g. jsd's beta strictly inside (0, 1)): what the trainer will accept
-        trainer_losses.resolve_loss_params(loss, loss_params)
+        loss_rules(loss, loss_params)
     except ValueError as err:
         raise ScheduleError(f"parameter loss_params: {err}") from None
 
@@ -64,7 +63,7 @@ def resolve_loss_params(loss: str, from_method: dict[str, float], given: dict[st
 
     Method values the loss does not read are dropped, so `--loss kld` on L2M-KD simply loses the skew ladder.
     """
-    keys = LOSS_DEFAULTS[loss]
+    keys = DEFAULT_PARAMS[loss]
     return {**keys, **{k: v for k, v in from_method.items() if k in keys}, **given}
 
 
