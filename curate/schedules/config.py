@@ -9,10 +9,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from syllabus.core.loss_params import DEFAULT_PARAMS, LOSSES
-from syllabus.core.loss_params import resolve_loss_params as loss_rules
 from syllabus.core.config import parse_pairs, read_yaml, typed_fields
 from syllabus.core.config import typed_value as core_typed_value
+from syllabus.core.loss_params import DEFAULT_PARAMS, LOSSES
+from syllabus.core.loss_params import resolve_loss_params as loss_rules
 from syllabus.core.schedule import ScheduleError  # noqa: F401 (re-exported: the error of every schedule module)
 
 # The loss table (names, parameters, defaults) is core's, shared with the trainer. The manifest always carries every
