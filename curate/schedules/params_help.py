@@ -7,6 +7,8 @@ import dataclasses
 import inspect
 import re
 
+from syllabus.core.config import field_defaults
+
 from .methods import METHODS, load_method
 
 _FIELD_LINE = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(.*))?$")
@@ -22,26 +24,18 @@ def field_notes(cls: type) -> dict[str, str]:
     return notes
 
 
-def _default(field: dataclasses.Field) -> str:
-    if field.default is not dataclasses.MISSING:
-        return repr(field.default)
-    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return repr(field.default_factory())  # type: ignore[misc]
-    return "(required)"
-
-
 def describe(name: str) -> str:
     """The parameters of method `name`: `key: type = default  note`, one per line, under the method's summary."""
     config = load_method(name).config
     notes = field_notes(config)
+    defaults = field_defaults(config)
     doc = (inspect.getdoc(config) or "").splitlines()[0]
     lines = [f"{name}: {METHODS[name][3]}", f"  {doc}" if doc else ""]
-    fields = dataclasses.fields(config)
-    width = max(len(f"{f.name}: {_type(f)} = {_default(f)}") for f in fields)
-    for f in fields:
-        head = f"{f.name}: {_type(f)} = {_default(f)}"
-        note = notes.get(f.name, "")
-        lines.append(f"  -p {head:<{width}}  {note}".rstrip())
+    heads = {f.name: f"{f.name}: {_type(f)} = " + (repr(defaults[f.name]) if f.name in defaults else "(required)")
+             for f in dataclasses.fields(config)}
+    width = max(map(len, heads.values()))
+    for field_name, head in heads.items():
+        lines.append(f"  -p {head:<{width}}  {notes.get(field_name, '')}".rstrip())
     return "\n".join(line for line in lines if line)
 
 
