@@ -60,6 +60,7 @@ def run_variant(variant: str, batch: int, seq_len: int, steps: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from syllabus.core.logits import logit_head
     from syllabus.core.models import prepare_default_models
     from syllabus.train.data import Batch
     from syllabus.train.losses import Objective
@@ -85,7 +86,7 @@ def run_variant(variant: str, batch: int, seq_len: int, steps: int) -> dict:
         with torch.no_grad(), autocast:
             t_hidden = teacher.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[rows, cols]
         with autocast:
-            sums = wrapped(data, objective, t_hidden, teacher.get_output_embeddings().weight)
+            sums = wrapped(data, objective, t_hidden, logit_head(teacher))
         (sums.loss_sum / targets.numel()).backward()
 
     def naive_step():

@@ -38,8 +38,9 @@ def encode_pair(
         prompt: the templated prompt.
         response: the ground-truth response (EOS is appended).
         max_seq_len: longest allowed prompt + response, in tokens.
-        truncate: cut an over-long pair instead of flagging it: the prompt keeps at most half the budget (its
-            head, as the MiniLLM evaluation truncates prompts) and the response its head.
+        truncate: cut an over-long pair instead of flagging it, keeping the heads of both: the response is cut
+            first, down to what the whole prompt leaves; the prompt is cut (its head kept, as the MiniLLM evaluation
+            truncates prompts) only where it is longer than half the budget, and never below that half.
         chat_template: the prompt already holds the template's special tokens, so none are added.
 
     Returns:
@@ -52,7 +53,9 @@ def encode_pair(
         return Encoded(prompt_ids, response_ids, "ok")
     if not truncate:
         return Encoded(prompt_ids, response_ids, "too_long")
-    prompt_budget = max(1, min(len(prompt_ids), max_seq_len // 2, max_seq_len - len(response_ids)))
+    # The prompt keeps what the response leaves, and at least half the budget: a long response never squeezes the
+    # instruction out (the old rule, min(prompt, half, budget - response), cut it down to one token).
+    prompt_budget = min(len(prompt_ids), max(max_seq_len - len(response_ids), max_seq_len // 2))
     prompt_ids = prompt_ids[:prompt_budget]
     response_ids = response_ids[: max_seq_len - len(prompt_ids)]
     return Encoded(prompt_ids, response_ids, "ok", truncated=True)

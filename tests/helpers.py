@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 
-def tiny_llama(tokenizer_dir: Path, out: Path, seed: int, layers: int = 2) -> Path:
+def tiny_llama(tokenizer_dir: Path, out: Path, seed: int, layers: int = 2, dropout: float = 0.0) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -21,6 +21,7 @@ def tiny_llama(tokenizer_dir: Path, out: Path, seed: int, layers: int = 2) -> Pa
         num_key_value_heads=1,
         head_dim=32,
         max_position_embeddings=2048,
+        attention_dropout=dropout,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -102,3 +102,17 @@ def test_encode_pair_keeps_eos_and_flags_or_truncates_long_rows(tiny_model):
     assert len(cut.prompt_ids) <= 32
     short = encode_pair(tok, "Hi", "Hello", max_seq_len=64)
     assert short.status == "ok" and not short.truncated and short.response_ids[-1] == tok.eos_token_id
+
+
+@pytest.mark.parametrize("prompt_words, response_words", [(10, 200), (200, 10), (200, 200), (0, 500)])
+def test_truncation_keeps_the_instruction_and_cuts_the_response_first(tiny_model, prompt_words, response_words):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt, response = "Summarise: " + "word " * prompt_words, "An answer " * response_words
+    full_prompt = tok(prompt).input_ids
+    full_response = tok(response, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    cut = encode_pair(tok, prompt, response, max_seq_len=64, truncate=True)
+    assert cut.status == "ok" and cut.truncated and len(cut.ids) == 64
+    # the prompt keeps what the response leaves, never less than the whole prompt or half the budget
+    assert len(cut.prompt_ids) == min(len(full_prompt), max(64 - len(full_response), 32))
+    assert cut.prompt_ids == full_prompt[: len(cut.prompt_ids)]
+    assert cut.response_ids == full_response[: len(cut.response_ids)]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -25,17 +26,12 @@ PREEMPT = str(Path(__file__).with_name("preempt.py"))
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory, dolly_rows):
+def table(tmp_path_factory, dolly_rows, real_tokenizer_dir):
+    """12 short Dolly rows with random scores, as a hand-made table: no scoring limit in its metadata."""
     rows = [r for r in dolly_rows if len(r["prompt"]) + len(r["output"]) < 500][:12]
-    rng = np.random.default_rng(0)
-    student_ce, teacher_ce = rng.uniform(1, 4, len(rows)), rng.uniform(0.5, 2, len(rows))
-    frame = pl.DataFrame({
-        "sample_id": [make_sample_id(r["prompt"], r["output"]) for r in rows],
-        "prompt": [r["prompt"] for r in rows], "response": [r["output"] for r in rows],
-        "student_ce": student_ce, "teacher_ce": teacher_ce, "dds": student_ce / teacher_ce,
-        "rouge_l": rng.uniform(0, 1, len(rows)), "output_ce": rng.uniform(0, 3, len(rows)), "status": ["ok"] * len(rows),
-    })
-    return write_table(frame, tmp_path_factory.mktemp("train") / "table", {"kind": "difficulty_table", "template": "alpaca"})
+    scored = scored_table(tmp_path_factory.mktemp("scored"), rows, 256, real_tokenizer_dir)
+    return write_table(scored.frame, tmp_path_factory.mktemp("train") / "table",
+                       {"kind": "difficulty_table", "template": "alpaca"})
 
 
 def schedule(table, tmp_path, method, **params):
@@ -45,7 +41,7 @@ def schedule(table, tmp_path, method, **params):
 
 def train_args(manifest, out, student, teacher, *extra):
     return ["run", "--manifest", str(manifest), "--out", str(out), "--student", str(student), "--teacher", str(teacher),
-            "--micro-batch-size", "4", "--max-seq-len", "128", "--lr", "3e-3", "--precision", "fp32", *extra]
+            "--micro-batch-size", "4", "--max-seq-len", "256", "--lr", "3e-3", "--precision", "fp32", *extra]
 
 
 def metrics(out):
@@ -102,7 +98,11 @@ def test_stage_restarts_and_stage_checkpoints(table, tmp_path, tiny_model, tiny_
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_equals_uninterrupted(table, tmp_path, tiny_model, tiny_teacher):
+def test_resume_after_sigkill_equals_uninterrupted(table, tmp_path, real_tokenizer_dir, tiny_teacher):
+    from helpers import tiny_llama
+
+    # a student with dropout: resume must also restore the generator its masks come from
+    tiny_model = tiny_llama(real_tokenizer_dir, tmp_path / "dropout-student", seed=3, dropout=0.1)
     sched = schedule(table, tmp_path, "l2m", stages=2, epochs_per_stage=2)
     args = train_args(sched, tmp_path / "ref", tiny_model, tiny_teacher, "--save-every-steps", "2")
     assert runner.invoke(app, args).exit_code == 0
@@ -194,3 +194,118 @@ def test_stage_end_evaluation_keeps_the_best_checkpoint(table, tmp_path, tiny_mo
                 for name in ("stage-0", "stage-1")}
     best = json.loads((out / "checkpoints" / "best.json").read_text())
     assert best["average"] == max(averages.values()) and (out / "checkpoints" / "best" / "model.safetensors").exists()
+
+
+def test_student_trains_with_its_dropout_unless_disabled(table, tmp_path, real_tokenizer_dir, tiny_teacher):
+    from helpers import tiny_llama
+    from syllabus.train.config import TrainConfig
+    from syllabus.train.data import collate
+    from syllabus.train.loop import setup
+    from syllabus.train.losses import Objective
+
+    student = tiny_llama(real_tokenizer_dir, tmp_path / "dropout-student", seed=3, dropout=0.5)
+    sched = schedule(table, tmp_path, "full", epochs=1, loss="sft")
+    sft = Objective("sft", temperature=1.0, kd_weight=0.0)
+
+    def two_losses_and_eval(disable: bool) -> tuple[float, float, float]:
+        run = setup(TrainConfig(manifest=str(sched), out=str(tmp_path / f"run-{disable}"), student=str(student),
+                                teacher=str(tiny_teacher), max_seq_len=128, precision="fp32", disable_dropout=disable))
+        batch = collate([run.store.encoded(s) for s in table.frame["sample_id"][:4]], run.tokenizer.pad_token_id)
+        assert run.student.model.training  # from_pretrained returns eval mode; the trainer must switch
+        with torch.no_grad():
+            a, b = (run.student(batch, sft, None, None).loss_sum.item() for _ in range(2))
+            run.student.eval()
+            deterministic = run.student(batch, sft, None, None).loss_sum.item()
+        return a, b, deterministic
+
+    a, b, deterministic = two_losses_and_eval(disable=False)
+    assert a != b and deterministic not in (a, b)  # attention dropout 0.5 is on while training
+    a, b, deterministic = two_losses_and_eval(disable=True)
+    assert a == b == pytest.approx(deterministic, rel=1e-6)
+
+
+def scored_table(tmp_path, rows, max_seq_len, tokenizer_dir, truncate=False):
+    """A table as `curate score` writes it: token counts from the scoring tokenisation, the limit in its metadata."""
+    from transformers import AutoTokenizer
+
+    from syllabus.core.tokens import encode_pair
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    encoded = [encode_pair(tok, r["prompt"], r["output"], max_seq_len, truncate) for r in rows]
+    rng = np.random.default_rng(0)
+    student_ce, teacher_ce = rng.uniform(1, 4, len(rows)), rng.uniform(0.5, 2, len(rows))
+    frame = pl.DataFrame({
+        "sample_id": [make_sample_id(r["prompt"], r["output"]) for r in rows],
+        "prompt": [r["prompt"] for r in rows], "response": [r["output"] for r in rows],
+        "prompt_tokens": [len(e.prompt_ids) for e in encoded],
+        "response_tokens": [len(e.response_ids) for e in encoded],
+        "student_ce": student_ce, "teacher_ce": teacher_ce, "dds": student_ce / teacher_ce,
+        "rouge_l": rng.uniform(0, 1, len(rows)), "output_ce": rng.uniform(0, 3, len(rows)),
+        "status": [e.status for e in encoded],
+    })
+    metadata = {"kind": "difficulty_table", "template": "alpaca", "config": {"max_seq_len": max_seq_len,
+                                                                             "truncate": truncate}}
+    return write_table(frame, tmp_path / f"table-{max_seq_len}-{truncate}", metadata)
+
+
+def test_training_takes_the_tables_length_limit_and_refuses_a_smaller_one(tmp_path, dolly_rows, real_tokenizer_dir,
+                                                                          tiny_model, tiny_teacher):
+    from syllabus.train.config import TrainConfig
+    from syllabus.train.loop import setup
+
+    rows = sorted(dolly_rows[:60], key=lambda r: len(r["prompt"]) + len(r["output"]))[-8:]  # the longest rows
+    table = scored_table(tmp_path, rows, 1024, real_tokenizer_dir)
+    lengths = (table.frame["prompt_tokens"] + table.frame["response_tokens"]).to_list()
+    assert table.frame["status"].to_list() == ["ok"] * 8 and max(lengths) > 256
+    sched = schedule(table, tmp_path, "full", epochs=1)
+
+    def config(name, **extra):
+        return TrainConfig(manifest=str(sched), out=str(tmp_path / name), student=str(tiny_model),
+                           teacher=str(tiny_teacher), precision="fp32", **extra)
+
+    run = setup(config("default"))  # no --max-seq-len: the table's 1,024, so every row is trained whole
+    assert run.store.limit.max_seq_len == 1024
+    longest = table.frame["sample_id"][lengths.index(max(lengths))]
+    encoded = run.store.encoded(longest)
+    assert len(encoded.ids) == max(lengths) and not encoded.truncated
+    result = runner.invoke(app, train_args(sched, tmp_path / "short", tiny_model, tiny_teacher))  # --max-seq-len 256
+    assert result.exit_code == 2
+    too_long = sum(n > 256 for n in lengths)
+    assert too_long and f"--max-seq-len 256: {too_long} row(s)" in result.output and longest in result.output
+
+
+def test_training_rows_must_tokenise_as_the_table_scored_them(tmp_path, dolly_rows, real_tokenizer_dir, tiny_model,
+                                                              tiny_teacher):
+    from syllabus.train.config import TrainConfig
+    from syllabus.train.data import DataError
+    from syllabus.train.loop import setup
+
+    table = scored_table(tmp_path, dolly_rows[:6], 1024, real_tokenizer_dir)
+    frame = table.frame.with_columns(prompt_tokens=pl.col("prompt_tokens") + 1)  # as if another template scored it
+    other = write_table(frame, tmp_path / "other", table.metadata)
+    sched = schedule(other, tmp_path, "full", epochs=1)
+    run = setup(TrainConfig(manifest=str(sched), out=str(tmp_path / "run"), student=str(tiny_model),
+                            teacher=str(tiny_teacher), precision="fp32"))
+    with pytest.raises(DataError, match="tokenizer, template or length limit differs"):
+        run.store.encoded(frame["sample_id"][0])
+
+
+def test_dakd_rescoring_selects_from_the_schedules_usable_rows(tmp_path, dolly_rows, real_tokenizer_dir, tiny_model,
+                                                               tiny_teacher):
+    rows = [r for r in dolly_rows if len(r["prompt"]) + len(r["output"]) < 500][:12]
+    table = scored_table(tmp_path, rows, 1024, real_tokenizer_dir)
+    # one row with a NaN teacher CE (NaN > 0 is true in polars) and one without a student CE: the schedule drops both
+    frame = table.frame.with_columns(
+        teacher_ce=pl.when(pl.int_range(pl.len()) == 0).then(float("nan")).otherwise(pl.col("teacher_ce")),
+        student_ce=pl.when(pl.int_range(pl.len()) == 1).then(None).otherwise(pl.col("student_ce")),
+    ).with_columns(dds=pl.col("student_ce") / pl.col("teacher_ce"))
+    table = write_table(frame, tmp_path / "holes", table.metadata)
+    sched = schedule(table, tmp_path, "dakd", epochs=2)
+    first_epoch = pl.read_parquet(sched / "epoch-000.parquet")["sample_id"]
+    assert first_epoch.len() == 10
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--manifest", str(sched), "--out", str(out), "--student", str(tiny_model),
+                                 "--teacher", str(tiny_teacher), "--micro-batch-size", "4", "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    rescored = [json.loads(line) for line in (out / "rescore.jsonl").read_text().splitlines()]
+    assert [r["pool"] for r in rescored] == [10] and np.isfinite(rescored[0]["mean_dds"])

@@ -46,9 +46,13 @@ def run(
     scheduler: Optional[SchedulerName] = typer.Option(None, help=f"LR schedule [default: {TRAIN['scheduler']}]"),
     micro_batch_size: Optional[int] = typer.Option(None, help=f"[default: {TRAIN['micro_batch_size']}]"),
     grad_accum: Optional[int] = typer.Option(None, help=f"[default: {TRAIN['grad_accum']}]"),
-    max_seq_len: Optional[int] = typer.Option(None, help=f"[default: {TRAIN['max_seq_len']}]"),
+    max_seq_len: Optional[int] = typer.Option(
+        None, help="longest prompt + response in tokens; a limit below a scheduled row's length is refused "
+        "[default: the limit the table was scored with]"),
     precision: Optional[PrecisionName] = typer.Option(None, help=f"bf16 autocast or fp32 [default: {TRAIN['precision']}]"),
     seed: Optional[int] = typer.Option(None),
+    disable_dropout: bool = typer.Option(False, help="train with dropout off (TRL's GKD default); the papers keep the "
+                                         "model's dropout"),
     save_every_steps: Optional[int] = typer.Option(None, help=f"resumable snapshot interval [default: {TRAIN['save_every_steps']}]"),
     max_steps: Optional[int] = typer.Option(None, help="stop after N optimizer steps"),
     eval_sets: Optional[str] = typer.Option(None, help="comma-separated sets to evaluate at stage ends"),
@@ -70,7 +74,8 @@ def run(
         "loss_params": None, "kd_weight": kd_weight, "lr": lr, "warmup_ratio": warmup_ratio,
         "weight_decay": weight_decay,
         "scheduler": choice_value(scheduler), "micro_batch_size": micro_batch_size, "grad_accum": grad_accum,
-        "max_seq_len": max_seq_len, "precision": choice_value(precision), "seed": seed, "save_every_steps": save_every_steps,
+        "max_seq_len": max_seq_len, "precision": choice_value(precision), "seed": seed, "disable_dropout": disable_dropout or None,
+        "save_every_steps": save_every_steps,
         "max_steps": max_steps, "eval_sets": tuple(eval_sets.split(",")) if eval_sets else None,
         "resume": resume or None, "overwrite": overwrite or None,
     }

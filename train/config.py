@@ -30,10 +30,11 @@ class TrainConfig:
     scheduler: str = "cosine"
     micro_batch_size: int = 8
     grad_accum: int = 1
-    max_seq_len: int = 512
+    max_seq_len: int | None = None  # default: the table's scoring limit (rows are never cut differently than scored)
     max_grad_norm: float = 1.0
     precision: str = "bf16"
     seed: int = 0
+    disable_dropout: bool = False  # the papers train with the model's dropout; TRL's GKD disables it by default
     loss_chunk_tokens: int = 1024
     save_every_steps: int = 50  # resumable state; HF checkpoints come at stage ends and at the end
     rescore_batch_tokens: int | None = None  # DA-KD re-scoring forward batches (default: the scoring engine's)
@@ -52,7 +53,7 @@ class TrainConfig:
             (self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
             (self.micro_batch_size >= 1 and self.grad_accum >= 1, "micro_batch_size and grad_accum must be >= 1"),
-            (self.max_seq_len >= 2, "max_seq_len must be >= 2"),
+            (self.max_seq_len is None or self.max_seq_len >= 2, "max_seq_len must be >= 2"),
             (self.loss_chunk_tokens >= 1, "loss_chunk_tokens must be >= 1"),
             (self.kd_weight is None or 0 <= self.kd_weight <= 1, "kd_weight must be in [0, 1]"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),

@@ -6,6 +6,7 @@ makes resume exact without saving any data-loader state.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from syllabus.core.table import Table
 from syllabus.core.tokens import Encoded, encode_pair
 
 
@@ -34,15 +36,69 @@ class Batch:
         return int(self.targets.numel())
 
 
-class SampleStore:
-    """Text of every sample in the table, tokenised on first use (same function as scoring)."""
+@dataclass(frozen=True)
+class LengthLimit:
+    """How long a training row may be, and what happens past it: exactly what `curate score` did to the table."""
 
-    def __init__(self, frame: pl.DataFrame, tokenizer: Any, max_seq_len: int, chat_template: bool) -> None:
+    max_seq_len: int
+    truncate: bool  # the table was scored with --truncate: over-long rows are cut the same way here
+
+
+def length_limit(table: Table, max_seq_len: int | None, sample_ids: Iterable[str]) -> LengthLimit:
+    """The table's scoring limit (or a smaller one that every row of the run fits), and its truncation rule.
+
+    Training and DA-KD re-scoring tokenise each row as scoring did, so that a row's student CE, teacher CE and
+    training tokens are over the same tokens: a row the table scored is never cut shorter when trained on.
+
+    Args:
+        table: the difficulty table (its metadata's `config` holds the scoring `max_seq_len` and `truncate`).
+        max_seq_len: the run's `--max-seq-len`, or None for the table's.
+        sample_ids: every row the run may train on or re-score.
+
+    Raises:
+        DataError: the table does not record its limit and none is given, or some rows are longer than the limit
+            asked for (how many, the first, and what to do).
+    """
+    scored = table.metadata.get("config") or {}
+    scored_limit, truncate = scored.get("max_seq_len"), bool(scored.get("truncate", False))
+    limit = max_seq_len or scored_limit
+    if limit is None:
+        raise DataError(f"{table.path}: the table does not record the length limit it was scored with (made by hand?); "
+                        "pass --max-seq-len")
+    frame = table.frame
+    if (scored_limit is None or limit < scored_limit) and {"prompt_tokens", "response_tokens"} <= set(frame.columns):
+        wanted = pl.DataFrame({"sample_id": list(set(sample_ids))}, schema={"sample_id": pl.String})
+        lengths = frame.join(wanted, on="sample_id").select(
+            "sample_id", length=pl.col("prompt_tokens") + pl.col("response_tokens"))
+        too_long = lengths.filter(pl.col("length") > limit).sort("length", descending=True)
+        if too_long.height:
+            first = too_long.row(0, named=True)
+            raise DataError(
+                f"--max-seq-len {limit}: {too_long.height} row(s) of this run are longer (the longest, "
+                f"{first['sample_id']}, has {first['length']} tokens); the table was scored with a limit of "
+                f"{scored_limit}. Cutting them here would train on other tokens than were scored: drop --max-seq-len, "
+                f"or score the data with `curate score --max-seq-len {limit}` and rebuild the schedule"
+            )
+    return LengthLimit(limit, truncate)
+
+
+class SampleStore:
+    """Text of every sample in the table, tokenised on first use with the function and limit scoring used.
+
+    When the table holds token counts, every encoding is checked against them: a tokenizer, template or limit that
+    differs from the table's would otherwise train on other tokens than were scored.
+    """
+
+    def __init__(self, frame: pl.DataFrame, tokenizer: Any, limit: LengthLimit, chat_template: bool) -> None:
         self.index = {sid: i for i, sid in enumerate(frame["sample_id"].to_list())}
         self.prompts = frame["prompt"].to_list()
         self.responses = frame["response"].to_list()
+        counted = {"prompt_tokens", "response_tokens"} <= set(frame.columns)
+        self.counts = None  # (prompt_tokens, response_tokens) per row, as scored
+        if counted:
+            self.counts = list(zip(frame["prompt_tokens"].to_list(), frame["response_tokens"].to_list()))
         self.tokenizer = tokenizer
-        self.max_seq_len = max_seq_len
+        self.limit = limit
         self.chat_template = chat_template
         self._cache: dict[str, Encoded] = {}
 
@@ -52,12 +108,29 @@ class SampleStore:
             raise DataError(f"{where}: {len(missing)} sample_id(s) are not in the table (first: {missing[0]})")
 
     def encoded(self, sample_id: str) -> Encoded:
+        """The row's tokens, as scoring made them.
+
+        Raises:
+            DataError: the row does not fit the limit (and the table was not scored with --truncate), or its token
+                counts differ from the table's.
+        """
         enc = self._cache.get(sample_id)
         if enc is None:
             i = self.index[sample_id]
-            # Training truncates rather than skips: the schedule decided this sample is in the epoch.
-            enc = encode_pair(self.tokenizer, self.prompts[i], self.responses[i], self.max_seq_len, truncate=True,
-                              chat_template=self.chat_template)
+            enc = encode_pair(self.tokenizer, self.prompts[i], self.responses[i], self.limit.max_seq_len,
+                              truncate=self.limit.truncate, chat_template=self.chat_template)
+            if enc.status != "ok":
+                raise DataError(
+                    f"sample {sample_id}: {len(enc.ids)} tokens do not fit --max-seq-len {self.limit.max_seq_len}; "
+                    "raise it, or rebuild the schedule from a table scored at it"
+                )
+            scored = self.counts[i] if self.counts is not None else None
+            if scored is not None and None not in scored and scored != (len(enc.prompt_ids), len(enc.response_ids)):
+                raise DataError(
+                    f"sample {sample_id}: the table scored {scored[0]} prompt + {scored[1]} response tokens, training "
+                    f"tokenises it to {len(enc.prompt_ids)} + {len(enc.response_ids)}: the tokenizer, template or "
+                    "length limit differs from the one the table was scored with"
+                )
             self._cache[sample_id] = enc
         return enc
 

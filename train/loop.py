@@ -17,16 +17,17 @@ from typing import Any
 import torch
 
 from syllabus.core.io import atomic_write_json
-from syllabus.core.models import check_same_tokenizer, load_tokenizer, resolve_model
+from syllabus.core.logits import checked_logit_head
+from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model
 from syllabus.core.schedule import ScheduledEpoch, read_schedule
 from syllabus.core.table import read_table
 from syllabus.core.workdir import claim_output
 
 from . import state as state_io
 from .config import TrainConfig
-from .data import Batch, SampleStore, collate, epoch_micro_batches, read_shard
+from .data import Batch, SampleStore, collate, epoch_micro_batches, length_limit, read_shard
 from .losses import Objective
-from .rescore import check_rescore_params, rescore_epoch
+from .rescore import check_rescore_params, rescore_epoch, rescore_pool
 from .run import Run
 from .student import DistillStudent
 
@@ -56,17 +57,22 @@ def setup(config: TrainConfig) -> Run:
     cpu = not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=cpu)
     torch.manual_seed(config.seed)
-    model = AutoModelForCausalLM.from_pretrained(student_ref.path, dtype=torch.float32)  # fp32 master weights
-    model.config.use_cache = False
+    model = load_student(student_ref, config.disable_dropout)
     teacher = AutoModelForCausalLM.from_pretrained(
         teacher_ref.path, dtype=torch.bfloat16 if config.precision == "bf16" else torch.float32
     ).to(accelerator.device)
     teacher.eval().requires_grad_(False)
+    checked_logit_head(model, f"student {student_ref.name}")  # refuse, before training, logits we cannot reproduce
+    teacher_head = checked_logit_head(teacher, f"teacher {teacher_ref.name}")
     tokenizer = load_tokenizer(student_ref)
     chat = table.metadata.get("template") == "chat"
-    store = SampleStore(table.frame, tokenizer, config.max_seq_len, chat)
-    for epoch in schedule.epochs:
-        store.check(read_shard(epoch.shard), str(epoch.shard))
+    shards = [read_shard(epoch.shard) for epoch in schedule.epochs]
+    run_ids = set().union(*shards)  # every row this run may train on or re-score
+    if any(epoch.plan.rescore for epoch in schedule.epochs):
+        run_ids.update(rescore_pool(table)["sample_id"])
+    store = SampleStore(table.frame, tokenizer, length_limit(table, config.max_seq_len, run_ids), chat)
+    for epoch, shard_ids in zip(schedule.epochs, shards):
+        store.check(shard_ids, str(epoch.shard))
     identity = {
         # stopping and snapshot settings do not change what a step computes, so a resumed run may change them
         "config": {k: v for k, v in config.as_dict().items()
@@ -82,8 +88,32 @@ def setup(config: TrainConfig) -> Run:
     claim_output(out, identity, config.overwrite, what="training run")
     atomic_write_json(out / "config.json", {**identity, "schedule": schedule.manifest})
     return Run(config, out, schedule, table, accelerator, DistillStudent(model, config.loss_chunk_tokens), teacher,
-               tokenizer, store, identity["manifest_fingerprint"], objectives,
+               teacher_head, tokenizer, store, identity["manifest_fingerprint"], objectives,
                on_stage_end=evaluate_stage if config.eval_sets else None)
+
+
+def load_student(ref: ModelRef, disable_dropout: bool) -> Any:
+    """The student in fp32 master weights and in train mode (`from_pretrained` returns eval mode: dropout off).
+
+    The papers' code trains with the model's dropout (GPT-2 and OPT students: 0.1), so that is the default;
+    `disable_dropout` zeroes every dropout rate in the model's config before the model is built (float attributes
+    such as OPT's `dropout` and Llama's `attention_dropout` are read from it) and every `nn.Dropout` after, as TRL's
+    GKD does by default. DA-KD re-scoring and stage-end evaluation run in eval mode either way.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_config = AutoConfig.from_pretrained(ref.path)
+    if disable_dropout:
+        for key, value in model_config.to_dict().items():
+            if ("dropout" in key or key.endswith("pdrop")) and isinstance(value, float):
+                setattr(model_config, key, 0.0)
+    model_config.use_cache = False
+    model = AutoModelForCausalLM.from_pretrained(ref.path, config=model_config, dtype=torch.float32)
+    if disable_dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    return model.train()
 
 
 def steps_in_epoch(epoch: ScheduledEpoch, config: TrainConfig, world_size: int) -> int:
@@ -140,8 +170,7 @@ def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, o
         if objective.uses_teacher:  # the teacher runs only for batches that need it
             with torch.no_grad(), acc.autocast():
                 hidden = run.teacher.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-            teacher_hidden = hidden[batch.rows, batch.cols]
-            teacher_head = run.teacher.get_output_embeddings().weight
+            teacher_hidden, teacher_head = hidden[batch.rows, batch.cols], run.teacher_head
         # gradients are all-reduced once per optimizer step, at the last micro-batch
         sync = acc.no_sync(model) if k < len(group) - 1 else contextlib.nullcontext()
         with sync, acc.autocast():

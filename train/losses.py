@@ -185,26 +185,37 @@ _DIVERGENCE_GRADS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] =
 _KWARGS = {"lambda": "lam"}  # `lambda` (DA-KD's symbol, the manifest's key) is a Python keyword
 
 
+def _capped_logits(hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None,
+                   softcap: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fp32 logits softcap(hidden @ head.T + bias) and, with a soft-cap, its derivative 1 - tanh^2 (c, V)."""
+    logits = F.linear(hidden, head, bias).float()
+    if not softcap:
+        return logits.clamp_min_(LOGIT_FLOOR), None
+    tanh = logits.div_(softcap).tanh_()
+    return tanh * softcap, tanh.square_().neg_().add_(1.0)
+
+
 def _chunk_sums_and_grad(
-    hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None, teacher_hidden: torch.Tensor | None,
-    teacher_head: torch.Tensor | None, teacher_bias: torch.Tensor | None, targets: torch.Tensor,
-    objective: Objective, needs_grad: bool,
+    hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None, softcap: float | None,
+    teacher_hidden: torch.Tensor | None, teacher_head: torch.Tensor | None, teacher_bias: torch.Tensor | None,
+    teacher_softcap: float | None, targets: torch.Tensor, objective: Objective, needs_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One chunk: its sums (loss, sft, kd) and the gradient of its loss sum for the student's logits.
+    """One chunk: its sums (loss, sft, kd) and the gradient of its loss sum for the student's pre-cap logits.
 
     Args:
         hidden, teacher_hidden: (c, H) and (c, H') in the dtype of their head (teacher_hidden None when the
             objective does not use the teacher).
         head, bias, teacher_head, teacher_bias: (V, H), (V,), (V', H'), (V',); biases may be None.
+        softcap, teacher_softcap: final-logit soft-caps (logits = cap * tanh(z / cap)), or None.
         targets: (c,) next-token ids.
 
     Returns:
-        (3,) fp32 sums and the (c, V) fp32 gradient with respect to the logits (None unless needs_grad). The
-        logits live only in here, and in-place updates keep few (c, V) tensors alive at once: on CPU, fresh pages
-        cost more than the arithmetic.
+        (3,) fp32 sums and the (c, V) fp32 gradient with respect to `hidden @ head.T + bias` (None unless
+        needs_grad). The logits live only in here, and in-place updates keep few (c, V) tensors alive at once: on
+        CPU, fresh pages cost more than the arithmetic.
     """
     tau, sft_weight, kd_weight = objective.temperature, objective.sft_scale, objective.kd_scale
-    logits = F.linear(hidden, head, bias).float().clamp_min_(LOGIT_FLOOR)  # (c, V)
+    logits, cap_grad = _capped_logits(hidden, head, bias, softcap)  # (c, V)
     log_q1 = torch.log_softmax(logits, dim=-1)  # temperature 1 for the SFT term
     sft = -log_q1.gather(1, targets[:, None]).sum()
     grad = None
@@ -214,11 +225,11 @@ def _chunk_sums_and_grad(
     del log_q1
     kd = sft.new_zeros(())
     if objective.uses_teacher:
-        teacher_logits = F.linear(teacher_hidden, teacher_head, teacher_bias).float()  # (c, V')
+        teacher_logits, _ = _capped_logits(teacher_hidden, teacher_head, teacher_bias, teacher_softcap)  # (c, V')
         vocab = min(logits.shape[-1], teacher_logits.shape[-1])
         log_q = torch.log_softmax(logits[:, :vocab].div_(tau), dim=-1)
         del logits
-        log_p = torch.log_softmax(teacher_logits[:, :vocab].clamp_min_(LOGIT_FLOOR).div_(tau), dim=-1)
+        log_p = torch.log_softmax(teacher_logits[:, :vocab].div_(tau), dim=-1)
         del teacher_logits
         kd_tokens, q_grad = objective.divergence_grad(log_p, log_q)
         kd = kd_tokens.sum() * tau**2
@@ -227,6 +238,8 @@ def _chunk_sums_and_grad(
             q = log_q.exp_()
             q_grad.addcmul_(q, q_grad.sum(-1, keepdim=True), value=-1.0)
             grad[:, :vocab].add_(q_grad, alpha=kd_weight * tau)
+    if grad is not None and cap_grad is not None:
+        grad.mul_(cap_grad)  # chain rule through the soft-cap
     loss = sft_weight * sft + kd_weight * kd
     return torch.stack([loss, sft, kd]), grad
 
@@ -250,7 +263,7 @@ class _ChunkedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_hidden, student_head, student_bias, teacher_hidden, teacher_head, teacher_bias,
-                targets, rows, objective, chunk_tokens, grad_enabled):
+                targets, rows, objective, softcaps, chunk_tokens, grad_enabled):
         # needs_input_grad ignores torch.no_grad(), under which forward always runs: hence grad_enabled.
         needs_hidden, needs_head, needs_bias = (grad_enabled and needs for needs in ctx.needs_input_grad[:3])
         needs_grad = needs_hidden or needs_head or needs_bias
@@ -276,8 +289,9 @@ class _ChunkedLoss(torch.autograd.Function):
                 teacher_chunk = None
                 if objective.uses_teacher:
                     teacher_chunk = teacher_hidden.index_select(0, index).to(teacher_head.dtype)  # (c, H')
-                sums, grad_logits = _chunk_sums_and_grad(hidden, head, bias, teacher_chunk, teacher_head, teacher_bias,
-                                                         targets.index_select(0, index), objective, needs_grad)
+                sums, grad_logits = _chunk_sums_and_grad(hidden, head, bias, softcaps[0], teacher_chunk, teacher_head,
+                                                         teacher_bias, softcaps[1], targets.index_select(0, index),
+                                                         objective, needs_grad)
                 totals += sums
                 if not needs_grad:
                     continue
@@ -301,7 +315,7 @@ class _ChunkedLoss(torch.autograd.Function):
     def backward(ctx, grad_loss, *_unused):
         grads = tuple(None if g is None else (g * grad_loss).to(dtype)
                       for g, dtype in zip(ctx.saved_tensors, ctx.input_dtypes))
-        return (*grads, None, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None)
 
 
 def _valid_rows(valid_mask: torch.Tensor | None, num_rows: int, device: torch.device) -> torch.Tensor:
@@ -325,12 +339,16 @@ def chunked_loss_sums(
     teacher_head: torch.Tensor | None = None,
     student_bias: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
+    student_softcap: float | None = None,
+    teacher_softcap: float | None = None,
     chunk_tokens: int = 1024,
 ) -> LossSums:
     """SFT + KD loss sums from final hidden states, computing logits `chunk_tokens` tokens at a time.
 
     Equal in value and gradient to `losses_reference.loss_sums` on the full logits `hidden @ head.T + bias` (up to
-    fp32 summation order), with memory O(chunk_tokens * V) instead of O(N * V).
+    fp32 summation order), with memory O(chunk_tokens * V) instead of O(N * V). With a soft-cap (Gemma 2), the
+    logits are `cap * tanh((hidden @ head.T + bias) / cap)`; a logit scale (Cohere, Granite) is the caller's to fold
+    into the hidden states and bias (`core.logits.LogitHead`), where autograd carries it.
 
     Args:
         student_hidden: (N, H) or (B, T, H) student final hidden states (after the final norm).
@@ -341,6 +359,7 @@ def chunked_loss_sums(
         teacher_hidden: (N, H') or (B, T, H') teacher hidden states at the same positions; a constant (no grad).
         teacher_head: (V', H') teacher lm_head; V' may differ from V by padding: KD uses the first min(V, V') ids.
         student_bias, teacher_bias: optional (V,) and (V',) lm_head biases.
+        student_softcap, teacher_softcap: final-logit soft-caps, or None.
         chunk_tokens: tokens per chunk (>= 1); peak memory grows linearly with it.
 
     Returns:
@@ -370,5 +389,5 @@ def chunked_loss_sums(
     teacher_bias = None if teacher is None or teacher_bias is None else teacher_bias.detach()
     loss_sum, sft_sum, kd_sum = _ChunkedLoss.apply(
         hidden, student_head, student_bias, teacher, teacher_head, teacher_bias, flat_targets, rows, objective,
-        chunk_tokens, torch.is_grad_enabled())
+        (student_softcap, teacher_softcap), chunk_tokens, torch.is_grad_enabled())
     return LossSums(loss_sum, sft_sum, kd_sum, int(rows.numel()))

@@ -15,6 +15,7 @@ import torch
 
 from syllabus.core.engines.base import ScoringRequest
 from syllabus.core.engines.hf_engine import default_batch_tokens, response_nll
+from syllabus.core.table import Table
 from syllabus.curate.schedules import dakd
 
 from .run import Run
@@ -29,10 +30,20 @@ def check_rescore_params(params: dict[str, Any]) -> None:
     dakd.selection_params(params)
 
 
+def rescore_pool(table: Table) -> pl.DataFrame:
+    """The rows DA-KD selects from: exactly the rows `curate schedule` found usable (status ok, a finite dds, so a
+    finite student CE and a teacher CE > 0), with their teacher CE.
+
+    Raises:
+        ScheduleError: the table has no dds column or no usable row.
+    """
+    usable = dakd.selection_pool(table.frame, str(table.path))
+    return usable.join(table.frame.select("sample_id", "teacher_ce"), on="sample_id").select("sample_id", "teacher_ce")
+
+
 def rescore_epoch(run: Run, epoch: int, model: Any) -> list[str]:
     """Student CE of the whole pool under the current weights -> dds -> the sample ids of epoch `epoch` (0-based)."""
-    frame = run.table.frame
-    pool = frame.filter((pl.col("status") == "ok") & (pl.col("teacher_ce") > 0)).select("sample_id", "teacher_ce")
+    pool = rescore_pool(run.table)
     ids = pool["sample_id"].to_list()
     requests = []
     for sid in ids:
@@ -53,7 +64,7 @@ def rescore_epoch(run: Run, epoch: int, model: Any) -> list[str]:
                                  num_epochs=len(run.schedule.epochs), seed=run.schedule.seed, **dakd.selection_params(params))
     if run.accelerator.is_main_process:
         with (run.out / "rescore.jsonl").open("a") as f:
-            f.write(json.dumps({"epoch": epoch, "mean_student_ce": sum(student_ce) / len(student_ce),
+            f.write(json.dumps({"epoch": epoch, "pool": len(ids), "mean_student_ce": sum(student_ce) / len(student_ce),
                                 "mean_dds": scored["dds"].mean(), "selected": len(selected)}) + "\n")
     torch.manual_seed(run.config.seed + epoch)  # keep later randomness independent of re-scoring
     return selected

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from syllabus.core.logits import LogitHead
 from syllabus.core.schedule import Schedule
 from syllabus.core.table import Table
 
@@ -52,6 +53,7 @@ class Run:
     accelerator: Any  # accelerate.Accelerator
     student: DistillStudent
     teacher: Any  # a transformers causal LM, frozen
+    teacher_head: LogitHead  # how the teacher's logits come from its hidden states (checked at setup)
     tokenizer: Any
     store: SampleStore
     manifest_fingerprint: str

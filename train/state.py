@@ -61,8 +61,12 @@ def save(run: Run, model: Any, optimizer: Any, scheduler: Any) -> None:
                 seen[ptr] = k
                 unique[k] = v
         save_file(unique, tmp / "student.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        # the generators dropout draws from, so that a resumed run draws the same masks
+        rng = {"torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda_rng"] = torch.cuda.get_rng_state_all()
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **rng},
+                   tmp / "optimizer.pt")
         atomic_write_json(tmp / "progress.json", asdict(run.progress))
         final = run.out / STATE
         old = run.out / f"{STATE}.old"
@@ -99,6 +103,8 @@ def load_optimizer(out: Path, optimizer: Any, scheduler: Any) -> None:
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
+    if "cuda_rng" in saved and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
 
 
 def save_checkpoint(run: Run, model: Any, name: str) -> Path:

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from syllabus.core.logits import LogitHead, logit_head
+
 from .data import Batch
 from .losses import LossSums, Objective, chunked_loss_sums
 
@@ -20,7 +22,7 @@ class DistillStudent(torch.nn.Module):
         self.chunk_tokens = chunk_tokens
 
     def forward(self, batch: Batch, objective: Objective, teacher_hidden: torch.Tensor | None,
-                teacher_head: torch.Tensor | None) -> LossSums:
+                teacher_head: LogitHead | None) -> LossSums:
         """Loss sums over the batch's response tokens.
 
         Args:
@@ -28,16 +30,28 @@ class DistillStudent(torch.nn.Module):
             objective: the epoch's loss.
             teacher_hidden: (N, H') teacher final hidden states at the scored positions, or None when the objective
                 does not use the teacher.
-            teacher_head: (V', H') teacher lm_head weight, or None likewise.
+            teacher_head: the teacher's `LogitHead`, or None likewise.
         """
         hidden = self.model.get_decoder()(input_ids=batch.input_ids,
                                           attention_mask=batch.attention_mask).last_hidden_state  # (B, T, H)
+        head = logit_head(self.model)  # read here, inside forward, so that DDP and FSDP see the lm_head used
+        teacher_kwargs = {}
+        if teacher_head is not None:
+            teacher_kwargs = {"teacher_hidden": scaled(teacher_hidden, teacher_head.scale),
+                              "teacher_head": teacher_head.weight, "teacher_softcap": teacher_head.softcap,
+                              "teacher_bias": scaled(teacher_head.bias, teacher_head.scale)}
         return chunked_loss_sums(
-            hidden[batch.rows, batch.cols],
-            self.model.get_output_embeddings().weight,
+            scaled(hidden[batch.rows, batch.cols], head.scale),
+            head.weight,
             batch.targets,
             objective=objective,
-            teacher_hidden=teacher_hidden,
-            teacher_head=teacher_head,
+            student_bias=scaled(head.bias, head.scale),
+            student_softcap=head.softcap,
             chunk_tokens=self.chunk_tokens,
+            **teacher_kwargs,
         )
+
+
+def scaled(tensor: torch.Tensor | None, scale: float) -> torch.Tensor | None:
+    """A logit scale folded into what the lm_head multiplies: scale * (h W^T + b) = (scale h) W^T + scale b."""
+    return tensor if tensor is None or scale == 1.0 else tensor * scale

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from syllabus.core.logits import checked_logit_head, logit_head
+
 from .base import Generation, GenerationParams, ScoringRequest
 
 LOGIT_CHUNK_TOKENS = 1024  # at most one (chunk, V) fp32 tensor alive while reducing logits to log-probs
@@ -46,15 +48,15 @@ def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 
 def token_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log q(target | prefix) for (N, H) final hidden states, in token chunks with an fp32 log-softmax."""
-    head = model.get_output_embeddings()
-    softcap = getattr(model.config, "final_logit_softcapping", None)
+    """log q(target | prefix) for (N, H) final hidden states, in token chunks with an fp32 log-softmax.
+
+    The logits are the model's own (bias, logit scale and soft-cap included: `core.logits`), as in training.
+    """
+    head = logit_head(model)
     out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, targets.shape[0], LOGIT_CHUNK_TOKENS):
         end = start + LOGIT_CHUNK_TOKENS
-        logits = head(hidden[start:end]).float()  # (chunk, V)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
+        logits = head.logits(hidden[start:end])  # (chunk, V) fp32
         out[start:end] = logits.gather(1, targets[start:end, None]).squeeze(1) - logits.logsumexp(-1)
     return out
 
@@ -109,6 +111,7 @@ class HFEngine:
         self.device = device or default_device()
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(self.device)
         self.model.eval()
+        checked_logit_head(self.model, model_path)  # logits computed from the head must be the model's own
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.batch_tokens = batch_tokens or default_batch_tokens()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

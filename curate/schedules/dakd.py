@@ -30,7 +30,7 @@ import polars as pl
 
 from syllabus.core.schedule import EpochPlan
 
-from .common import Epoch, round_half_up
+from .common import Epoch, round_half_up, usable_rows
 from .config import (
     ScheduleError,
     check_at_least,
@@ -153,6 +153,17 @@ def select_epoch(
     check_choice("decay", decay, DECAYS)
     check_range("low_share", low_share, 0.0, 1.0)
     return select_ordered(priority_order(frame, reverse), epoch, num_epochs, seed, decay, low_share).to_list()
+
+
+def selection_pool(frame: pl.DataFrame, where: str) -> pl.DataFrame:
+    """The rows DA-KD selects from, as `curate schedule` finds them usable (status ok and a finite dds: a finite
+    student CE and a teacher CE > 0); the trainer's dynamic mode re-selects from exactly these.
+
+    Raises:
+        ScheduleError: the table has no dds column, or no usable row.
+    """
+    usable, _ = usable_rows(frame, DAKDConfig().columns(), "dakd", where)
+    return usable
 
 
 def selection_params(params: dict[str, Any]) -> dict[str, Any]:
