@@ -309,3 +309,29 @@ def test_dakd_rescoring_selects_from_the_schedules_usable_rows(tmp_path, dolly_r
     assert result.exit_code == 0, result.output
     rescored = [json.loads(line) for line in (out / "rescore.jsonl").read_text().splitlines()]
     assert [r["pool"] for r in rescored] == [10] and np.isfinite(rescored[0]["mean_dds"])
+
+
+class _Planted:
+    """A pickle that runs code when loaded: what a tampered run directory could hold."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_never_unpickles_code_from_the_run_directory(table, tmp_path, tiny_model, tiny_teacher):
+    import torch
+
+    sched = schedule(table, tmp_path, "full", epochs=1)
+    out = tmp_path / "run"
+    args = train_args(sched, out, tiny_model, tiny_teacher, "--max-steps", "1")
+    assert runner.invoke(app, args).exit_code == 0
+    snapshot = out / "state" / "optimizer.pt"
+    saved = torch.load(snapshot, weights_only=True)  # what train run writes reads back as plain values
+    marker = tmp_path / "code-ran"
+    torch.save({**saved, "planted": _Planted(marker)}, snapshot)
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--resume"))
+    assert not marker.exists()
+    assert result.exit_code == 2 and "not a snapshot of plain values" in result.output

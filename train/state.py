@@ -28,6 +28,10 @@ from .student import DistillStudent
 STATE = "state"
 
 
+class StateError(ValueError):
+    """A run directory's snapshot cannot be read back."""
+
+
 def fingerprint_manifest(schedule_dir: Path) -> str:
     """sha256 over manifest.json and every shard, so a run records exactly which curriculum it trained on."""
     h = hashlib.sha256()
@@ -99,7 +103,22 @@ def load_student(out: Path, student: DistillStudent) -> None:
 
 
 def load_optimizer(out: Path, optimizer: Any, scheduler: Any) -> None:
-    saved = torch.load(out / STATE / "optimizer.pt", weights_only=False)
+    """Restore optimizer, LR schedule and random generators from a snapshot.
+
+    The file holds tensors and plain values only, and is read with `weights_only=True`: a run directory received
+    from someone else cannot run code through a planted pickle.
+
+    Raises:
+        StateError: the file is not a snapshot of plain values (tampered with, or corrupt).
+    """
+    path = out / STATE / "optimizer.pt"
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError for foreign objects; EOFError, RuntimeError when corrupt
+        raise StateError(
+            f"{path}: not a snapshot of plain values ({type(exc).__name__}); it was not written by `train run` or is "
+            "corrupt. Start the run over with --overwrite, or restore the directory from where it came"
+        ) from None
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
