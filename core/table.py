@@ -27,7 +27,8 @@ METADATA_FILE = "metadata.json"
 PART_GLOB = "part-*.parquet"
 SCORE_COLUMNS = ("student_ce", "teacher_ce", "dds", "rouge_l", "output_ce")
 # Columns that define a table's content for its fingerprint (text columns are covered by sample_id).
-FINGERPRINT_COLUMNS = ("sample_id", "status", "prompt_tokens", "response_tokens", *SCORE_COLUMNS)
+# output_tokens too: summed CEs (the schedules' default) multiply output_ce by it.
+FINGERPRINT_COLUMNS = ("sample_id", "status", "prompt_tokens", "response_tokens", "output_tokens", *SCORE_COLUMNS)
 
 
 class TableError(ValueError):

@@ -56,6 +56,23 @@ def test_config_file_with_params_and_options_on_top(tmp_path):
     assert params["epochs_per_stage"] == 1 and params["rank_ties"] == "min"  # config < -p < explicit options
 
 
+def test_ce_reduction_from_the_command_line(tmp_path):
+    table = write(tmp_path, make_frame(60))
+    for method in ("srd", "spectrum", "l2m"):
+        result = run("schedule", table.path, "--method", method, "-p", "ce_reduction=mean", "--out", tmp_path / method)
+        assert result.exit_code == 0, result.output
+        assert manifest(tmp_path / method)["params"]["ce_reduction"] == "mean"
+        assert run("schedule", table.path, "--method", method, "--out", tmp_path / f"{method}-sum").exit_code == 0
+        assert manifest(tmp_path / f"{method}-sum")["params"]["ce_reduction"] == "sum"  # the papers' reading
+    bad = run("schedule", table.path, "--method", "srd", "-p", "ce_reduction=median", "--out", tmp_path / "x")
+    assert bad.exit_code == 2 and "parameter ce_reduction must be one of sum, mean, got 'median'" in bad.output
+    dakd = run("schedule", table.path, "--method", "dakd", "-p", "ce_reduction=sum", "--out", tmp_path / "y")
+    assert dakd.exit_code == 2 and "unknown parameter(s) ce_reduction" in dakd.output  # DDS: reduction-invariant
+    for method in ("srd", "spectrum", "l2m"):
+        assert "-p ce_reduction: str = 'sum'" in run("schedule", "--help-params", method).output
+    assert "ce_reduction" not in run("schedule", "--help-params", "dakd").output
+
+
 def test_errors_exit_2_with_a_message_naming_the_culprit(tmp_path):
     table = write(tmp_path, make_frame(40))
     bad_yaml = tmp_path / "bad.yaml"

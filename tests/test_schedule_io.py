@@ -131,6 +131,31 @@ def test_unusable_rows_are_excluded_and_counted_by_reason(tmp_path):
     assert full_excluded == {"status too_long": 3, "status error: oom": 1}  # full ranks by nothing
 
 
+def test_rows_without_tokens_to_sum_over_are_excluded_and_counted(tmp_path):
+    """A summed CE reads a token count: a null count, or 0 (a CE summed over no token would rank the row as the
+    easiest), excludes the row with its reason; the per-token mean does not read the count."""
+    frame = make_frame(30).with_row_index("i").with_columns(
+        output_tokens=pl.when(pl.col("i") == 0).then(None).when(pl.col("i").is_in([1, 2])).then(0)
+        .otherwise(pl.col("output_tokens")),
+        response_tokens=pl.when(pl.col("i") == 3).then(0).otherwise(pl.col("response_tokens")),
+    ).drop("i")
+    table = write(tmp_path, frame)
+    out, excluded = build_schedule(table.path, "srd", tmp_path / "srd", {"epochs": 3})
+    assert excluded == {"null/NaN/inf output_tokens": 1, "output_tokens < 1": 2}
+    assert manifest(out)["excluded"] == excluded and manifest(out)["params"]["ce_reduction"] == "sum"
+    assert build_schedule(table.path, "srd", tmp_path / "mean", {"epochs": 3, "ce_reduction": "mean"})[1] == {}
+    _, by_truth = build_schedule(table.path, "spectrum", tmp_path / "spectrum", SMALL["spectrum"])
+    assert by_truth == {"response_tokens < 1": 1}
+    _, ties = build_schedule(table.path, "l2m", tmp_path / "l2m", {"tie_column": "output_ce"})
+    assert ties == {"null/NaN/inf output_tokens": 1, "output_tokens < 1": 2}
+    _, dds = build_schedule(table.path, "dakd", tmp_path / "dakd", SMALL["dakd"])
+    assert dds == {}  # DDS is a ratio of two CEs over the same tokens: no reduction, no count read
+    no_counts = write(tmp_path, make_frame(30).drop("response_tokens"), "no_counts")
+    with pytest.raises(ScheduleError, match="needs column.s. response_tokens, .* -p ce_reduction=mean"):
+        build_schedule(no_counts.path, "spectrum", tmp_path / "x")
+    build_schedule(no_counts.path, "spectrum", tmp_path / "y", {**SMALL["spectrum"], "ce_reduction": "mean"})
+
+
 def test_empty_and_unusable_tables(tmp_path):
     empty = write(tmp_path, make_frame(5).head(0), "empty")
     with pytest.raises(ScheduleError, match="the table has no rows"):
@@ -186,7 +211,7 @@ def test_shards_hold_the_computed_epochs_in_order(tmp_path):
     frame = make_frame(70)
     table = write(tmp_path, frame)
     out, _ = build_schedule(table.path, "spectrum", tmp_path / "s", {"epochs": 5, "warmup_epochs": 1})
-    expected = spectrum.build(frame.select("sample_id", "student_ce"),
+    expected = spectrum.build(frame.select("sample_id", "student_ce", "response_tokens"),
                               spectrum.SpectrumConfig(epochs=5, warmup_epochs=1))
     for e, epoch in zip(manifest(out)["epochs"], expected):
         assert pl.read_parquet(out / e["shard"])["sample_id"].to_list() == epoch.sample_ids.to_list()

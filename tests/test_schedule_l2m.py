@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from syllabus.curate.schedules import l2m
 from syllabus.curate.schedules.config import ScheduleError
 from syllabus.curate.schedules.l2m import L2MConfig
-from test_schedule_support import ids_of, make_frame
+from test_schedule_support import ids_of, make_frame, summed
 
 
 def test_ladders_of_eq_6_and_7_by_hand():
@@ -31,9 +31,23 @@ def test_appendix_split_of_11500_rows():
 
 def test_ranks_by_rouge_then_student_ce():
     frame = pl.DataFrame({"sample_id": list("abcd"), "rouge_l": [0.2, 0.9, 0.9, 0.1],
-                          "student_ce": [1.0, 2.0, 1.0, 1.0]})
-    assert [p.to_list() for p in l2m.subsets(frame, 4)] == [["c"], ["b"], ["a"], ["d"]]
-    assert [p.to_list() for p in l2m.subsets(frame, 4, tie_column="none")] == [["b"], ["c"], ["a"], ["d"]]
+                          "student_ce": [1.0, 2.0, 1.0, 1.0], "response_tokens": [5, 5, 5, 5]})
+    assert [p.to_list() for p in l2m.subsets(frame, L2MConfig())] == [["c"], ["b"], ["a"], ["d"]]
+    assert [p.to_list() for p in l2m.subsets(frame, L2MConfig(tie_column="none"))] == [["b"], ["c"], ["a"], ["d"]]
+
+
+def test_the_tie_break_ce_is_summed_over_the_response_by_default():
+    """3.2.1 breaks ROUGE-L ties by "the cross-entropy loss", which Eq. 1 defines as a sum over the tokens."""
+    frame = pl.DataFrame({"sample_id": list("abcd"), "rouge_l": [0.9, 0.9, 0.9, 0.1],
+                          "student_ce": [1.0, 2.0, 3.0, 0.5], "response_tokens": [30, 10, 1, 1]})
+    assert [p.to_list() for p in l2m.subsets(frame, L2MConfig())] == [["c"], ["b"], ["a"], ["d"]]  # 3, 20, 30
+    mean = L2MConfig(ce_reduction="mean")
+    assert [p.to_list() for p in l2m.subsets(frame, mean)] == [["a"], ["b"], ["c"], ["d"]]
+    assert L2MConfig().columns() == ["rouge_l", "student_ce", "response_tokens"]
+    assert L2MConfig(tie_column="output_ce").columns() == ["rouge_l", "output_ce", "output_tokens"]
+    assert mean.columns() == ["rouge_l", "student_ce"] and L2MConfig(tie_column="none").columns() == ["rouge_l"]
+    with pytest.raises(ScheduleError, match="parameter ce_reduction must be one of sum, mean"):
+        L2MConfig(ce_reduction="max")
 
 
 def test_most_to_least_and_reverse_are_separate_ablations():
@@ -41,7 +55,7 @@ def test_most_to_least_and_reverse_are_separate_ablations():
     m2l = l2m.build(frame, L2MConfig(loss_order="m2l", epochs_per_stage=1))
     assert [e.plan.loss_params["skew"] for e in m2l] == pytest.approx([0.1, 0.2 / 3, 0.1 / 3, 0.0])
     assert [len(ids_of(e)) for e in m2l] == [3, 6, 9, 12]  # data order unchanged
-    parts = [p.to_list() for p in l2m.subsets(frame, 4)]
+    parts = [p.to_list() for p in l2m.subsets(frame, L2MConfig())]
     reverse = l2m.build(frame, L2MConfig(epochs_per_stage=1), reverse=True)
     assert ids_of(reverse[0]) == parts[3] and ids_of(reverse[1]) == parts[3] + parts[2]
     assert [e.plan.loss_params["skew"] for e in reverse] == pytest.approx([0.0, 0.1 / 3, 0.2 / 3, 0.1])
@@ -64,16 +78,18 @@ def test_loss_override_keeps_the_ladder_only_where_the_loss_reads_it():
 
 @settings(max_examples=50, deadline=None)
 @given(n=st.integers(1, 300), stages=st.integers(1, 6), epochs_per_stage=st.integers(1, 3),
-       seed=st.integers(0, 10_000), ties=st.booleans(), alpha=st.sampled_from([0.1, 0.15, 0.5]))
-def test_invariants_over_random_tables(n, stages, epochs_per_stage, seed, ties, alpha):
-    frame = make_frame(n, seed, ties).select("sample_id", "rouge_l", "student_ce")
-    config = L2MConfig(stages=stages, epochs_per_stage=epochs_per_stage, skew_last=alpha)
+       seed=st.integers(0, 10_000), ties=st.booleans(), alpha=st.sampled_from([0.1, 0.15, 0.5]),
+       reduction=st.sampled_from(["sum", "mean"]))
+def test_invariants_over_random_tables(n, stages, epochs_per_stage, seed, ties, alpha, reduction):
+    config = L2MConfig(stages=stages, epochs_per_stage=epochs_per_stage, skew_last=alpha, ce_reduction=reduction)
+    frame = make_frame(n, seed, ties).select("sample_id", *config.columns())
     if n < stages:
         with pytest.raises(ScheduleError):
             l2m.build(frame, config)
         return
     epochs = l2m.build(frame, config)
-    order = [r[0] for r in sorted(frame.iter_rows(), key=lambda r: (-r[1], r[2], r[0]))]
+    ce = summed(frame, "student_ce") if reduction == "sum" else frame["student_ce"].to_list()
+    order = [s for s, *_ in sorted(zip(frame["sample_id"], frame["rouge_l"], ce), key=lambda r: (-r[1], r[2], r[0]))]
     assert len(epochs) == stages * epochs_per_stage
     sizes = [len(ids_of(epochs[i * epochs_per_stage])) for i in range(stages)]
     subset_sizes = [b - a for a, b in zip([0, *sizes], sizes)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 from syllabus.curate.schedules import srd
 from syllabus.curate.schedules.config import ScheduleError
 from syllabus.curate.schedules.srd import SRDConfig
-from test_schedule_support import ids_of, make_frame
+from test_schedule_support import ids_of, make_frame, summed
 
 
 def test_rrf_scores_by_hand():
@@ -40,6 +42,7 @@ def test_keep_top_lambda_and_cut_into_near_equal_subsets_by_hand():
         "sample_id": [f"s{i}" for i in range(10)],
         "rouge_l": [1 - i / 10 for i in range(10)],  # s0 easiest by both metrics ... s9 hardest
         "output_ce": [float(i) for i in range(10)],
+        "output_tokens": [8] * 10,
     })
     parts = srd.subsets(frame, SRDConfig(keep_share=0.75, stages=3))
     assert [p.to_list() for p in parts] == [["s0", "s1", "s2"], ["s3", "s4"], ["s5", "s6"]]  # floor(7.5) = 7 kept
@@ -66,10 +69,13 @@ def test_defaults_train_sixty_percent_of_a_twenty_epoch_baseline():
 
 
 def test_ce_column_and_ranges_are_checked():
-    assert SRDConfig().columns() == ["rouge_l", "output_ce"]
-    assert SRDConfig(ce_column="student_ce").columns() == ["rouge_l", "student_ce"]
+    assert SRDConfig().columns() == ["rouge_l", "output_ce", "output_tokens"]
+    assert SRDConfig(ce_column="student_ce").columns() == ["rouge_l", "student_ce", "response_tokens"]
+    assert SRDConfig(ce_reduction="mean").columns() == ["rouge_l", "output_ce"]
     with pytest.raises(ScheduleError, match="parameter ce_column"):
         SRDConfig(ce_column="dds")
+    with pytest.raises(ScheduleError, match="parameter ce_reduction must be one of sum, mean, got 'token'"):
+        SRDConfig(ce_reduction="token")
     with pytest.raises(ScheduleError, match="parameter keep_share must be in"):
         SRDConfig(keep_share=1.5)
     with pytest.raises(ScheduleError, match="parameter keep_share: keep_share=0.5 of 4 usable rows leaves 2 rows for 3 stages"):
@@ -98,17 +104,19 @@ def reference_order(rows: list[tuple[str, float, float]], k: int) -> list[str]:
 @settings(max_examples=50, deadline=None)
 @given(n=st.integers(1, 300), keep=st.sampled_from([0.3, 0.5, 0.75, 0.9, 1.0]), stages=st.integers(1, 6),
        epochs_per_stage=st.integers(1, 3), seed=st.integers(0, 10_000), ties=st.booleans(),
-       ce_column=st.sampled_from(srd.CE_COLUMNS))
-def test_invariants_over_random_tables(n, keep, stages, epochs_per_stage, seed, ties, ce_column):
-    frame = make_frame(n, seed, ties).select("sample_id", "rouge_l", ce_column)
+       ce_column=st.sampled_from(srd.CE_COLUMNS), reduction=st.sampled_from(["sum", "mean"]))
+def test_invariants_over_random_tables(n, keep, stages, epochs_per_stage, seed, ties, ce_column, reduction):
+    config = SRDConfig(stages=stages, epochs_per_stage=epochs_per_stage, keep_share=keep, ce_column=ce_column,
+                       ce_reduction=reduction)
+    frame = make_frame(n, seed, ties).select("sample_id", *config.columns())
     kept = math.floor(keep * n + 1e-6)
-    config = SRDConfig(stages=stages, epochs_per_stage=epochs_per_stage, keep_share=keep, ce_column=ce_column)
     if kept < stages:
         with pytest.raises(ScheduleError, match="parameter keep_share"):
             srd.build(frame, config)
         return
     epochs = srd.build(frame, config)
-    order = reference_order(list(frame.iter_rows()), 60)
+    ce = summed(frame, ce_column) if reduction == "sum" else frame[ce_column].to_list()
+    order = reference_order(list(zip(frame["sample_id"], frame["rouge_l"], ce)), 60)
     final = ids_of(epochs[-1])
     assert final == order[:kept]  # exactly the top floor(lambda N) by fused score, easiest first
     sizes = [len(ids_of(epochs[i * epochs_per_stage])) for i in range(stages)]
@@ -123,3 +131,27 @@ def test_invariants_over_random_tables(n, keep, stages, epochs_per_stage, seed, 
         assert e.plan.temperature == pytest.approx(1.0 + ramp)
         assert e.plan.kd_weight == pytest.approx(1 - (0.3 - 0.2 * ramp))
         assert e.plan.restart_optimizer == (stage > 0 and i % epochs_per_stage == 0)
+
+
+def test_ce_is_summed_over_the_output_by_default():
+    """Eq. 4 (appendix A): L_ce = -sum_i log q(y_i|x, y_<i), over the output's tokens. A sum ranks long outputs as
+    harder: here it reverses the CE ranking, and with it the fused one."""
+    frame = pl.DataFrame({"sample_id": list("abcd"), "rouge_l": [0.5] * 4, "output_ce": [1.0, 2.0, 3.0, 4.0],
+                          "output_tokens": [40, 10, 5, 2], "student_ce": [1.0, 1.5, 2.0, 2.5],
+                          "response_tokens": [100, 1, 1, 1]})
+    one_stage = dict(stages=1, keep_share=1.0, rank_ties="min")  # rouge_l ties: the CE rank decides
+    assert srd.subsets(frame, SRDConfig(**one_stage))[0].to_list() == ["d", "c", "b", "a"]  # sums 8, 15, 20, 40
+    assert srd.subsets(frame, SRDConfig(**one_stage, ce_reduction="mean"))[0].to_list() == ["a", "b", "c", "d"]
+    by_truth = SRDConfig(**one_stage, ce_column="student_ce")  # the ground truth's CE, over response_tokens
+    assert srd.subsets(frame, by_truth)[0].to_list() == ["b", "c", "d", "a"]  # sums 100, 1.5, 2, 2.5
+    half = SRDConfig(stages=1, keep_share=0.5, rank_ties="min")
+    assert srd.subsets(frame, half)[0].to_list() == ["d", "c"]
+    assert srd.subsets(frame, dataclasses.replace(half, ce_reduction="mean"))[0].to_list() == ["a", "b"]
+
+
+def test_alpha_0_follows_section_4_and_b33_and_the_deviation_is_documented():
+    """Algorithm 1 initialises alpha_0 = 1; section 4, B.3.3 and Table 5 use alpha_0 = 0.3 (kd_weight 0.7)."""
+    assert SRDConfig().kd_weight_first == pytest.approx(1 - 0.3)
+    methods = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
+    deviations = methods.split("## Deviations from the papers")[1].split("\n## ")[0]
+    assert "α_0 = 1" in deviations and "B.3.3" in deviations

@@ -19,17 +19,27 @@ def make_frame(n: int, seed: int = 0, ties: bool = False) -> pl.DataFrame:
         student_ce, teacher_ce = np.round(student_ce, 0) + 1, np.round(teacher_ce, 0) + 1
         rouge_l, output_ce = np.round(rouge_l, 1), np.round(output_ce, 0)
     ids = [f"{x:016x}" for x in rng.permutation(n) * 7919 + 13]  # unique, in no relation to the scores
+    # Token counts the CE means are over (a summed CE is mean x count); drawn last so the columns above keep values.
+    response_tokens, output_tokens = rng.integers(1, 300, n), rng.integers(1, 64, n)
     return pl.DataFrame({
         "sample_id": ids,
         "prompt": ["p"] * n,
         "response": ["r"] * n,
+        "response_tokens": response_tokens,
         "student_ce": student_ce,
         "teacher_ce": teacher_ce,
         "dds": student_ce / teacher_ce,
         "rouge_l": rouge_l,
         "output_ce": output_ce,
+        "output_tokens": output_tokens,
         "status": ["ok"] * n,
     })
+
+
+def summed(frame: pl.DataFrame, column: str) -> list[float]:
+    """A CE column summed over its tokens, computed here independently of the schedules' own helper."""
+    count = {"student_ce": "response_tokens", "teacher_ce": "response_tokens", "output_ce": "output_tokens"}[column]
+    return [mean * tokens for mean, tokens in zip(frame[column], frame[count])]
 
 
 def write(tmp_path, frame: pl.DataFrame, name: str = "table") -> Table:

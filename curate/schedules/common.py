@@ -71,10 +71,19 @@ def cut(ids: pl.Series, sizes: list[int]) -> list[pl.Series]:
     return out
 
 
+# The token count each CE column of the table is a per-token mean over (docs/scoring.md): student_ce and teacher_ce
+# over the ground-truth response (EOS included), output_ce over the student's own output.
+CE_TOKEN_COUNTS = {"student_ce": "response_tokens", "teacher_ce": "response_tokens", "output_ce": "output_tokens"}
+TOKEN_COUNT_COLUMNS = frozenset(CE_TOKEN_COUNTS.values())
+# "sum": the papers' sequence CE, -sum_t log q(y_t | x, y_<t); "mean": the table's per-token mean.
+CE_REDUCTIONS = ("sum", "mean")
+
+
 def usable_rows(
     frame: pl.DataFrame, columns: list[str], method: str, where: str
 ) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Rows a method can rank: status "ok" and a finite value in each of `columns`. Excluded rows are counted.
+    """Rows a method can rank: status "ok", a finite value in each of `columns` and at least one token in each token
+    count among them (a summed CE's). Excluded rows are counted.
 
     Args:
         frame: the table's rows (at least sample_id, status and `columns`).
@@ -83,7 +92,8 @@ def usable_rows(
         where: the table path, for messages.
 
     Returns:
-        (sample_id + `columns` of the usable rows, {"status <reason>" | "null/NaN/inf <column>": count}).
+        (sample_id + `columns` of the usable rows,
+        {"status <reason>" | "null/NaN/inf <column>" | "<token count column> < 1": count}).
 
     Raises:
         ScheduleError: a column is missing (named, with what produces it), the table is empty, or no row is usable.
@@ -92,7 +102,9 @@ def usable_rows(
     if missing:
         raise ScheduleError(
             f"{where}: method {method} needs column(s) {', '.join(missing)}, which the table lacks. rouge_l, "
-            "output_ce and student_ce come from `curate score` with a student; teacher_ce and dds need a teacher."
+            "output_ce, output_tokens and student_ce come from `curate score` with a student; teacher_ce and dds "
+            "need a teacher. A summed CE (-p ce_reduction=sum) needs the token counts response_tokens (student_ce, "
+            "teacher_ce) or output_tokens (output_ce); -p ce_reduction=mean ranks by the stored means alone."
         )
     if frame.height == 0:
         raise ScheduleError(f"{where}: the table has no rows; score a dataset first (`curate score`)")
@@ -109,6 +121,12 @@ def usable_rows(
         if count:
             excluded[f"null/NaN/inf {col}"] = count
             frame = frame.filter(~bad)
+    for col in [c for c in columns if c in TOKEN_COUNT_COLUMNS]:
+        empty = frame[col] < 1  # a CE summed over no token would rank the row as the easiest of all
+        count = int(empty.sum())
+        if count:
+            excluded[f"{col} < 1"] = count
+            frame = frame.filter(~empty)
     if frame.height == 0:
         raise ScheduleError(f"{where}: no usable row for method {method} (excluded: {excluded})")
     return frame.select("sample_id", *columns), excluded
@@ -122,3 +140,24 @@ def difficulty_of(column: str, values: pl.Series) -> pl.Series:
     """The metric as a difficulty (higher = harder): 1 - rouge_l (ROUGE-L distance), the others as they are."""
     values = values.cast(pl.Float64)
     return 1.0 - values if column in HIGHER_IS_EASIER else values
+
+
+def ce_columns(column: str, reduction: str) -> list[str]:
+    """The table columns a ranking by `column` reads: the column, and its token count when a CE is summed."""
+    count = CE_TOKEN_COUNTS.get(column)
+    return [column, count] if reduction == "sum" and count else [column]
+
+
+def reduce_ce(frame: pl.DataFrame, column: str, reduction: str) -> pl.DataFrame:
+    """`frame` with `column` as the method ranks it: a CE column's stored per-token mean, or its sum over the tokens.
+
+    The sum is mean x token count: the mean was that sum divided by that count, so this is exact up to float
+    rounding. One exception: with `curate score --num-samples k > 1`, output_ce is the mean of k per-sample means
+    and output_tokens the first sample's length, so the product only approximates a per-sample sum
+    (docs/methods.md). rouge_l and dds, and every column under "mean", pass unchanged (DDS is a ratio of two CEs
+    over the same tokens: the same either way).
+    """
+    count = CE_TOKEN_COUNTS.get(column)
+    if reduction == "mean" or count is None:
+        return frame
+    return frame.with_columns(pl.col(column).cast(pl.Float64) * pl.col(count).cast(pl.Float64))

@@ -12,6 +12,8 @@ so stage 1 trains with plain KL (skew 0). The manifest stores loss "skl" with {"
 kd_weight = beta_i.
 
 Choices (docs/methods.md):
+- The tie-break CE is summed over the response's tokens (`ce_reduction="sum"`): the paper's only "cross-entropy
+  loss" is Eq. 1's L_ce = -sum_i log q(y_i|x, y_<i). It reorders only rows whose rouge_l ties.
 - alpha = 0.1 (section 3.2 and Algorithm 1); 9.2 and Table 4 report 0.15 as best: pass -p skew_last=0.15.
 - p = 2 epochs per stage (9.2: "8 epochs across its four stages"; the same paragraph also says "5 per stage").
 - Optimizer restart per stage: 9.2 starts each stage "using the previous stage's checkpoint for initialization",
@@ -28,7 +30,7 @@ import polars as pl
 
 from syllabus.core.schedule import EpochPlan
 
-from .common import Epoch, cumulative_stages, cut, ladder, split_sizes
+from .common import CE_REDUCTIONS, Epoch, ce_columns, cumulative_stages, cut, ladder, reduce_ce, split_sizes
 from .config import (
     ScheduleError,
     check_at_least,
@@ -54,6 +56,7 @@ class L2MConfig:
     kd_weight_last: float = 1.0  # beta_n: KD ratio of stage n
     loss_order: str = "l2m"  # m2l: skew ladder reversed (Table 3)
     tie_column: str = "student_ce"  # breaks rouge_l ties; "none": ties by sample_id only
+    ce_reduction: str = "sum"  # the tie CE's sum over its tokens (Eq. 1's L_ce) or its per-token mean
     temperature: float = 1.0  # fixed temperature
     restart_optimizer: bool = True  # restart optimizer + LR schedule per stage
     loss: str = "skl"  # Eq. 6 is the skew KL with a per-stage skew
@@ -67,23 +70,28 @@ class L2MConfig:
         check_range("kd_weight_last", self.kd_weight_last, 0.0, 1.0)
         check_choice("loss_order", self.loss_order, LOSS_ORDERS)
         check_choice("tie_column", self.tie_column, TIE_COLUMNS)
+        check_choice("ce_reduction", self.ce_reduction, CE_REDUCTIONS)
         check_positive("temperature", self.temperature)
         check_loss(self.loss, self.loss_params)
         if "skew" in self.loss_params:
             raise ScheduleError("parameter loss_params.skew: L2M-KD sets the skew per stage (Eq. 6); use skew_last")
 
     def columns(self) -> list[str]:
-        return ["rouge_l"] + ([] if self.tie_column == "none" else [self.tie_column])
+        return ["rouge_l"] + ([] if self.tie_column == "none" else ce_columns(self.tie_column, self.ce_reduction))
 
 
-def subsets(frame: pl.DataFrame, stages: int, tie_column: str = "student_ce") -> list[pl.Series]:
-    """The n subsets, easiest first: rouge_l descending, then `tie_column` ascending, then sample_id.
+def subsets(frame: pl.DataFrame, config: L2MConfig) -> list[pl.Series]:
+    """The n subsets, easiest first: rouge_l descending, then the tie column ascending (summed or averaged as
+    `config.ce_reduction` says), then sample_id. `frame` holds sample_id and `config.columns()`.
 
     Raises:
         ScheduleError: fewer rows than stages.
     """
+    stages, tie_column = config.stages, config.tie_column
     if frame.height < stages:
         raise ScheduleError(f"parameter stages: {stages} stages need at least {stages} usable rows, got {frame.height}")
+    if tie_column != "none":
+        frame = reduce_ce(frame, tie_column, config.ce_reduction)
     keys = ["rouge_l"] + ([] if tie_column == "none" else [tie_column]) + ["sample_id"]
     descending = [True] + ([] if tie_column == "none" else [False]) + [False]
     ids = frame.sort(keys, descending=descending)["sample_id"]
@@ -92,7 +100,7 @@ def subsets(frame: pl.DataFrame, stages: int, tie_column: str = "student_ce") ->
 
 def build(frame: pl.DataFrame, config: L2MConfig, seed: int = 0, reverse: bool = False) -> list[Epoch]:
     """Baby-step epochs with Eq. 6 (skew alpha_i) and Eq. 7 (kd_weight beta_i) per stage (`seed` is unused)."""
-    parts = subsets(frame, config.stages, config.tie_column)
+    parts = subsets(frame, config)
     if reverse:
         parts = parts[::-1]
     epochs = []

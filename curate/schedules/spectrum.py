@@ -1,15 +1,24 @@
 """SpectrumKD ("SpectrumKD: Dynamic Dataset Curation for Distribution-Aware Knowledge
 Distillation of Large Language Models", sections 3.2-3.3, Algorithm 1): difficulty zones and a sliding window.
 
-Sort by difficulty ascending (student_ce by default; rouge_l, descending, as an option) into s_1..s_N. Zones:
-Early i <= la N; Continuous up to (1 - la - lb) N; Late up to (1 - lb) N; Excluded beyond (never trained on),
-where la = `early_share` and lb = `excluded_share` (the paper's lambda_a, lambda_b). Window size M = (1 - la - lb) N. Epochs 1..k+1 (k warm-up epochs, then the first window: Algorithm 1's
+Sort by difficulty ascending into s_1..s_N: the student's CE of the ground truth summed over its tokens by default
+(3.2: L_i = -log q(y_i|x_i), a sequence log-likelihood; `ce_reduction="mean"` ranks by the per-token mean),
+rouge_l (descending) as an option. Zones: Early i <= la N; Continuous up to M; Late up to (1 - lb) N; Excluded
+beyond (never trained on), where la = `early_share` and lb = `excluded_share` (the paper's lambda_a, lambda_b).
+Window size M = (1 - la - lb) N (see Counts). Epochs 1..k+1 (k warm-up epochs, then the first window: Algorithm 1's
 `i <= k + 1`) train on s_1..s_M; the remaining n-k-1 epochs slide the window right so that its summed difficulty
 td rises by about Delta_avg = (td(last) - td(first)) / (n-k-1) per epoch, the last window ending at (1 - lb) N.
 Temperature tau_j = tau_1 + (tau_n - tau_1)(j-1)/(n-1) over all n epochs (`temperature_first`, `temperature_last`);
 the paper's SFT weight alpha = 0.3 is `kd_weight` = 1 - alpha = 0.7.
 
 Choices (docs/methods.md):
+- Counts: e1 = floor(la N), E = floor((1 - lb) N) and M = E - e1, which is floor((1 - la - lb) N) or one more.
+  Then |Late| = |Early|, so the first window is exactly Early + Continuous and the last exactly Continuous + Late
+  (3.3: M is "matching the union of Early and Continuous zones"; 3.1: training ends on "a subset composed solely
+  of Continuous and Late-stage instances"), and every Continuous sample is in every epoch (section 1: they "are
+  retained throughout training"). With M = floor((1 - la - lb) N), the floors can make Late one longer than
+  Early (N = 997: Early ends at s_99, the last window starts at s_101), and s_{e1+1}, a Continuous sample, would
+  miss the last epoch.
 - `step="adaptive"` (default) puts window j where td is closest to td(first) + j Delta_avg (a cumulative
   target), so every increment is within one position's td change of Delta_avg and the last window ends exactly
   at (1 - lb) N. Algorithm 1's inner loop (`while Delta <= ave.DL: t += 1`) always overshoots, its drift adds up
@@ -28,7 +37,7 @@ import polars as pl
 
 from syllabus.core.schedule import EpochPlan
 
-from .common import Epoch, difficulty_of, floor_count, ladder, round_half_up
+from .common import CE_REDUCTIONS, Epoch, ce_columns, difficulty_of, floor_count, ladder, reduce_ce, round_half_up
 from .config import (
     ScheduleError,
     check_at_least,
@@ -52,6 +61,7 @@ class SpectrumConfig:
     early_share: float = 0.1  # lambda_a: share of the Early zone
     excluded_share: float = 0.1  # lambda_b: share of the Excluded zone (never trained on)
     difficulty: str = "student_ce"  # the spectrum's metric (rouge_l is ranked descending)
+    ce_reduction: str = "sum"  # a CE summed over its tokens (3.2's L_i) or averaged; rouge_l, dds: no effect
     step: str = "adaptive"  # adaptive, greedy (Algorithm 1 literal) or linear window steps
     temperature_first: float = 1.0  # tau of epoch 1
     temperature_last: float = 2.0  # tau of epoch n
@@ -75,6 +85,7 @@ class SpectrumConfig:
                 f"parameter warmup_epochs must be < epochs ({self.epochs}), got {self.warmup_epochs}"
             )
         check_choice("difficulty", self.difficulty, DIFFICULTY_COLUMNS)
+        check_choice("ce_reduction", self.ce_reduction, CE_REDUCTIONS)
         check_choice("step", self.step, STEPS)
         check_positive("temperature_first", self.temperature_first)
         check_positive("temperature_last", self.temperature_last)
@@ -82,16 +93,18 @@ class SpectrumConfig:
         check_loss(self.loss, self.loss_params)
 
     def columns(self) -> list[str]:
-        return [self.difficulty]
+        return ce_columns(self.difficulty, self.ce_reduction)
 
 
 def zone_bounds(n: int, early_share: float, excluded_share: float) -> tuple[int, int, int]:
     """Ends of the Early, Continuous and Late zones as counts (s_1..e1, ..e2, ..e3); Excluded is e3+1..N.
 
-    e2 is also the window size M and e3 the end of the curated spectrum D'_ds.
+    e1 = floor(la N) and e3 = floor((1 - lb) N), the end of the curated spectrum D'_ds, as 3.2 bounds them; e2 is
+    also the window size M, taken as e3 - e1 (floor((1 - la - lb) N) or one more) so that the Late zone is as long
+    as the Early zone: the window then ends on Continuous + Late, and no Continuous sample misses an epoch.
     """
-    la, lb = early_share, excluded_share
-    return floor_count(la, n), floor_count(1 - la - lb, n), floor_count(1 - lb, n)
+    early, end = floor_count(early_share, n), floor_count(1 - excluded_share, n)
+    return early, end - early, end
 
 
 def window_starts(difficulty: np.ndarray, m: int, end: int, slides: int, step: str) -> list[int]:
@@ -141,13 +154,14 @@ def _greedy_starts(difficulty: np.ndarray, m: int, last: int, slides: int, avg: 
 
 
 def build(frame: pl.DataFrame, config: SpectrumConfig, seed: int = 0, reverse: bool = False) -> list[Epoch]:
-    """The SpectrumKD epochs for the usable rows of a table (columns sample_id and `config.difficulty`).
+    """The SpectrumKD epochs for the usable rows of a table (columns sample_id and `config.columns()`).
 
     Deterministic: `seed` is unused (no random draw).
 
     Raises:
         ScheduleError: early_share, excluded_share leave an empty window for this many rows.
     """
+    frame = reduce_ce(frame, config.difficulty, config.ce_reduction)
     ordered = frame.with_columns(_difficulty=difficulty_of(config.difficulty, frame[config.difficulty])).sort(
         ["_difficulty", "sample_id"]  # ties by sample_id: the order never depends on the table's row order
     )
@@ -157,8 +171,8 @@ def build(frame: pl.DataFrame, config: SpectrumConfig, seed: int = 0, reverse: b
     if m < 1:
         raise ScheduleError(
             f"parameters early_share={config.early_share}, excluded_share={config.excluded_share} leave an empty "
-            f"window for {n} usable rows (M = floor((1 - early_share - excluded_share) N) = 0); lower them or score "
-            "more rows"
+            f"window for {n} usable rows (M = floor((1 - excluded_share) N) - floor(early_share N) = 0); lower them or "
+            "score more rows"
         )
     k = config.warmup_epochs
     positions = [0, *window_starts(difficulty, m, end, config.epochs - k - 1, config.step)]
