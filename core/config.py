@@ -135,7 +135,10 @@ def read_yaml(path: Path, option: str = "--config", error: type[ValueError] = Co
     if not path.is_file():
         raise error(f"{option} {path}: no such file")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        with path.open(encoding="utf-8-sig") as stream:  # a stream, so that YAML's marks name the file
+            loaded = yaml.safe_load(stream)
+    except UnicodeDecodeError as exc:
+        raise error(f"{option} {path}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise error(f"{option} {path}: not valid YAML ({exc})") from None
     if loaded is None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .base import Generation, GenerationParams, ScoringRequest
 from .ngram import EXTRA_ARG, PROCESSOR_FQCN
+from .watchdog import guard_children
 
 
 def _on_cpu() -> bool:
@@ -42,6 +43,8 @@ class VLLMEngine:
 
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # engine start-up chatter; set INFO to see it
         from vllm import LLM
+
+        guard_children()  # the engine's processes must not outlive a killed run
 
         cpu = _on_cpu()
         self.llm = LLM(
