@@ -95,6 +95,9 @@ def typed_value(name: str, annotation: Any, value: Any, error: type[ValueError] 
     Raises:
         `error` (ConfigError by default): naming the parameter, the expected type and the value.
     """
+    if typing.get_origin(annotation) is dict and isinstance(value, Mapping):  # name the entry that is wrong
+        value_type = (typing.get_args(annotation) or (Any, Any))[1]
+        return {str(k): typed_value(f"{name}.{k}", value_type, v, error) for k, v in value.items()}
     try:
         return _convert(annotation, value)
     except TypeError:

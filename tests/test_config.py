@@ -39,6 +39,16 @@ def test_values_that_do_not_fit_are_refused_by_name(annotation, given):
         typed_value("x", annotation, given)
 
 
+def test_yaml_errors_name_the_file_and_line(tmp_path):
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text("manifest: m\nlr: [1\n")
+    with pytest.raises(ConfigError, match=r'(?s)--config .*broken.yaml: not valid YAML .*in "[^"]*broken.yaml", line 2'):
+        TrainConfig.from_sources(cfg, {})
+    cfg.write_bytes(b"lr: 0.1\xff\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text"):
+        TrainConfig.from_sources(cfg, {})
+
+
 def test_pairs_are_yaml_scalars_and_need_an_equals_sign():
     assert parse_pairs(["a=2", "b-c=true", "d=x y"], "--set") == {"a": 2, "b_c": True, "d": "x y"}
     with pytest.raises(ConfigError, match=r"--set: expected key=value, got 'a'"):
@@ -60,7 +70,7 @@ def test_train_yaml_is_typed_like_the_flags(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--loss", "jsd", "--loss-param", "beta=abc"], "parameter loss_params: expected dict[str, float]"),
+    (["--loss", "jsd", "--loss-param", "beta=abc"], "parameter loss_params.beta: expected float, got 'abc'"),
     (["--loss", "jsd", "--loss-param", "beta=1.0"], "beta of 'jsd' must be in (0, 1)"),
     (["--loss", "kl"], "'kl' is not one of"),
     (["--loss-param", "skew=0.1"], "--loss-param needs --loss"),
