@@ -25,6 +25,17 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _seeds(value: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in _csv(value))
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, got {value!r}") from None
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"--seeds repeats {', '.join(map(str, repeated))}; give each seed once")
+    return seeds
+
+
 @app.command()
 def run(
     model: str = typer.Option(..., help="model directory, hub id, or default-teacher / default-student"),
@@ -34,12 +45,13 @@ def run(
     seeds: str = typer.Option(",".join(map(str, PROTOCOL["seeds"])), help="comma-separated sampling seeds"),
     limit: Optional[int] = typer.Option(None, help="first N rows of each set (a reduced run; recorded)"),
     max_new_tokens: int = typer.Option(PROTOCOL["max_new_tokens"]),
-    max_prompt_tokens: int = typer.Option(PROTOCOL["max_prompt_tokens"], help="prompts are cut to their first N tokens"),
+    max_prompt_tokens: int = typer.Option(PROTOCOL["max_prompt_tokens"],
+                                          help="prompts are cut to their first N tokens"),
     temperature: float = typer.Option(PROTOCOL["temperature"]),
     top_p: float = typer.Option(PROTOCOL["top_p"]),
     no_repeat_ngram_size: int = typer.Option(PROTOCOL["no_repeat_ngram_size"], help="0 turns n-gram blocking off"),
     engine: Engine = typer.Option("auto", help="auto: vllm if installed"),
-    dtype: str = typer.Option("bfloat16"),
+    dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32"),
     label: Optional[str] = typer.Option(None, help="name of this model in comparisons"),
     overwrite: bool = typer.Option(False, help="replace OUT if it holds a different run"),
     quiet: bool = typer.Option(False),
@@ -52,9 +64,9 @@ def run(
 
     try:
         protocol = EvalProtocol(max_prompt_tokens, max_new_tokens, temperature, top_p, no_repeat_ngram_size,
-                                tuple(int(s) for s in _csv(seeds)))
-        config = EvalConfig(model, str(out), tuple(_csv(sets)), limit, protocol, choice_value(engine), dtype, label=label,
-                            overwrite=overwrite)
+                                _seeds(seeds))
+        config = EvalConfig(model, str(out), tuple(_csv(sets)), limit, protocol, choice_value(engine), dtype,
+                            label=label, overwrite=overwrite)
         summary = evaluate(config, progress=not quiet)
     except (ModelError, EvalSetError, ValueError) as exc:
         fail(str(exc))

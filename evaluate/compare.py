@@ -11,16 +11,37 @@ from typing import Any
 from syllabus.core.io import atomic_write_bytes
 from syllabus.core.workdir import differences
 
+SUMMARY_FIELDS = ("label", "limit", "protocol", "results")  # what a comparison reads of a summary
+RESULT_FIELDS = ("sets", "order", "average")
+
 
 class CompareError(ValueError):
-    """Runs that cannot be compared (missing summary, or different protocols without --allow-mismatch)."""
+    """Runs that cannot be compared (missing or damaged summary, or different protocols without --allow-mismatch)."""
 
 
 def load_summary(run_dir: Path) -> dict[str, Any]:
+    """The summary.json of one finished evaluation run.
+
+    Raises:
+        CompareError: it is missing, or damaged (not JSON, or without the fields `evaluate run` writes).
+    """
     path = run_dir / "summary.json"
-    if not path.exists():
+    if not path.is_file():
         raise CompareError(f"{run_dir}: no summary.json; is it a finished `evaluate run` directory?")
-    return json.loads(path.read_text())
+    rerun = f"re-run the same `evaluate run` command with --out {run_dir} (it keeps finished generations) to rewrite it"
+    try:
+        summary = json.loads(path.read_bytes())
+    except json.JSONDecodeError as exc:
+        raise CompareError(f"{path}:{exc.lineno}: damaged, malformed JSON ({exc.msg}); {rerun}") from None
+    except UnicodeDecodeError:
+        raise CompareError(f"{path}: damaged, not UTF-8 text; {rerun}") from None
+    fields = summary if isinstance(summary, dict) else {}
+    results = fields["results"] if isinstance(fields.get("results"), dict) else {}
+    missing = [k for k in SUMMARY_FIELDS if k not in fields]
+    missing += [f"results.{k}" for k in RESULT_FIELDS if k not in results]
+    if missing:
+        raise CompareError(f"{path}: not an `evaluate run` summary (no {', '.join(missing)}); {rerun}")
+    return summary
 
 
 def comparable_key(summary: dict[str, Any]) -> dict[str, Any]:
@@ -36,11 +57,14 @@ def compare_runs(run_dirs: list[Path], out: Path, labels: list[str] | None = Non
     """Write compare.md, compare.csv and compare.png into `out`; return the Markdown table.
 
     Raises:
-        CompareError: a run has no summary, or protocols/sets differ and `allow_mismatch` is off.
+        CompareError: a run has no readable summary, `out` is a file, or protocols/sets differ and `allow_mismatch`
+            is off.
     """
+    if out.exists() and not out.is_dir():
+        raise CompareError(f"--out {out} is a file; give a directory for compare.md, compare.csv and compare.png")
     summaries = [load_summary(d) for d in run_dirs]
     if labels is not None and len(labels) != len(summaries):
-        raise CompareError(f"{len(labels)} labels for {len(summaries)} runs")
+        raise CompareError(f"{len(labels)} labels for {len(summaries)} runs; give one --labels name per run, in order")
     names = labels or [s["label"] for s in summaries]
     reference = comparable_key(summaries[0])
     for run_dir, summary in zip(run_dirs[1:], summaries[1:]):

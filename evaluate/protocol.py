@@ -21,10 +21,17 @@ class EvalProtocol:
     seeds: tuple[int, ...] = DEFAULT_SEEDS
 
     def __post_init__(self) -> None:
+        # the sampling checks repeat GenerationParams', so that a bad value fails before a model loads
         if not self.seeds:
             raise ValueError("at least one seed is needed")
         if self.max_prompt_tokens < 1 or self.max_new_tokens < 1:
             raise ValueError("max_prompt_tokens and max_new_tokens must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
 
     def as_dict(self) -> dict:
         return {**asdict(self), "seeds": list(self.seeds)}

@@ -26,7 +26,9 @@ from syllabus.core.models import ModelRef, load_tokenizer, resolve_model
 from syllabus.core.workdir import claim_output
 
 from .protocol import EvalProtocol, score_row
-from .sets import DEFAULT_SETS, EvalSet, load_set
+from .sets import DEFAULT_SETS, EvalSet, EvalSetError, load_sets
+
+DTYPES = ("bfloat16", "float16", "float32")  # what both engines take
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class EvalConfig:
             raise ValueError("--sets is empty")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
 
 
 def resolve_engine(choice: str) -> str:
@@ -75,8 +79,12 @@ def generate_set(
     from syllabus.core.engines import open_engine
 
     p = config.protocol
-    engine = open_engine(kind, str(model.path), **engine_options(config, kind))
     prompts = [tokenizer(r.prompt).input_ids[: p.max_prompt_tokens] for r in eval_set.rows]
+    for row, prompt in zip(eval_set.rows, prompts):
+        if not prompt:  # an engine cannot generate from nothing
+            raise EvalSetError(f"{eval_set.path}:{row.line}: the prompt encodes to no token with this model's "
+                               "tokenizer; fix or remove the row")
+    engine = open_engine(kind, str(model.path), **engine_options(config, kind))
     params = GenerationParams(
         temperature=p.temperature, top_p=p.top_p, max_new_tokens=p.max_new_tokens, seed=seed,
         no_repeat_ngram_size=p.no_repeat_ngram_size,
@@ -146,9 +154,11 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     from syllabus.core.versions import versions
 
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory for the run")
+    sets = load_sets(config.sets, config.limit)  # before the model: a bad set fails at once
     model = resolve_model(config.model, "student")
     tokenizer = load_tokenizer(model)
-    sets = {s.name: s for s in (load_set(name, config.limit) for name in config.sets)}
     kind = resolve_engine(config.engine)
     identity = {
         "model": model.identity(),

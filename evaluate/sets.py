@@ -1,13 +1,23 @@
-"""The evaluation sets: the shipped copies (sets/README.md) or any jsonl in the same format."""
+"""The evaluation sets: the shipped copies (sets/README.md) or any jsonl in the same format.
+
+A set is one kind of row throughout: MiniLLM rows (`prompt` text, `output` text or list of texts) scored by ROUGE-L,
+or GSM8K rows (`question` text, `answer` text ending in "#### <number>") scored by accuracy. Every row of the file
+is checked, past `limit` too; one bad row fails the whole set with its file and line (there is no rejects list, so
+that a set's numbers never silently come from fewer rows than it holds).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from syllabus.core.templates import ALPACA_NO_INPUT
+
+from .protocol import extract_final_number
 
 SETS_DIR = Path(__file__).parent / "sets"
 SHIPPED = {
@@ -25,16 +35,21 @@ DEFAULT_SETS = ("dollyeval", "selfinst", "vicunaeval", "sni", "unni_short")
 GSM8K_INSTRUCTION = (
     "{question}\nSolve the problem step by step. End with a line of the form \"#### <number>\" giving the final answer."
 )
+ROW_KINDS = {  # kind -> (its name in messages, what its rows hold, its metric)
+    "minillm": ("MiniLLM", "a `prompt` string and an `output` string or list of strings", "rouge_l"),
+    "gsm8k": ("GSM8K", "a `question` string and an `answer` string ending in \"#### <number>\"", "gsm8k_accuracy"),
+}
 
 
 class EvalSetError(ValueError):
-    """An evaluation set cannot be found or read."""
+    """An evaluation set cannot be found or read, or one of its rows is unusable (named by file and line)."""
 
 
 @dataclass(frozen=True)
 class EvalRow:
     prompt: str
     references: tuple[str, ...]
+    line: int  # 1-based line of the row in its file, for messages
 
 
 @dataclass(frozen=True)
@@ -46,40 +61,126 @@ class EvalSet:
     sha256: str
 
 
-def load_set(name_or_path: str, limit: int | None = None) -> EvalSet:
-    """Load a shipped set by name, or a jsonl path (MiniLLM format, or GSM8K's question/answer).
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(value), "null")
 
-    Raises:
-        EvalSetError: unknown name, missing file, or a row without prompt/references (with its line).
-    """
-    path = SETS_DIR / SHIPPED[name_or_path] if name_or_path in SHIPPED else Path(name_or_path)
-    if not path.exists():
-        raise EvalSetError(f"{name_or_path!r}: not a shipped set ({', '.join(SHIPPED)}) and no such file")
-    name = name_or_path if name_or_path in SHIPPED else path.stem
-    raw = path.read_bytes()
-    rows: list[EvalRow] = []
-    metric = "rouge_l"
-    for line_no, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+
+def _records(path: Path, raw: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (1-based line, record) for every non-blank line of a jsonl file."""
+    for line_no, data in enumerate(raw.split(b"\n"), start=1):  # "\n" only: str.splitlines also splits at U+2028
+        try:
+            line = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EvalSetError(f"{path}:{line_no}: not UTF-8 text (byte {exc.start + 1} of the line); "
+                               "save the file as UTF-8") from None
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise EvalSetError(f"{path}:{line_no}: malformed JSON ({exc.msg})") from None
-        if "question" in record and "answer" in record:  # GSM8K
-            metric = "gsm8k_accuracy"
-            prompt = ALPACA_NO_INPUT.format(instruction=GSM8K_INSTRUCTION.format(question=record["question"]))
-            rows.append(EvalRow(prompt, (record["answer"],)))
-            continue
-        refs = record.get("output")
-        refs = [refs] if isinstance(refs, str) else refs
-        if not isinstance(record.get("prompt"), str) or not refs or not all(isinstance(r, str) for r in refs):
-            raise EvalSetError(f"{path}:{line_no}: a row needs a `prompt` string and an `output` string or list")
-        rows.append(EvalRow(record["prompt"], tuple(refs)))
-        if limit is not None and len(rows) >= limit:
-            break
-    if limit is not None:
-        rows = rows[:limit]
+            raise EvalSetError(f"{path}:{line_no}: malformed JSON ({exc.msg} at column {exc.colno}); "
+                               "each line must be one JSON object") from None
+        if not isinstance(record, dict):
+            raise EvalSetError(f"{path}:{line_no}: the line is a JSON {_json_type(record)}, not an object; "
+                               "each line must be one JSON object")
+        yield line_no, record
+
+
+def _row_kind(record: dict[str, Any]) -> str:
+    """`gsm8k` for a row with `question` or `answer` and no `prompt`, else `minillm`."""
+    return "gsm8k" if ("question" in record or "answer" in record) and "prompt" not in record else "minillm"
+
+
+def _fix(kind: str) -> str:
+    return f"a {ROW_KINDS[kind][0]} row holds {ROW_KINDS[kind][1]}: fix or remove the row"
+
+
+def _text(value: Any, what: str, where: str, kind: str) -> str:
+    """`value` if it is non-empty text, else an error naming `what` (e.g. "field `prompt`") at `where`."""
+    if not isinstance(value, str):
+        raise EvalSetError(f"{where}: {what} is a JSON {_json_type(value)}, not a string; {_fix(kind)}")
+    if not value.strip():
+        raise EvalSetError(f"{where}: {what} is empty; {_fix(kind)}")
+    return value
+
+
+def _field(record: dict[str, Any], field: str, where: str, kind: str) -> str:
+    if field not in record:
+        raise EvalSetError(f"{where}: no field `{field}`; {_fix(kind)}")
+    return _text(record[field], f"field `{field}`", where, kind)
+
+
+def _parse_row(record: dict[str, Any], kind: str, path: Path, line: int) -> EvalRow:
+    where = f"{path}:{line}"
+    if kind == "gsm8k":
+        question, answer = _field(record, "question", where, kind), _field(record, "answer", where, kind)
+        if extract_final_number(answer) is None:
+            raise EvalSetError(f"{where}: field `answer` holds no number; GSM8K answers end in \"#### <number>\", "
+                               "the number accuracy compares with the generation's: fix or remove the row")
+        prompt = ALPACA_NO_INPUT.format(instruction=GSM8K_INSTRUCTION.format(question=question))
+        return EvalRow(prompt, (answer,), line)
+    prompt = _field(record, "prompt", where, kind)
+    output = record.get("output")
+    if isinstance(output, list) and output:  # several references (S-NI): the score is the max over them
+        references = [_text(r, f"reference {i} of field `output`", where, kind) for i, r in enumerate(output, 1)]
+    elif output == []:
+        raise EvalSetError(f"{where}: field `output` is an empty list; give at least one reference, "
+                           "or remove the row")
+    else:
+        references = [_field(record, "output", where, kind)]
+    return EvalRow(prompt, tuple(references), line)
+
+
+def load_set(name_or_path: str, limit: int | None = None) -> EvalSet:
+    """Load a shipped set by name, or a jsonl path (MiniLLM format, or GSM8K's question/answer).
+
+    Every row is checked (past `limit` too): the set's kind is its first row's, and a row of the other kind is an
+    error, as is any row that is not a JSON object with its kind's fields as non-empty text.
+
+    Raises:
+        EvalSetError: unknown name, missing or unreadable file, no rows, or a bad row (named by file and line).
+    """
+    path = SETS_DIR / SHIPPED[name_or_path] if name_or_path in SHIPPED else Path(name_or_path)
+    if not path.exists():
+        raise EvalSetError(f"{name_or_path!r}: not a shipped set ({', '.join(SHIPPED)}) and no such file")
+    if path.is_dir():
+        raise EvalSetError(f"{path}: is a directory; give a shipped set name or a .jsonl file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise EvalSetError(f"{path}: cannot be read ({exc.strerror})") from None
+    rows: list[EvalRow] = []
+    kind, first_line = "", 0
+    for line_no, record in _records(path, raw):
+        if not kind:
+            kind, first_line = _row_kind(record), line_no
+        elif _row_kind(record) != kind:
+            raise EvalSetError(
+                f"{path}:{line_no}: a {ROW_KINDS[_row_kind(record)][0]} row in a set whose first row (line "
+                f"{first_line}) is a {ROW_KINDS[kind][0]} row; a set holds one kind of row: move the other kind to "
+                "a file of its own"
+            )
+        rows.append(_parse_row(record, kind, path, line_no))
     if not rows:
-        raise EvalSetError(f"{path}: no rows")
-    return EvalSet(name, path, metric, tuple(rows), hashlib.sha256(raw).hexdigest())
+        raise EvalSetError(f"{path}: no rows; an evaluation set holds one JSON object per line")
+    name = name_or_path if name_or_path in SHIPPED else path.stem
+    return EvalSet(name, path, ROW_KINDS[kind][2], tuple(rows[:limit]), hashlib.sha256(raw).hexdigest())
+
+
+def load_sets(names_or_paths: tuple[str, ...], limit: int | None = None) -> dict[str, EvalSet]:
+    """Load each set once, by name; two different files that would report under one name are an error.
+
+    Raises:
+        EvalSetError: see `load_set`; or two files share a name (their stem).
+    """
+    sets: dict[str, EvalSet] = {}
+    for name_or_path in names_or_paths:
+        eval_set = load_set(name_or_path, limit)
+        other = sets.get(eval_set.name)
+        if other is not None and other.path.resolve() != eval_set.path.resolve():
+            raise EvalSetError(f"{other.path} and {eval_set.path} would both be reported as set {eval_set.name!r}; "
+                               "rename one of the files")
+        sets[eval_set.name] = eval_set
+    return sets

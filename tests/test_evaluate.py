@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import shutil
+from types import SimpleNamespace
 
 import polars as pl
 import pytest
@@ -15,7 +18,8 @@ from helpers import weights_digest
 from syllabus.core.engines.ngram import NGramBlocker, banned_tokens
 from syllabus.evaluate.cli import app
 from syllabus.evaluate.protocol import extract_final_number, gsm8k_correct, score_row
-from syllabus.evaluate.sets import SHIPPED, load_set
+from syllabus.evaluate.run import EvalConfig, generate_set
+from syllabus.evaluate.sets import SHIPPED, EvalSetError, load_set
 
 runner = CliRunner()
 
@@ -172,3 +176,137 @@ def test_unknown_set_is_a_clear_error(tmp_path, tiny_model):
     result = runner.invoke(app, ["run", "--model", str(tiny_model), "--out", str(tmp_path / "x"), "--sets", "nope",
                                  "--engine", "hf", "--quiet"])
     assert result.exit_code == 2 and "not a shipped set" in result.output
+
+
+MINILLM_ROW = json.dumps({"prompt": "Name a colour.", "output": "Blue."})
+GSM8K_ROW = json.dumps({"question": "What is 1 + 1?", "answer": "1 + 1 = 2\n#### 2"})
+
+
+def write_set(path, *lines: str | bytes):
+    path.write_bytes(b"".join((line if isinstance(line, bytes) else line.encode()) + b"\n" for line in lines))
+    return path
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ((GSM8K_ROW, MINILLM_ROW), ":2: a MiniLLM row in a set whose first row (line 1) is a GSM8K row"),
+        ((MINILLM_ROW, "", GSM8K_ROW), ":3: a GSM8K row in a set whose first row (line 1) is a MiniLLM row"),
+        ((GSM8K_ROW, json.dumps({"question": "1 + 1?", "answer": 2})), ":2: field `answer` is a JSON number"),
+        ((json.dumps({"question": "1 + 1?", "answer": "two"}),), ":1: field `answer` holds no number"),
+        ((json.dumps({"question": "", "answer": "#### 2"}),), ":1: field `question` is empty"),
+        ((json.dumps({"prompt": ["Name a colour."], "output": "Blue."}),), ":1: field `prompt` is a JSON array"),
+        ((json.dumps({"prompt": "Name a colour.", "output": []}),), ":1: field `output` is an empty list"),
+        ((json.dumps({"prompt": "Name a colour.", "output": ["Blue.", 7]}),),
+         ":1: reference 2 of field `output` is a JSON number"),
+        ((json.dumps({"prompt": "Name a colour."}),), ":1: no field `output`"),
+        ((MINILLM_ROW, MINILLM_ROW, json.dumps({"prompt": "x", "output": None})),  # past --limit 1: still checked
+         ":3: field `output` is a JSON null"),
+    ],
+)
+def test_every_eval_set_row_must_be_of_the_sets_kind_with_text_fields(tmp_path, lines, message):
+    path = write_set(tmp_path / "mine.jsonl", *lines)
+    with pytest.raises(EvalSetError) as info:
+        load_set(str(path), limit=1)
+    text = str(info.value)
+    assert text.startswith(f"{path}{message}") and ("remove the row" in text or "a file of its own" in text), text
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("[1, 2]", ":2: the line is a JSON array, not an object"),
+        ('"Name a colour."', ":2: the line is a JSON string, not an object"),
+        ('{"prompt": "Name a colour.", ', ":2: malformed JSON (Expecting property name"),
+        ('{"prompt": "caf\xe9", "output": "x"}'.encode("latin-1"), ":2: not UTF-8 text (byte 16 of the line)"),
+    ],
+)
+def test_eval_set_lines_that_are_not_json_objects_name_their_line(tmp_path, line, message):
+    path = write_set(tmp_path / "mine.jsonl", MINILLM_ROW, line)
+    with pytest.raises(EvalSetError, match="^" + re.escape(f"{path}{message}")):
+        load_set(str(path))
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n"])
+def test_an_empty_prompt_is_refused_before_anything_runs(tmp_path, tiny_model, prompt):
+    path = write_set(tmp_path / "mine.jsonl", MINILLM_ROW, json.dumps({"prompt": prompt, "output": "Blue."}))
+    result = runner.invoke(app, eval_args(tiny_model, tmp_path / "out", "--sets", str(path)))
+    assert result.exit_code == 2, result.output
+    assert f"{path}:2: field `prompt` is empty" in result.output and not (tmp_path / "out").exists()
+
+
+def test_a_prompt_of_no_tokens_is_named_by_its_line(tmp_path):
+    eval_set = load_set(str(write_set(tmp_path / "mine.jsonl", MINILLM_ROW, MINILLM_ROW)))
+
+    def tokenizer(text):  # a tokenizer that drops every character of the second prompt
+        return SimpleNamespace(input_ids=[] if text is eval_set.rows[1].prompt else [1, 2])
+
+    config = EvalConfig(model="unused", out=str(tmp_path / "out"))
+    with pytest.raises(EvalSetError, match=re.escape(f"{eval_set.path}:2: the prompt encodes to no token")):
+        generate_set(eval_set, 10, model=None, tokenizer=tokenizer, config=config, kind="hf")
+
+
+def test_two_set_files_with_one_name_are_refused(tmp_path, tiny_model):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_set(tmp_path / "a" / "mine.jsonl", MINILLM_ROW)
+    second = write_set(tmp_path / "b" / "mine.jsonl", GSM8K_ROW)
+    result = runner.invoke(app, eval_args(tiny_model, tmp_path / "out", "--sets", f"{first},{second}"))
+    assert result.exit_code == 2 and f"{first} and {second} would both be reported as set 'mine'" in result.output
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda text: text[: len(text) // 2], "summary.json:"),  # a truncated file: line number of the fault
+        (lambda text: "[]", "summary.json: not an `evaluate run` summary (no label, limit, protocol, results"),
+        (lambda text: "\xff", "summary.json: damaged, not UTF-8 text"),  # one byte 0xff (written as latin-1)
+    ],
+)
+def test_compare_names_a_damaged_summary_and_the_remedy(eval_runs, tmp_path, damage, message):
+    broken = tmp_path / "broken"
+    shutil.copytree(eval_runs["b"], broken)
+    text = (broken / "summary.json").read_text()
+    (broken / "summary.json").write_bytes(damage(text).encode("latin-1"))
+    result = runner.invoke(app, ["compare", str(eval_runs["a"]), str(broken), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2, result.output
+    assert f"{broken / message}" in result.output and f"`evaluate run` command with --out {broken}" in result.output
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--limit", "0"), "--limit must be >= 1, got 0"),
+        (("--seeds", "10,x"), "--seeds takes comma-separated integers, got '10,x'"),
+        (("--seeds", "10,20,10"), "--seeds repeats 10; give each seed once"),
+        (("--dtype", "float33"), "unknown dtype 'float33'; choose one of bfloat16, float16, float32"),
+        (("--temperature", "-1"), "temperature must be >= 0"),
+        (("--top-p", "0"), "top_p must be in (0, 1]"),
+        (("--no-repeat-ngram-size", "-1"), "no_repeat_ngram_size must be >= 0"),
+    ],
+)
+def test_run_refuses_bad_arguments_before_claiming_the_output(tmp_path, tiny_model, extra, message):
+    result = runner.invoke(app, eval_args(tiny_model, tmp_path / "out", *extra))
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "out").exists()  # a corrected re-run into the same --out is not refused as another run
+
+
+def test_run_refuses_a_model_dir_that_is_no_model_and_an_out_that_is_a_file(tmp_path, tiny_model):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no model here")
+    result = runner.invoke(app, eval_args(tmp_path / "notes", tmp_path / "out"))
+    assert result.exit_code == 2 and "holds no config.json" in result.output
+    (tmp_path / "file").write_text("")
+    result = runner.invoke(app, eval_args(tiny_model, tmp_path / "file"))
+    assert result.exit_code == 2 and f"--out {tmp_path / 'file'} is a file" in result.output
+    result = runner.invoke(app, eval_args(tiny_model, tmp_path / "out", "--sets", str(tmp_path)))
+    assert result.exit_code == 2 and f"{tmp_path}: is a directory" in result.output
+
+
+def test_compare_refuses_an_out_that_is_a_file_and_a_wrong_label_count(eval_runs, tmp_path):
+    (tmp_path / "file").write_text("")
+    result = runner.invoke(app, ["compare", str(eval_runs["a"]), "--out", str(tmp_path / "file")])
+    assert result.exit_code == 2 and "is a file; give a directory" in result.output
+    result = runner.invoke(app, ["compare", str(eval_runs["a"]), str(eval_runs["b"]), "--labels", "x",
+                                 "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "1 labels for 2 runs; give one --labels name per run" in result.output
