@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,11 @@ from . import data as data_mod
 from .score_config import ScoreConfig, ScoreError
 
 REJECTS_FILE = "rejects.jsonl"
+# config.json keys that state a model's context, as vLLM reads them (the smallest one present wins).
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_target_positions",
+                "max_sequence_length", "max_seq_length", "seq_len")
+# RoPE types whose `factor` is already part of max_position_embeddings (vLLM does not apply it again).
+ROPE_PRESCALED = ("su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling")
 
 
 def default_engines(config: ScoreConfig) -> tuple[str, str]:
@@ -95,7 +101,9 @@ def prepare(config: ScoreConfig) -> Prepared:
             f"{config.teacher_from}: its teacher scores were computed with another tokenizer than the student's; "
             "token-level CE is only comparable under one tokenizer"
         )
-    loaded = data_mod.load_samples(config.data, config.fields(), config.template, tokenizer, config.split)
+    loaded = data_mod.load_samples(
+        config.data, config.fields(), config.template, tokenizer, config.split, config.named_fields()
+    )
     samples = loaded.samples
     if config.num_shards > 1:
         samples = [s for s in samples if int(s.sample_id[:8], 16) % config.num_shards == config.shard_index]
@@ -105,7 +113,88 @@ def prepare(config: ScoreConfig) -> Prepared:
         raise ScoreError(f"shard {config.shard_index} of {config.num_shards} holds no rows of {config.data}")
     chat = config.template == "chat"
     encoded = [encode_pair(tokenizer, s.prompt, s.response, config.max_seq_len, config.truncate, chat) for s in samples]
+    if not any(e.status == "ok" for e in encoded):
+        lengths = [len(e.ids) for e in encoded]
+        raise ScoreError(
+            f"no row fits --max-seq-len {config.max_seq_len}: the {len(lengths)} rows are {min(lengths)} to "
+            f"{max(lengths)} tokens long (prompt + response). Raise --max-seq-len (to {min(lengths)} or more) "
+            "or pass --truncate"
+        )
     return Prepared(config, loaded, samples, encoded, student, teacher, tokenizer, tok_hash, teacher_table)
+
+
+def model_context(model: ModelRef) -> int | None:
+    """The longest sequence `model` takes, from its config.json (no weights loaded); None when it states none.
+
+    As vLLM derives it: the smallest of `CONTEXT_KEYS` (of `text_config` for a multimodal wrapper), times the RoPE
+    scaling factor unless the RoPE type already counts it in.
+    """
+    try:
+        config = json.loads((model.path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    config = config.get("text_config") or config
+    lengths = [config[k] for k in CONTEXT_KEYS if isinstance(config.get(k), int)]
+    if not lengths:
+        return None
+    rope = config.get("rope_parameters") or config.get("rope_scaling")
+    rope = rope if isinstance(rope, dict) else {}
+    nested = rope and all(isinstance(v, dict) for v in rope.values())  # one dict per layer type
+    factor = 1.0
+    for params in rope.values() if nested else [rope]:
+        if params.get("rope_type", params.get("type")) not in ROPE_PRESCALED and params.get("factor"):
+            factor = float(params["factor"])
+    return int(min(lengths) * factor)
+
+
+def check_context(prep: Prepared, ce_kind: str) -> None:
+    """Refuse a --max-seq-len that a model cannot take, before any engine starts.
+
+    The student generates up to --max-new-tokens after a prompt of up to --max-seq-len tokens; the teacher reads
+    --max-seq-len tokens, and more on vLLM, whose engine is sized for generation (`engine_options`). Past its
+    context a transformers model still returns numbers (RoPE runs on), so nothing else would stop it.
+
+    Raises:
+        ScoreError: the context of a model, where it comes from, and the --max-seq-len to pass.
+    """
+    config = prep.config
+    new_tokens = config.generation.max_new_tokens
+    roles = [("student", prep.student, True), ("teacher", prep.teacher, ce_kind == "vllm")]
+    for role, model, generates in roles:
+        context = model_context(model) if model is not None else None
+        extra = new_tokens if generates else 0
+        if context is None or config.max_seq_len + extra <= context:
+            continue
+        asked = f"--max-seq-len {config.max_seq_len}"
+        if generates:
+            asked += f" + --max-new-tokens {new_tokens} = {config.max_seq_len + new_tokens} tokens"
+        fits = context - extra
+        remedy = f"pass --max-seq-len {fits} or less" if fits >= 2 else "lower --max-new-tokens and --max-seq-len"
+        raise ScoreError(
+            f"{asked} is more than the {role} {model.name} takes: its context is {context} tokens "
+            f"({model.path / 'config.json'}), and scores past it mean nothing. {remedy[0].upper()}{remedy[1:]}"
+        )
+
+
+def check_out_holds_no_input(config: ScoreConfig, prep: Prepared) -> None:
+    """Refuse an --out that is or holds an input: replacing it (--overwrite, or a different run) would delete it.
+
+    Raises:
+        ScoreError: naming the input and --out.
+    """
+    out = Path(config.out).expanduser().resolve()
+    models = [("student", prep.student), ("teacher", prep.teacher)]
+    inputs = [("data", config.data), ("--teacher-from table", config.teacher_from)]
+    inputs += [(role, str(model.path)) for role, model in models if model is not None]
+    for role, given in inputs:
+        path = Path(given).expanduser().resolve() if given else None
+        if path is None or not path.exists():  # not given, or not a path (a hub id, the embedded dataset's name)
+            continue
+        if path == out or out in path.parents:
+            raise ScoreError(
+                f"the {role} {path} lies in --out {config.out}: writing the table there would delete it. "
+                "Pick an --out outside the inputs"
+            )
 
 
 def run_identity(prep: Prepared) -> dict[str, Any]:
@@ -135,7 +224,11 @@ def run_pass(
 
     parts = prep.parts()
     pass_dir = work / name
-    todo = [k for k in range(len(parts)) if not (pass_dir / f"part-{k:05d}.parquet").exists()]
+    todo = [k for k in range(len(parts)) if not part_reads_back(pass_dir / f"part-{k:05d}.parquet", len(parts[k]))]
+    broken = [f"part-{k:05d}.parquet" for k in todo if (pass_dir / f"part-{k:05d}.parquet").exists()]
+    if broken:
+        print(f"{name}: {len(broken)} part(s) under {pass_dir} do not read back ({', '.join(broken)}); "
+              "computing them again", file=sys.stderr)
     total_rows = sum(len(p) for p in parts)
     done_rows = total_rows - sum(len(parts[k]) for k in todo)
     bar = tqdm(total=total_rows, initial=done_rows, desc=name, unit="row", disable=not progress, dynamic_ncols=True)
@@ -152,6 +245,18 @@ def run_pass(
                    "tokens_per_second": round(tokens / seconds, 1) if tokens else 0.0}
     frames = [pl.read_parquet(pass_dir / f"part-{k:05d}.parquet") for k in range(len(parts))]
     return pl.concat(frames).drop("_tokens") if frames else pl.DataFrame()
+
+
+def part_reads_back(path: Path, rows: int) -> bool:
+    """A finished part is one whose Parquet footer reads and holds `rows` rows; a file cut short (a full disk, an
+    interrupted copy) is not, and is computed again."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path).num_rows == rows
+    except (OSError, ValueError, pa.ArrowException):
+        return False
 
 
 def engine_options(config: ScoreConfig, kind: str) -> dict[str, Any]:
@@ -296,6 +401,9 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
     """
     out = Path(config.out)
     prep = prepare(config)
+    gen_kind, ce_kind = default_engines(config)
+    check_out_holds_no_input(config, prep)
+    check_context(prep, ce_kind)
     identity = run_identity(prep)
     work = claim_output(out, identity, config.overwrite)
     if prep.loaded.rejects:
@@ -303,7 +411,6 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
         from syllabus.core.io import atomic_write_bytes
 
         atomic_write_bytes(out / REJECTS_FILE, ("\n".join(lines) + "\n").encode())
-    gen_kind, ce_kind = default_engines(config)
     # Order matters for memory: all student work first (sharing one engine when gen and CE engines agree),
     # then the teacher, so only one model is ever loaded.
     stats: dict[str, dict[str, float]] = {}
@@ -333,6 +440,7 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
             "usable_rows": len(prep.loaded.samples),
             "rejected_rows": len(prep.loaded.rejects),
             "duplicate_rows": prep.loaded.duplicates,
+            "skipped_files": prep.loaded.skipped_files,
         },
         "student": prep.student.identity() if prep.student else None,
         "teacher": prep.teacher.identity() if prep.teacher else None,

@@ -68,14 +68,17 @@ class ScoreConfig:
             raise ScoreError(f"--limit must be >= 1, got {self.limit}")
 
     def fields(self) -> data_mod.FieldMap:
-        base = data_mod.PRESETS[self.preset]
-        overrides = {
+        return dataclasses.replace(data_mod.PRESETS[self.preset], **self.named_fields())
+
+    def named_fields(self) -> dict[str, str]:
+        """The fields named by flag, by role: unlike a preset's defaults, each must be a field of the data."""
+        named = {
             "instruction": self.instruction_field,
             "input": self.input_field,
             "prompt": self.prompt_field,
             "response": self.response_field,
         }
-        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        return {role: name for role, name in named.items() if name is not None}
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide the table's content (where it is written and --overwrite do not)."""

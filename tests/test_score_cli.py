@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,84 @@ def test_teacher_only_table_then_student_reuses_it(tmp_path, small_dolly, tiny_m
     assert result.exit_code == 0, result.output
     frame = read_table(out).frame
     assert frame["teacher_ce"].to_list() == t.frame["teacher_ce"].to_list() and frame["dds"].is_not_null().all()
+
+
+def test_a_row_with_an_empty_prompt_is_rejected_not_scored(tmp_path, tiny_model):
+    """Scored, it would predict its first response token from position -1 (hf) or kill the engine (vLLM)."""
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "Say hi.", "output": "Hi!"}, {"prompt": "", "output": "Hello."}, {"prompt": "  ", "output": "Hey."},
+    ]))
+    out = tmp_path / "t"
+    result = invoke(score_args(data, out, tiny_model, tiny_model, "--template", "none"))
+    assert result.exit_code == 0, result.output
+    frame = read_table(out).frame
+    assert frame.height == 1 and frame["prompt_tokens"].min() > 0
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["field"]) for r in rejects] == [(2, "prompt"), (3, "prompt")]
+
+
+def test_a_max_seq_len_past_the_model_context_is_refused_before_any_work(tmp_path, small_dolly, tiny_model):
+    out = tmp_path / "t"
+    result = invoke(score_args(small_dolly, out, tiny_model, tiny_model, "--max-seq-len", "4096"))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--max-seq-len 4096 + --max-new-tokens 8 = 4104 tokens" in result.output
+    assert "context is 2048 tokens" in result.output and "--max-seq-len 2040 or less" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("config", "context"), [
+    ({"max_position_embeddings": 4096}, 4096),
+    ({"n_positions": 1024}, 1024),  # GPT-2
+    ({"max_position_embeddings": 4096, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}, 8192),
+    ({"max_position_embeddings": 131072, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, 131072),
+    ({"text_config": {"max_position_embeddings": 8192}}, 8192),
+    ({"hidden_size": 64}, None),  # unstated: not checked
+])
+def test_model_context_reads_config_json_as_vllm_does(tmp_path, config, context):
+    from syllabus.core.models import ModelRef
+    from syllabus.curate.score import model_context
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert model_context(ModelRef("m", tmp_path)) == context
+
+
+def test_a_field_named_by_flag_that_the_data_lacks_is_an_error(tmp_path, small_dolly, tiny_model):
+    result = invoke(score_args(small_dolly, tmp_path / "t", tiny_model, tiny_model, "--input-field", "contxt"))
+    assert result.exit_code == 2 and "no row has the field 'contxt' (--input-field)" in result.output
+    assert "'instruction', 'prompt', 'input', 'output'" in result.output and not (tmp_path / "t").exists()
+
+
+def test_no_row_fitting_max_seq_len_is_a_clear_error(tmp_path, small_dolly, tiny_model):
+    result = invoke(score_args(small_dolly, tmp_path / "t", tiny_model, tiny_model, "--max-seq-len", "8"))
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "no row fits --max-seq-len 8" in result.output and "--truncate" in result.output
+
+
+def test_an_out_that_holds_an_input_is_refused_before_anything_is_deleted(tmp_path, small_dolly, tiny_model):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    data = data_dir / "d.jsonl"
+    data.write_bytes(small_dolly.read_bytes())
+    for out in (data_dir, tmp_path):  # the input directory itself, and a directory around it
+        result = invoke(score_args(data_dir, out, tiny_model, tiny_model, "--overwrite"))
+        assert result.exit_code == 2 and "lies in --out" in result.output, result.output
+        assert data.read_bytes() == small_dolly.read_bytes()
+    model_copy = tmp_path / "models" / "student"
+    shutil.copytree(tiny_model, model_copy)
+    result = invoke(score_args(small_dolly, tmp_path / "models", model_copy, tiny_model, "--overwrite"))
+    assert result.exit_code == 2 and "the student" in result.output and (model_copy / "config.json").exists()
+
+
+def test_a_part_that_does_not_read_back_is_computed_again(tmp_path, small_dolly, tiny_model, tiny_teacher, scored):
+    _, reference, _ = scored
+    out = tmp_path / "t"
+    args = score_args(small_dolly, out, tiny_model, tiny_teacher)
+    assert invoke(args).exit_code == 0
+    (out / "metadata.json").unlink()  # an unfinished run, with one of its parts cut short
+    part = out / "_work" / "student-ce" / "part-00001.parquet"
+    part.write_bytes(part.read_bytes()[:100])
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert "student-ce: 1 part(s)" in result.output and "part-00001.parquet" in result.output
+    assert read_table(out).frame.drop("source_file").equals(read_table(reference).frame.drop("source_file"))

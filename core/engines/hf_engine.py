@@ -67,6 +67,10 @@ def response_nll(model: Any, requests: list[ScoringRequest], batch_tokens: int, 
 
     Shared by the scoring engine and the trainer's DA-KD re-scoring (which passes its in-memory student).
     """
+    for r in requests:  # position prompt_len - 1 predicts the first response token: it must exist
+        if not 0 < r.prompt_len < len(r.ids):
+            raise ValueError(f"a scoring request needs a prompt and a response (prompt_len {r.prompt_len} of "
+                             f"{len(r.ids)} ids); an empty prompt is a rejected row, never a request")
     device = next(model.parameters()).device
     lengths = [len(r.ids) for r in requests]
     result = [0.0] * len(requests)
