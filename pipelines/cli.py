@@ -16,7 +16,7 @@ def _vars(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key:
             raise typer.BadParameter(f"--set takes key=value, got {item!r}")
         out[key] = value
     return out
@@ -48,5 +48,7 @@ def report(
     """Assemble WORKDIR/report.md from the comparison, the plots and the stage timings."""
     from .report import write_report
 
+    if not workdir.is_dir():
+        fail(f"{workdir} is not a directory; pass the pipeline's workdir (the recipe's `workdir:`)")
     path = write_report(workdir, title)
     typer.echo(f"wrote {path}")

@@ -13,14 +13,26 @@ A recipe only wires the stage CLIs together::
         needs: [score]
         cmd: curate schedule ${workdir}/table --method ${method} --out ${workdir}/schedules/${method}
 
-A stage's fingerprint hashes its resolved command and the fingerprints of the stages it `needs`; after it
-succeeds, `WORKDIR/.pipeline/<stage>.json` records it. A re-run skips stages whose record matches, so after a crash
-or an edit only what changed (and what depends on it) runs again. A failing stage stops the run with its own error;
-finished stages stay.
+Stage names (after matrix expansion) are identifiers, `[A-Za-z0-9_][A-Za-z0-9_.-]*`: each names a file in
+`WORKDIR/.pipeline/`. A matrix value is a list (`{method: [srd]}` for one value).
+
+A stage is done when `WORKDIR/.pipeline/<stage>.json` (written atomically, after the stage succeeds) holds its
+current fingerprint and its declared `outputs` exist. The fingerprint hashes the resolved command, the Syllabus
+version, the fingerprints of the stages it `needs`, and the content of every existing file or directory its
+arguments name outside the workdir (its data, models, tables from elsewhere), except its `--out`. Paths inside the
+workdir are products of earlier stages and enter through `needs`, so a stage never hashes its own output. The
+stage CLIs' own run identities are not enough to decide "done" alone: asking them means starting every stage
+(imports, model hashing) on every run, and some stages (`--overwrite`, plots) always redo their work.
+
+A re-run thus runs what changed and what depends on it; a failing stage stops the run with its own error; finished
+stages stay. A killed `syllabus run` (even by SIGKILL) stops its stage: on Linux the stage gets SIGTERM when its
+runner dies. The lock `WORKDIR/.pipeline/lock` is an flock that the stage process inherits, so the workdir stays
+locked until the stage has exited too, and a second run never starts a stage beside a live one.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import itertools
@@ -28,18 +40,27 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 
+from syllabus.core.io import atomic_write_json
+
 PROGRAMS = ("curate", "train", "evaluate", "syllabus")
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_VAR = re.compile(r"\$\{(" + _IDENTIFIER.pattern + r")\}")
+_STAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 STAGE_KEYS = {"name", "cmd", "needs", "matrix", "outputs", "note"}
 TOP_KEYS = {"name", "description", "workdir", "notice", "vars", "stages"}
+OUTPUT_OPTIONS = ("--out", "-o")  # the stage CLIs' output option: never an input of its own stage
+HASH_LIMIT_BYTES = 64 * 2**20  # larger files (model weights) enter the fingerprint by size and mtime
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class PipelineError(ValueError):
@@ -66,57 +87,137 @@ class Pipeline:
         return self.workdir / ".pipeline" / f"{stage.name}.json"
 
 
-def _interpolate(text: str, variables: dict[str, str], where: str) -> str:
+def _interpolate(text: Any, variables: dict[str, str], where: str) -> str:
     def sub(match: re.Match) -> str:
         key = match.group(1)
         if key not in variables:
             raise PipelineError(f"{where}: unknown variable ${{{key}}}; defined: {', '.join(sorted(variables))}")
-        return str(variables[key])
+        return variables[key]
 
-    return _VAR.sub(sub, str(text))
+    text = str(text)
+    if "${" in _VAR.sub("", text):
+        raise PipelineError(f"{where}: {text!r} has a malformed ${{...}}; a variable is ${{name}}, name made of "
+                            "letters, digits and _")
+    return _VAR.sub(sub, text)
+
+
+def _read_recipe(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        raise PipelineError(f"{where}: not valid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: a recipe is a mapping with name, workdir and stages")
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise PipelineError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                            f"allowed: {', '.join(sorted(TOP_KEYS))}")
+    if not isinstance(raw.get("vars") or {}, dict):
+        raise PipelineError(f"{path}: `vars` is a mapping of name: value")
+    if not isinstance(raw.get("stages"), list) or not raw["stages"]:
+        raise PipelineError(f"{path}: `stages` is a non-empty list of stages")
+    return raw
+
+
+def _scalar(value: Any, where: str) -> str:
+    if value is None or isinstance(value, (list, dict)):
+        raise PipelineError(f"{where}: expected a single value (text or number), got {value!r}")
+    return str(value)
+
+
+def _list(value: Any, where: str) -> list[str]:
+    """A YAML list of scalars; a bare string is refused (it would be read character by character)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise PipelineError(f"{where}: expected a list, got {value!r}; write [{value}] for one item")
+    return [_scalar(item, where) for item in value]
+
+
+def _matrix(value: Any, where: str) -> list[dict[str, str]]:
+    """Every combination of a stage's matrix, as variables; [{}] without a matrix."""
+    if value is None:
+        return [{}]
+    if not isinstance(value, dict) or not value:
+        raise PipelineError(f"{where}: `matrix` is a mapping of variable: [values], e.g. {{method: [srd, dakd]}}")
+    for key in value:
+        if not isinstance(key, str) or not _IDENTIFIER.fullmatch(key) or key == "workdir":
+            raise PipelineError(f"{where}: matrix variable {key!r} is not a variable name (letters, digits, _; "
+                                "not workdir)")
+    columns = {key: _list(values, f"{where}: matrix {key}") for key, values in value.items()}
+    for key, values in columns.items():
+        if not values:
+            raise PipelineError(f"{where}: matrix {key} is an empty list")
+    return [dict(zip(columns, combo)) for combo in itertools.product(*columns.values())]
+
+
+def _command(cmd: Any, where: str) -> list[str]:
+    if isinstance(cmd, list):
+        return [_scalar(arg, where) for arg in cmd]
+    try:
+        return shlex.split(_scalar(cmd, where))
+    except ValueError as exc:  # an unclosed quote
+        raise PipelineError(f"{where}: cannot split the command into arguments ({exc})") from None
 
 
 def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> Pipeline:
     """Parse and validate a recipe; expand matrices and variables.
 
+    Args:
+        path: the recipe YAML.
+        overrides: values for variables the recipe defines or uses (`syllabus run --set key=value`).
+
     Raises:
-        PipelineError: unknown keys, unknown variables or programs, duplicate stage names, or `needs` that do not
-            name an earlier stage.
+        PipelineError: invalid YAML (file and line named), unknown keys, unknown or malformed variables, unknown
+            programs, stage names that are not identifiers, duplicate stage names, `needs` that do not name an
+            earlier stage, or a list-valued key (`matrix` values, `needs`, `outputs`) given as something else.
     """
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise PipelineError(f"{p}: cannot read the recipe ({exc})") from None
-    if not isinstance(raw, dict):
-        raise PipelineError(f"{p}: a recipe is a mapping with name, workdir and stages")
-    unknown = set(raw) - TOP_KEYS
+    raw = _read_recipe(p)
+    variables = {str(k): _scalar(v, f"{p}: vars: {k}") for k, v in (raw.get("vars") or {}).items()}
+    # a recipe may use a variable that only --set gives; workdir comes from `workdir:`, matrix variables per stage
+    matrices = [spec.get("matrix") for spec in raw["stages"] if isinstance(spec, dict)]
+    matrix_keys = {str(k) for matrix in matrices if isinstance(matrix, dict) for k in matrix}
+    used = set(_VAR.findall(json.dumps(raw, default=str))) - {"workdir"} - matrix_keys
+    unknown = set(overrides or {}) - set(variables) - used
     if unknown:
-        raise PipelineError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}")
-    variables = {k: str(v) for k, v in (raw.get("vars") or {}).items()}
+        raise PipelineError(f"{p}: --set {', '.join(sorted(unknown))}: the recipe has no such variable; "
+                            f"its variables: {', '.join(sorted(set(variables) | used)) or 'none'}")
     variables.update(overrides or {})
-    workdir = _interpolate(raw.get("workdir", f"runs/{p.stem}"), variables, f"{p}: workdir")
+    workdir = _interpolate(_scalar(raw.get("workdir", f"runs/{p.stem}"), f"{p}: workdir"), variables,
+                           f"{p}: workdir")
+    if not workdir.strip():
+        raise PipelineError(f"{p}: workdir is empty")
     variables["workdir"] = workdir
     stages: list[Stage] = []
-    for i, spec in enumerate(raw.get("stages") or []):
+    for i, spec in enumerate(raw["stages"]):
         where = f"{p}: stage {i + 1}"
         if not isinstance(spec, dict) or "name" not in spec or "cmd" not in spec:
             raise PipelineError(f"{where}: a stage needs `name` and `cmd`")
         bad = set(spec) - STAGE_KEYS
         if bad:
-            raise PipelineError(f"{where}: unknown key(s) {', '.join(sorted(bad))}; allowed: {', '.join(sorted(STAGE_KEYS))}")
-        matrix = spec.get("matrix") or {}
-        keys = list(matrix)
-        for combo in itertools.product(*(matrix[k] for k in keys)) if keys else [()]:
-            local = {**variables, **{k: str(v) for k, v in zip(keys, combo)}}
-            name = _interpolate(spec["name"], local, where)
-            argv = tuple(_interpolate(a, local, f"{where} ({name})") for a in
-                         (shlex.split(spec["cmd"]) if isinstance(spec["cmd"], str) else spec["cmd"]))
+            raise PipelineError(f"{where}: unknown key(s) {', '.join(sorted(bad))}; "
+                                f"allowed: {', '.join(sorted(STAGE_KEYS))}")
+        cmd = _command(spec["cmd"], f"{where}: cmd")
+        needs, outputs = _list(spec.get("needs"), f"{where}: needs"), _list(spec.get("outputs"), f"{where}: outputs")
+        for combo in _matrix(spec.get("matrix"), where):
+            local = {**variables, **combo}
+            name = _interpolate(_scalar(spec["name"], f"{where}: name"), local, where)
+            if not _STAGE_NAME.fullmatch(name):
+                raise PipelineError(f"{where}: stage name {name!r} is not an identifier (letters, digits, _ . -, "
+                                    "at most 100, not starting with . or -): it names the stage's file in "
+                                    "WORKDIR/.pipeline/")
+            argv = tuple(_interpolate(a, local, f"{where} ({name})") for a in cmd)
             if not argv or argv[0] not in PROGRAMS:
                 raise PipelineError(f"{where} ({name}): cmd must start with one of {', '.join(PROGRAMS)}")
-            needs = tuple(_interpolate(n, local, where) for n in spec.get("needs") or [])
-            outputs = tuple(_interpolate(o, local, where) for o in spec.get("outputs") or [])
-            stages.append(Stage(name, argv, needs, outputs))
+            stages.append(Stage(name, argv, tuple(_interpolate(n, local, where) for n in needs),
+                                tuple(_interpolate(o, local, where) for o in outputs)))
     names = [s.name for s in stages]
     for k, stage in enumerate(stages):
         if stage.name in names[:k]:
@@ -124,26 +225,112 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
         for need in stage.needs:
             if need not in names[:k]:
                 raise PipelineError(f"{p}: stage {stage.name!r} needs {need!r}, which is not an earlier stage")
-    if not stages:
-        raise PipelineError(f"{p}: no stages")
     notice = _interpolate(str(raw.get("notice", "")).strip(), variables, f"{p}: notice")
     return Pipeline(p, str(raw.get("name", p.stem)), Path(workdir), notice, tuple(stages))
 
 
-def fingerprints(pipeline: Pipeline) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for stage in pipeline.stages:
-        payload = json.dumps({"argv": stage.argv, "needs": {n: out[n] for n in stage.needs}}, sort_keys=True)
-        out[stage.name] = hashlib.sha256(payload.encode()).hexdigest()
-    return out
+def syllabus_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("syllabus")
+    except PackageNotFoundError:
+        return "not installed"
 
 
-def is_done(pipeline: Pipeline, stage: Stage, fingerprint: str) -> bool:
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    if stat.st_size > HASH_LIMIT_BYTES:
+        return f"size {stat.st_size}, mtime_ns {stat.st_mtime_ns}"
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _path_digest(path: Path, workdir: Path) -> str:
+    """A file's digest, or a directory's: every file under it (minus the workdir, if inside), by relative path."""
+    if not path.is_dir():
+        return _file_digest(path)
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if Path(root, d).resolve() != workdir)
+        for name in sorted(files):
+            file = Path(root, name)
+            if file.is_file():
+                h.update(f"{file.relative_to(path)}\0{_file_digest(file)}\n".encode())
+    return h.hexdigest()
+
+
+def stage_inputs(stage: Stage, workdir: Path) -> dict[str, str]:
+    """Digests of the existing files and directories the stage's arguments name outside the workdir, by argument.
+
+    Files up to HASH_LIMIT_BYTES are hashed by content; larger ones by size and mtime. The value of `--out` is
+    skipped (the stage's own output), and so is everything inside the workdir (earlier stages' products, which
+    the `needs` fingerprints cover).
+    """
+    workdir = workdir.resolve()
+    inputs: dict[str, str] = {}
+    args = stage.argv[1:]
+    for k, arg in enumerate(args):
+        if k and args[k - 1] in OUTPUT_OPTIONS:
+            continue
+        option, eq, value = arg.partition("=")
+        if arg.startswith("-") and eq:
+            if option in OUTPUT_OPTIONS:
+                continue
+            arg = value
+        try:
+            path = Path(arg)
+            if not arg or not path.exists():
+                continue
+            resolved = path.resolve()
+        except (OSError, ValueError):  # too long or otherwise not a path
+            continue
+        if resolved == workdir or workdir in resolved.parents:
+            continue
+        try:
+            inputs[arg] = _path_digest(path, workdir)
+        except OSError as exc:  # unreadable: the stage itself will say so
+            inputs[arg] = f"unreadable ({exc.strerror or exc})"
+    return inputs
+
+
+def stage_fingerprint(stage: Stage, fingerprints: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """What decides whether a finished stage is still done: its command, Syllabus version, needs and inputs.
+
+    Returns:
+        The record's fields: `fingerprint` (sha256 of the rest), `argv`, `syllabus`, `needs`, `inputs`.
+    """
+    record = {"argv": list(stage.argv), "syllabus": syllabus_version(),
+              "needs": {n: fingerprints[n] for n in stage.needs}, "inputs": stage_inputs(stage, workdir)}
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    return {"fingerprint": digest, **record}
+
+
+def why_run(pipeline: Pipeline, stage: Stage, current: dict[str, Any]) -> str | None:
+    """Why the stage must run (a short phrase), or None when its marker matches and its outputs exist."""
     marker = pipeline.marker(stage)
     if not marker.exists():
-        return False
-    record = json.loads(marker.read_text())
-    return record.get("fingerprint") == fingerprint and all(Path(o).exists() for o in stage.outputs)
+        return "not run yet"
+    try:
+        record = json.loads(marker.read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        return f"its marker {marker} is unreadable ({exc}), so it runs again"
+    if record.get("fingerprint") != current["fingerprint"]:
+        if record.get("syllabus") != current["syllabus"]:
+            return f"Syllabus changed ({record.get('syllabus', 'older')} -> {current['syllabus']})"
+        if record.get("argv") != current["argv"]:
+            return "its command changed"
+        changed = [a for a in current["inputs"] if (record.get("inputs") or {}).get(a) != current["inputs"][a]]
+        if changed:
+            return f"input changed: {', '.join(changed)}"
+        return "a stage it needs ran again" if record.get("needs") != current["needs"] else "its inputs changed"
+    missing = [o for o in stage.outputs if not Path(o).exists()]
+    return f"its output {missing[0]} is missing" if missing else None
 
 
 def stage_app(program: str):
@@ -192,42 +379,91 @@ def run_pipeline(pipeline: Pipeline, dry_run: bool = False, only: list[str] | No
     """Run the stages in order, skipping finished ones. Returns the names of the stages that ran (or would run).
 
     Raises:
-        PipelineError: a stage failed (its exit code and command are named) or its arguments do not parse.
+        PipelineError: a stage failed (its exit code and command are named), its arguments do not parse, `only`
+            names no stage, or another run (or a stage of one) holds the workdir.
     """
+    names = [s.name for s in pipeline.stages]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise PipelineError(f"--only {', '.join(unknown)}: no such stage in {pipeline.path}; "
+                            f"stages: {', '.join(names)}")
     if pipeline.notice:
         echo(pipeline.notice)
     for stage in pipeline.stages:
         validate_arguments(stage)
     if dry_run:
-        return _run_stages(pipeline, dry_run, only, echo)
+        return _run_stages(pipeline, None, only, echo)
     lock_path = pipeline.workdir / ".pipeline" / "lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise PipelineError(f"cannot create {lock_path} ({exc.strerror or exc}); check the workdir") from None
+    try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise PipelineError(f"another `syllabus run` is using {pipeline.workdir}; wait for it or stop it "
-                                "(two runs in one workdir would overwrite each other's stages)") from None
-        return _run_stages(pipeline, dry_run, only, echo)
+            raise PipelineError(f"another `syllabus run` is using {pipeline.workdir}{_holder(lock_path)}; wait for "
+                                "it or stop it, then run again (two runs in one workdir would overwrite each "
+                                "other's stages)") from None
+        _note_holder(lock)
+        return _run_stages(pipeline, lock, only, echo)
+    finally:
+        os.close(lock)  # the lock lives on in a stage process that outlives this one
 
 
-def _run_stages(pipeline: Pipeline, dry_run: bool, only: list[str] | None, echo) -> list[str]:
-    prints = fingerprints(pipeline)
+def _alive(pid: Any) -> bool:
+    try:
+        if int(pid) <= 0:
+            return False
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _holder(lock_path: Path) -> str:
+    """Who holds the lock, as recorded in the lock file (runner and stage pids), for the refusal message."""
+    try:
+        holder = json.loads(lock_path.read_text())
+        runner, stage, pid = holder["runner_pid"], holder.get("stage"), holder.get("stage_pid")
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if stage and _alive(pid) and not _alive(runner):
+        return f" (its `syllabus run`, pid {runner}, has stopped, but its stage {stage}, pid {pid}, still runs)"
+    return f" (pid {runner}" + (f", stage {stage}, pid {pid})" if stage else ")")
+
+
+def _note_holder(lock: int, **fields: Any) -> None:
+    data = json.dumps({"runner_pid": os.getpid(), **fields}).encode()
+    os.ftruncate(lock, 0)
+    os.pwrite(lock, data, 0)
+
+
+def _run_stages(pipeline: Pipeline, lock: int | None, only: list[str] | None, echo) -> list[str]:
+    """Run (lock held) or list (lock None: a dry run) the stages that are not done."""
+    dry_run = lock is None
+    fingerprints: dict[str, str] = {}
     ran: list[str] = []
     for k, stage in enumerate(pipeline.stages, start=1):
+        current = stage_fingerprint(stage, fingerprints, pipeline.workdir)  # every stage: later ones need it
+        fingerprints[stage.name] = current["fingerprint"]
         if only and stage.name not in only:
             continue
         head = f"[{k}/{len(pipeline.stages)}] {stage.name}"
-        if is_done(pipeline, stage, prints[stage.name]):
+        reason = why_run(pipeline, stage, current)
+        if reason is None:
             echo(f"{head}: done, skipped")
             continue
         ran.append(stage.name)
-        echo(f"{head}: {'would run' if dry_run else 'running'}: {shlex.join(stage.argv)}")
+        because = "" if reason == "not run yet" else f" ({reason})"
+        echo(f"{head}: {'would run' if dry_run else 'running'}{because}: {shlex.join(stage.argv)}")
         if dry_run:
             continue
         start = time.perf_counter()
-        argv = [program_path(stage.argv[0]), *stage.argv[1:]]
-        code = subprocess.call(argv, env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")})
+        code = _run_stage(stage, lock)
         if code != 0:
             raise PipelineError(
                 f"stage {stage.name} failed (exit {code}): {shlex.join(stage.argv)}. Finished stages are kept; "
@@ -235,17 +471,61 @@ def _run_stages(pipeline: Pipeline, dry_run: bool, only: list[str] | None, echo)
             )
         seconds = time.perf_counter() - start
         marker = pipeline.marker(stage)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"fingerprint": prints[stage.name], "argv": stage.argv,
-                                      "seconds": round(seconds, 1), "finished_at": time.time()}, indent=2) + "\n")
+        try:
+            atomic_write_json(marker, {**current, "seconds": round(seconds, 1), "finished_at": time.time()})
+        except OSError as exc:
+            raise PipelineError(f"stage {stage.name} finished, but its marker {marker} could not be written "
+                                f"({exc.strerror or exc}); free the space or fix the permissions, and run again "
+                                "(the stage then runs again)") from None
         echo(f"{head}: finished in {seconds:.0f} s")
     return ran
 
 
+def _stop_with_runner() -> Callable[[], None] | None:
+    """A preexec_fn that has the stage get SIGTERM when this process dies, however it dies (Linux; else None)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded here: the child only calls it
+    runner_pid = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != runner_pid:  # the runner died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def _run_stage(stage: Stage, lock: int) -> int:
+    """Run one stage; it dies with this process and inherits the lock, so the workdir stays locked while it lives.
+
+    Returns:
+        The stage's exit code.
+    """
+    argv = [program_path(stage.argv[0]), *stage.argv[1:]]
+    # A default for users who did not choose: stages never reach for a hub unless HF_HUB_OFFLINE is set to 0.
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    try:
+        proc = subprocess.Popen(argv, env=env, pass_fds=(lock,), preexec_fn=_stop_with_runner())
+    except OSError as exc:
+        raise PipelineError(f"stage {stage.name}: cannot start {argv[0]} ({exc.strerror or exc})") from None
+    with proc:
+        _note_holder(lock, stage=stage.name, stage_pid=proc.pid)
+        code = proc.wait()
+    _note_holder(lock)
+    return code
+
+
 def stage_times(workdir: Path) -> dict[str, float]:
-    """Seconds of every finished stage of the pipeline run in `workdir`, in the order they finished."""
+    """Seconds of every finished stage of the pipeline run in `workdir`, in the order they finished.
+
+    Unreadable markers (not JSON, or without numeric times) are left out.
+    """
     records = []
     for marker in (Path(workdir) / ".pipeline").glob("*.json"):
-        record = json.loads(marker.read_text())
-        records.append((record.get("finished_at", 0.0), marker.stem, record.get("seconds", 0.0)))
+        try:
+            record = json.loads(marker.read_text())
+            records.append((float(record.get("finished_at", 0.0)), marker.stem, float(record.get("seconds", 0.0))))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
     return {name: seconds for _, name, seconds in sorted(records)}

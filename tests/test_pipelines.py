@@ -1,18 +1,84 @@
-"""The pipeline runner: recipes validate and dry-run; stages skip when done, rerun when edited, stop on failure."""
+"""The pipeline runner: recipes validate and dry-run; stages skip when done, rerun when edited or when their inputs
+change, stop on failure; a killed run keeps its workdir locked while its stage lives; bad recipes get clear errors."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from syllabus.pipelines import runner as pipeline_runner
 from syllabus.pipelines.cli import app
 from syllabus.pipelines.runner import PipelineError, load_pipeline, run_pipeline
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.yaml"))
 runner = CliRunner()
+
+FAKE_STAGE = """#!{python}
+# A stand-in stage program: logs each call; `--out PATH` writes PATH; `wait FILE` waits for FILE (20 s at most);
+# `linger FILE` waits too, ignoring SIGTERM (a stage that takes its time to stop).
+import json, os, resource, signal, sys, time
+
+hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # a test may limit the runner's writes, not the stage's
+with open(os.environ["FAKE_STAGE_LOG"], "a") as log:
+    log.write(json.dumps({{"argv": sys.argv[1:], "pid": os.getpid(), "offline": os.environ.get("HF_HUB_OFFLINE")}})
+              + "\\n")
+if "--out" in sys.argv:
+    with open(sys.argv[sys.argv.index("--out") + 1], "w") as out:
+        out.write(str(time.time()))
+if sys.argv[1:2] == ["linger"]:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if sys.argv[1:2] in (["wait"], ["linger"]):
+    deadline = time.monotonic() + 20
+    while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+# `syllabus run RECIPE` in a process of its own, accepting `fakestage` as a stage program.
+RUN_WITH_FAKE_STAGE = """
+import sys
+from syllabus.pipelines import runner
+from syllabus.pipelines.cli import app
+runner.PROGRAMS += ("fakestage",)
+runner.validate_arguments = lambda stage: None
+app(["run", sys.argv[1]])
+"""
+
+
+@pytest.fixture
+def fake_stage(tmp_path, monkeypatch):
+    """Put `fakestage` on PATH and let recipes run it; returns a function giving its calls so far."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "fakestage"
+    script.write_text(FAKE_STAGE.format(python=sys.executable))
+    script.chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_STAGE_LOG", str(log))
+    monkeypatch.setattr(pipeline_runner, "PROGRAMS", (*pipeline_runner.PROGRAMS, "fakestage"))
+    monkeypatch.setattr(pipeline_runner, "validate_arguments", lambda stage: None)
+    return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def fake_recipe(path: Path, workdir: Path, stages: list[dict]) -> Path:
+    path.write_text(json.dumps({"name": "fake", "workdir": str(workdir), "stages": stages}))  # JSON is YAML
+    return path
+
+
+def wait_for(condition, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
@@ -39,7 +105,8 @@ def test_every_schedule_stage_of_a_shipped_recipe_builds(recipe, tmp_path):
         assert result.exit_code == 0, f"{stage.name}: {result.output}"
 
 
-def write_recipe(path: Path, data: Path, model: Path, workdir: Path, max_new_tokens: int = 4, bad: bool = False) -> Path:
+def write_recipe(path: Path, data: Path, model: Path, workdir: Path, max_new_tokens: int = 4,
+                 bad: bool = False) -> Path:
     score = (f"curate score {data} --out ${{workdir}}/table --student {model} --teacher {model} --gen-engine hf "
              f"--ce-engine hf --max-new-tokens {max_new_tokens} --max-seq-len 512 --quiet --overwrite")
     inspect = "curate inspect ${workdir}/table" + (" --no-such-flag" if bad else "")
@@ -90,13 +157,17 @@ def test_report_collects_results_training_and_stage_timings(tmp_path):
     run = tmp_path / "runs" / "srd"
     run.mkdir(parents=True)
     rows = [{"step": k, "tokens": 100, "tokens_per_second": 50.0, "loss": 3.0 - k} for k in (1, 2)]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "tok')  # killed
     (tmp_path / ".pipeline").mkdir()
     for name, seconds, at in (("train-srd", 4.0, 2.0), ("score", 10.0, 1.0)):
         (tmp_path / ".pipeline" / f"{name}.json").write_text(json.dumps({"seconds": seconds, "finished_at": at}))
+    (tmp_path / ".pipeline" / "broken.json").write_text('{"seconds": 1')  # damaged: left out, never a traceback
     text = write_report(tmp_path, "T").read_text()
     assert "| srd | 21.5 |" in text
     assert "| srd | 2 | 200 | 4 | 1.000 |" in text  # steps, tokens, seconds (200 tokens at 50/s), last loss
+    assert "metrics.jsonl: 1 unreadable line(s) left out" in text and "broken" not in text
+    result = runner.invoke(app, ["report", "--workdir", str(tmp_path / "typo")])
+    assert result.exit_code == 2 and "typo is not a directory" in result.output and not (tmp_path / "typo").exists()
     assert text.index("| score | 10 |") < text.index("| train-srd | 4 |") and "| total | 14 |" in text
 
 
@@ -148,3 +219,186 @@ def test_recipe_errors_name_the_problem(tmp_path):
     recipe.write_text("name: x\nstagez: []\n")
     with pytest.raises(PipelineError, match="unknown key"):
         load_pipeline(recipe)
+
+
+@pytest.mark.parametrize("name, matrix", [("../../x", None), ("a/b", None), (".hidden", None), ("", None),
+                                          ("train-${m}", {"m": ["srd", "../../x"]})])
+def test_a_stage_name_that_is_not_an_identifier_is_refused(tmp_path, name, matrix):
+    """A stage name names its marker file: `../../x` would have written WORKDIR/../x.json."""
+    stage = {"name": name, "cmd": "curate inspect t", **({"matrix": matrix} if matrix else {})}
+    recipe = fake_recipe(tmp_path / "r.yaml", tmp_path / "work", [stage])
+    with pytest.raises(PipelineError, match=rf"{recipe}: stage 1: stage name '.*' is not an identifier"):
+        load_pipeline(recipe)
+
+
+def test_a_matrix_value_must_be_a_list(tmp_path):
+    """A string would be iterated by character (`srd` gave stages train-s, train-r, train-d)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\nstages:\n  - name: train-${m}\n    matrix: {m: srd}\n    cmd: curate inspect ${m}\n")
+    with pytest.raises(PipelineError, match=r"stage 1: matrix m: expected a list, got 'srd'; write \[srd\]"):
+        load_pipeline(recipe)
+    recipe.write_text("name: x\nstages:\n  - name: train-${m}\n    matrix: {m: [srd]}\n    cmd: curate inspect ${m}\n")
+    assert [s.name for s in load_pipeline(recipe).stages] == ["train-srd"]
+
+
+def test_a_finished_stage_runs_again_when_its_inputs_or_syllabus_change(tmp_path, fake_stage, monkeypatch):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "a"}\n')
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    recipe = fake_recipe(tmp_path / "r.yaml", tmp_path / "work", [
+        {"name": "score", "cmd": f"fakestage {data} --student {model} --out {tmp_path / 'table.txt'}"},
+        {"name": "schedule", "cmd": "fakestage ${workdir}/table", "needs": ["score"]},
+        {"name": "other", "cmd": "fakestage other"},
+    ])
+
+    def run() -> tuple[list[str], str]:
+        said: list[str] = []
+        return run_pipeline(load_pipeline(recipe), echo=said.append), "\n".join(said)
+
+    assert run()[0] == ["score", "schedule", "other"]
+    assert run()[0] == []  # its own --out (here outside the workdir) is not an input of the stage
+    data.write_text('{"prompt": "b"}\n')  # same command, new data: the stage and what needs it run again
+    ran, said = run()
+    assert ran == ["score", "schedule"] and f"score: running (input changed: {data})" in said
+    (model / "config.json").write_text('{"layers": 2}')  # a file inside a directory argument
+    assert run()[0] == ["score", "schedule"]
+    monkeypatch.setattr(pipeline_runner, "syllabus_version", lambda: "99.0")
+    ran, said = run()
+    assert ran == ["score", "schedule", "other"] and "Syllabus changed" in said
+    assert len(fake_stage()) == 10
+
+
+def test_a_corrupt_marker_means_not_done_and_says_so(tmp_path, fake_stage):
+    workdir = tmp_path / "work"
+    recipe = fake_recipe(tmp_path / "r.yaml", workdir, [{"name": "a", "cmd": "fakestage a"}])
+    run_pipeline(load_pipeline(recipe), echo=lambda *_: None)
+    marker = workdir / ".pipeline" / "a.json"
+    marker.write_text(marker.read_text()[:20])  # what a crash in the middle of a plain write leaves
+    result = runner.invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert f"its marker {marker} is unreadable" in result.output and "so it runs again" in result.output
+    assert len(fake_stage()) == 2 and json.loads(marker.read_text())["fingerprint"]
+
+
+def test_a_marker_write_that_fails_midway_keeps_the_previous_marker(tmp_path, fake_stage):
+    """The runner's files may hold 256 bytes (RLIMIT_FSIZE): the marker write fails after its first 256 bytes."""
+    import resource
+
+    workdir = tmp_path / "work"
+    recipe = fake_recipe(tmp_path / "r.yaml", workdir, [{"name": "a", "cmd": "fakestage " + "a" * 300}])
+    run_pipeline(load_pipeline(recipe), echo=lambda *_: None)
+    marker = workdir / ".pipeline" / "a.json"
+    before = json.loads(marker.read_text())
+    fake_recipe(recipe, workdir, [{"name": "a", "cmd": "fakestage " + "b" * 300}])  # edited: it runs again
+    limited = subprocess.run(
+        [sys.executable, "-c", RUN_WITH_FAKE_STAGE, str(recipe)], capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (256, resource.RLIM_INFINITY)))
+    assert len(fake_stage()) == 2  # the stage itself ran and finished
+    assert json.loads(marker.read_text()) == before  # not a truncated marker
+    assert limited.returncode == 2 and f"its marker {marker} could not be written" in limited.stderr
+    assert run_pipeline(load_pipeline(recipe), echo=lambda *_: None) == ["a"]  # and not taken as done
+
+
+def start_and_kill_a_run(recipe: Path, fake_stage) -> tuple[int, int]:
+    """Start `syllabus run RECIPE` in its own process, SIGKILL it once its stage runs; returns both pids."""
+    run = subprocess.Popen([sys.executable, "-c", RUN_WITH_FAKE_STAGE, str(recipe)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: fake_stage(), "the stage to start")
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait(timeout=30)
+    return run.pid, fake_stage()[0]["pid"]
+
+
+def exited(pid: int) -> bool:
+    """The process is gone or a zombie (an orphan whose reaper has not reaped it yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def lock_free(workdir: Path) -> bool:
+    import fcntl
+
+    with open(workdir / ".pipeline" / "lock") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the stage's death signal is Linux's prctl")
+def test_a_killed_run_stops_its_stage(tmp_path, fake_stage):
+    """kill -9 of `syllabus run` used to leave its stage running, and to let a second run start it again beside it."""
+    workdir, release = tmp_path / "work", tmp_path / "release"
+    recipe = fake_recipe(tmp_path / "r.yaml", workdir, [{"name": "slow", "cmd": f"fakestage wait {release}"}])
+    try:
+        _, stage_pid = start_and_kill_a_run(recipe, fake_stage)
+        wait_for(lambda: exited(stage_pid), "the stage to die with its runner", timeout_s=10)
+    finally:
+        release.touch()  # lets a surviving stage (the bug) finish
+    assert lock_free(workdir)
+    assert run_pipeline(load_pipeline(recipe), echo=lambda *_: None) == ["slow"]  # its marker was never written
+
+
+def test_the_workdir_stays_locked_while_a_stage_of_a_killed_run_lives(tmp_path, fake_stage):
+    """A stage that outlives its killed runner (here: it ignores SIGTERM) keeps the workdir locked until it exits."""
+    workdir, release = tmp_path / "work", tmp_path / "release"
+    recipe = fake_recipe(tmp_path / "r.yaml", workdir, [{"name": "slow", "cmd": f"fakestage linger {release}"}])
+    try:
+        run_pid, stage_pid = start_and_kill_a_run(recipe, fake_stage)
+        with pytest.raises(PipelineError, match=rf"another `syllabus run` is using {workdir} \(its `syllabus run`, "
+                                                rf"pid {run_pid}, has stopped, but its stage slow, pid {stage_pid}"):
+            run_pipeline(load_pipeline(recipe), echo=lambda *_: None)
+        assert len(fake_stage()) == 1  # not started beside itself
+    finally:
+        release.touch()
+    wait_for(lambda: lock_free(workdir), "the stage to exit and release the lock")
+    assert run_pipeline(load_pipeline(recipe), echo=lambda *_: None) == ["slow"]
+
+
+def test_stages_see_hf_hub_offline_as_the_user_set_it(tmp_path, fake_stage, monkeypatch):
+    for k, offline in enumerate(("0", None)):
+        if offline is None:
+            monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        else:
+            monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+        recipe = fake_recipe(tmp_path / "r.yaml", tmp_path / f"work{k}", [{"name": "a", "cmd": "fakestage a"}])
+        run_pipeline(load_pipeline(recipe), echo=lambda *_: None)
+    assert [call["offline"] for call in fake_stage()] == ["0", "1"]  # the user's value, else offline by default
+
+
+STAGE = "\n  - name: a\n    cmd: curate inspect t"
+
+
+@pytest.mark.parametrize("text, args, expected", [
+    pytest.param("name: x\nstages:\n  - name: a\n    cmd: [curate\n", [], r"r\.yaml, line 5, column 1: not valid YAML",
+                 id="yaml-syntax"),
+    pytest.param("name: x\nvars: [a]\nstages:" + STAGE, [], "`vars` is a mapping", id="vars-not-a-mapping"),
+    pytest.param("name: x\nvars: {data: }\nstages:" + STAGE, [], "vars: data: expected a single value",
+                 id="variable-without-value"),
+    pytest.param("name: x\nstages: {a: 1}", [], "`stages` is a non-empty list", id="stages-not-a-list"),
+    pytest.param("name: x\nstages:" + STAGE + " 'unclosed", [], "stage 1: cmd: cannot split the command",
+                 id="unclosed-quote"),
+    pytest.param("name: x\nstages:" + STAGE + " ${ workdir}", [], r"has a malformed \$\{\.\.\.\}",
+                 id="malformed-variable"),
+    pytest.param("name: x\nstages:" + STAGE + "\n  - name: b\n    cmd: curate inspect t\n    needs: a", [],
+                 r"stage 2: needs: expected a list, got 'a'; write \[a\]", id="needs-not-a-list"),
+    pytest.param("name: x\nvars: {data: d}\nstages:" + STAGE, ["--set", "date=e"],
+                 "--set date: the recipe has no such variable", id="set-unknown-variable"),
+    pytest.param("name: x\nstages:" + STAGE, ["--set", "workdir=e"], "--set workdir: the recipe has no such variable",
+                 id="set-workdir"),
+    pytest.param("name: x\nstages:" + STAGE, ["--only", "b"], "--only b: no such stage", id="only-unknown-stage"),
+    pytest.param("name: x\nstages:" + STAGE + " ${m}\n    matrix: {m: [u, v]}", ["--set", "m=w"],
+                 "--set m: the recipe has no such variable", id="set-matrix-variable"),
+])
+def test_a_careless_recipe_or_command_line_gets_a_clear_error(tmp_path, text, args, expected):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    result = runner.invoke(app, ["run", str(recipe), "--dry-run", *args])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output  # not a traceback
+    assert f"error: {recipe}" in result.output or "error: --only" in result.output, result.output
+    assert re.search(expected, result.output), result.output
