@@ -1,6 +1,6 @@
 """Atomic file writes: every output goes to a temporary file in its directory and is renamed into place, so a crash
 never leaves a half-written file behind (datatrove's habit; the completion markers of tables, schedules and runs
-rely on it)."""
+rely on it). And the one way to read those JSON files back, with errors that name the file, line and column."""
 
 from __future__ import annotations
 
@@ -12,6 +12,26 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import polars as pl
+
+
+class JSONFileError(ValueError):
+    """A JSON file that does not parse; the message names the file, and the line and column where there is one."""
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file.
+
+    Raises:
+        JSONFileError: the file is not UTF-8 text, or not valid JSON (a truncated or hand-edited file).
+        OSError: the file cannot be read.
+    """
+    data = path.read_bytes()
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise JSONFileError(f"{path}: not UTF-8 text (byte {err.start}), so not valid JSON") from None
+    except json.JSONDecodeError as err:
+        raise JSONFileError(f"{path}, line {err.lineno} column {err.colno}: not valid JSON ({err.msg})") from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

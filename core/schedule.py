@@ -14,18 +14,19 @@ Pure Python (no torch, no polars), so the schedule CLI and the trainer's setup s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .io import JSONFileError, read_json
 from .loss_params import check_kd_weight, check_temperature, resolve_loss_params
 
 SCHEMA_VERSION = 1
 KIND = "syllabus.schedule"
 MANIFEST_FILE = "manifest.json"
 SHARD_GLOB = "epoch-*.parquet"
+SCHEDULE_FILES = (MANIFEST_FILE, SHARD_GLOB)  # every name `curate schedule` puts in a schedule directory
 
 
 class ScheduleError(ValueError):
@@ -170,9 +171,10 @@ def read_schedule(path: str | Path, check_shards: bool = True) -> Schedule:
         raise ScheduleError(f"{directory}: no {MANIFEST_FILE}; pass a directory written by `curate schedule`")
     where = str(manifest_path)
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ScheduleError(f"{where}: not valid JSON ({err})") from None
+        manifest = read_json(manifest_path)
+    except JSONFileError as err:
+        raise ScheduleError(f"{err}; the file is damaged: build the schedule again with the `curate schedule` command "
+                            "that wrote it, adding --overwrite") from None
     if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
         raise ScheduleError(f"{where}: not a Syllabus schedule manifest (kind {KIND!r} expected)")
     if manifest.get("schema_version") != SCHEMA_VERSION:

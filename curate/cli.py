@@ -18,7 +18,7 @@ from syllabus.core.engines import ENGINE_CHOICES
 from syllabus.core.engines.base import GenerationParams
 from syllabus.core.templates import TEMPLATES
 
-from .data import PRESETS
+from .data import PRESETS, SUFFIXES
 from .score_config import ScoreConfig
 
 SCORE = field_defaults(ScoreConfig)  # the CLI's defaults are the config's
@@ -106,12 +106,17 @@ def score(
     rejects = out / "rejects.jsonl"
     if rejects.exists():
         typer.echo(f"  rejected input rows: {sum(1 for _ in rejects.open())} (reasons in {rejects})")
+    skipped = table.metadata["dataset"].get("skipped_files") or []
+    if skipped:
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        typer.echo(f"  files not read (not {'/'.join(SUFFIXES)}): {', '.join(skipped[:5])}{more}")
 
 
 @app.command()
 def merge(
     shards: list[Path] = typer.Argument(..., help="the shard tables of one run"),
     out: Path = typer.Option(..., "--out", "-o", help="merged table directory"),
+    overwrite: bool = typer.Option(False, help="replace OUT if it holds a difficulty table (nothing else)"),
 ) -> None:
     """Merge the shard tables of a `--num-shards` scoring run into one table."""
     from syllabus.core.table import TableError
@@ -120,7 +125,7 @@ def merge(
     from .summary import summarize_table
 
     try:
-        table = merge_tables(shards, out)
+        table = merge_tables(shards, out, overwrite)
     except TableError as exc:
         fail(str(exc))
     typer.echo(summarize_table(table))
@@ -130,15 +135,21 @@ def merge(
 def inspect(
     paths: list[Path] = typer.Argument(..., help="a difficulty table, or one or more schedule directories"),
     plots: Optional[Path] = typer.Option(None, help="also write PNG plots into this directory"),
-    column: str = typer.Option("student_ce", help="difficulty column for table plots"),
+    column: str = typer.Option("student_ce", help="difficulty column: a table's plots, a schedule's epoch means"),
 ) -> None:
     """Summarise a difficulty table (counts, statuses, metric quantiles) or schedules (per-epoch curriculum)."""
-    from syllabus.core.table import TableError, read_table
+    from syllabus.core.schedule import ScheduleError
+    from syllabus.core.table import TableError, check_numeric_column, read_table
 
+    if plots is not None and plots.exists() and not plots.is_dir():
+        fail(f"--plots {plots} is a file; give a directory for the PNG plots")
     if all((p / "manifest.json").exists() for p in paths):
         from .schedules.inspect import inspect_schedule
 
-        typer.echo(inspect_schedule(list(paths), plots))
+        try:
+            typer.echo(inspect_schedule(list(paths), plots, column))
+        except ScheduleError as exc:
+            fail(str(exc))
         return
     if len(paths) != 1:
         fail("give one table, or schedule directories only (each holding a manifest.json)")
@@ -146,13 +157,18 @@ def inspect(
 
     try:
         table = read_table(paths[0])
+        check_numeric_column(table.frame.schema, column, f"--column: the table {table.path}")
     except TableError as exc:
         fail(str(exc))
     typer.echo(summarize_table(table))
     if plots is not None:
         from .plots import plot_table
 
-        for png in plot_table(table, plots, column=column):
+        try:
+            pngs = plot_table(table, plots, column=column)
+        except ValueError as exc:  # the column holds no finite value in rows with status ok
+            fail(str(exc))
+        for png in pngs:
             typer.echo(f"  wrote {png}")
 
 

@@ -6,23 +6,34 @@ from pathlib import Path
 
 import polars as pl
 
-from syllabus.core.table import Table, TableError, read_table, write_table
+from syllabus.core.table import DERIVED_KEYS, Table, TableError, read_table, write_table
+from syllabus.core.workdir import TABLE, RunDirError, describe_output, held_output, replace_output
 
 # Metadata that must agree between shards of one run (the config minus its shard index).
 _SHARED_KEYS = ("student", "teacher", "teacher_from", "tokenizer_sha256", "template", "fields", "generation", "engines")
+_SHOWN = 5
 
 
-def merge_tables(shard_paths: list[str | Path], out: str | Path) -> Table:
+def merge_tables(shard_paths: list[str | Path], out: str | Path, overwrite: bool = False) -> Table:
     """Merge shard tables after checking they belong together.
 
+    Args:
+        shard_paths: the shard tables of one `curate score --num-shards N` run, each once.
+        out: the merged table's directory: new or empty, or (with `overwrite`) a difficulty table to replace.
+        overwrite: replace `out` if it holds a difficulty table; anything else there is refused all the same.
+
     Raises:
-        TableError: shards of different runs or datasets, a shard missing or given twice, or a sample in two shards.
+        TableError: shards of different runs or datasets, a shard missing or given twice, a sample in two shards,
+            a table that is not a shard; or an `out` that is one of the shards, or that is taken (named).
     """
     if not shard_paths:
         raise TableError("merge needs at least one shard table")
+    out = Path(out)
+    _check_out(out, [Path(p) for p in shard_paths], overwrite)
     tables = [read_table(p) for p in shard_paths]
+    shards = [_shard_of(t) for t in tables]
     first = tables[0].metadata
-    num_shards = first.get("shard", {}).get("num_shards")
+    num_shards = shards[0][1]
     for t in tables[1:]:
         for key in _SHARED_KEYS:
             if t.metadata.get(key) != first.get(key):
@@ -34,19 +45,64 @@ def merge_tables(shard_paths: list[str | Path], out: str | Path) -> Table:
         if config_a != config_b:
             diff = sorted(k for k in config_a if config_a[k] != config_b.get(k))
             raise TableError(f"{t.path} was scored with other settings than {tables[0].path}: {', '.join(diff)}")
-    indices = [t.metadata["shard"]["shard_index"] for t in tables]
+    indices = [index for index, _ in shards]
     if sorted(indices) != list(range(num_shards)):
         missing = sorted(set(range(num_shards)) - set(indices))
         repeated = sorted({i for i in indices if indices.count(i) > 1})
         raise TableError(
-            f"a run with {num_shards} shards needs each shard once; missing {missing or 'none'}, repeated {repeated or 'none'}"
+            f"a run with {num_shards} shards needs each shard once; missing {missing or 'none'}, "
+            f"repeated {repeated or 'none'}"
         )
-    frame = pl.concat([t.frame for t in sorted(tables, key=lambda t: t.metadata["shard"]["shard_index"])], how="diagonal_relaxed")
+    in_order = [t.frame for _, t in sorted(zip(indices, tables), key=lambda pair: pair[0])]
+    frame = pl.concat(in_order, how="diagonal_relaxed")
     if {"source_file", "source_line"} <= set(frame.columns):
         frame = frame.sort(["source_file", "source_line"])  # back to input order
-    if frame["sample_id"].is_duplicated().any():
-        raise TableError("a sample_id appears in two shards; were the shards scored from different inputs?")
-    metadata = {k: v for k, v in first.items() if k not in ("table_fingerprint", "num_rows", "columns")}
+    repeated_ids = frame.filter(frame["sample_id"].is_duplicated())["sample_id"].unique(maintain_order=True)
+    if repeated_ids.len():
+        more = f" and {repeated_ids.len() - _SHOWN} more" if repeated_ids.len() > _SHOWN else ""
+        raise TableError(
+            f"{repeated_ids.len()} sample_id{'s are' if repeated_ids.len() > 1 else ' is'} in more than one shard: "
+            f"{', '.join(repeated_ids.head(_SHOWN).to_list())}{more}; were the shards scored from different inputs?"
+        )
+    metadata = {k: v for k, v in first.items() if k not in DERIVED_KEYS}
     metadata["shard"] = {"num_shards": 1, "shard_index": 0, "merged_from": [str(t.path) for t in tables]}
     metadata["config"] = {**first["config"], "num_shards": 1, "shard_index": 0}
+    if overwrite:
+        try:
+            replace_output(out, TABLE)
+        except RunDirError as err:
+            raise TableError(str(err)) from None
     return write_table(frame, out, metadata)
+
+
+def _check_out(out: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse, before any work, an --out that is an input, a file, or taken by anything but a table to replace."""
+    resolved = out.resolve()
+    if any(resolved == p.resolve() or resolved in p.resolve().parents for p in inputs):
+        raise TableError(f"--out {out} is one of the tables to merge (or holds one); choose another directory")
+    if out.exists() and not out.is_dir():
+        raise TableError(f"--out {out} is a file; give a directory")
+    try:
+        if not out.exists() or not any(out.iterdir()):
+            return
+        held, what = held_output(out), describe_output(out)
+    except RunDirError as err:
+        raise TableError(str(err)) from None
+    if held != TABLE:
+        only = " (--overwrite replaces only a difficulty table)" if overwrite else ""
+        raise TableError(f"--out {out} holds {what}{only}; choose another directory")
+    if not overwrite:
+        raise TableError(f"--out {out} holds {what}; choose another directory, or pass --overwrite to replace it")
+
+
+def _shard_of(table: Table) -> tuple[int, int]:
+    """(shard index, number of shards) from a shard table's metadata."""
+    shard, config = table.metadata.get("shard"), table.metadata.get("config")
+    try:
+        index, count = int(shard["shard_index"]), int(shard["num_shards"])
+    except (KeyError, TypeError, ValueError):
+        index = count = None
+    if index is None or not isinstance(config, dict) or not 0 <= index < count:
+        raise TableError(f"{table.path}: not a shard of a `curate score --num-shards N` run (its metadata.json has "
+                         "no valid shard and config settings); merge only the shard tables of one run")
+    return index, count

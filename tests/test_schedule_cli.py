@@ -87,7 +87,7 @@ def test_errors_exit_2_with_a_message_naming_the_culprit(tmp_path):
         (["--method", "l2m", "--epochs", 6], "multiple of 4"),
         ([], "--method is required"),
         (["--method", "dakd", "--loss-param", "lambda"], "--loss-param: expected key=value"),
-        (["--method", "dakd", "--loss-param", "lambda=abc"], "parameter loss_params: expected dict[str, float]"),
+        (["--method", "dakd", "--loss-param", "lambda=abc"], "parameter loss_params.lambda: expected float, got 'abc'"),
         (["--config", tmp_path / "missing.yaml"], "no such file"),
         (["--method", "dakd", "-p", "low_share"], "expected key=value"),
         (["--method", "dakd", "-p", "low_share=lots"], "parameter low_share: expected float, got 'lots'"),

@@ -192,14 +192,15 @@ def test_output_directory_rules(tmp_path):
     before = (out / "manifest.json").read_bytes()
     build_schedule(table.path, "full", out, {"epochs": 3})  # the same schedule again: a harmless rerun
     assert (out / "manifest.json").read_bytes() == before
-    with pytest.raises(ScheduleError, match=f"--out {out} holds another schedule; .* --overwrite"):
+    with pytest.raises(ScheduleError, match=f"--out {out} holds another schedule .differs in params.epochs: 3 -> 2.; "
+                                            ".* --overwrite"):
         build_schedule(table.path, "full", out, {"epochs": 2})
     build_schedule(table.path, "full", out, {"epochs": 2}, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["epoch-000.parquet", "epoch-001.parquet", "manifest.json"]
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(ScheduleError, match="holds files that are not a complete schedule"):
+    with pytest.raises(ScheduleError, match=r"holds files that are not a Syllabus output \(notes.txt\)"):
         build_schedule(table.path, "full", other)
     with pytest.raises(ScheduleError, match="is a file"):
         build_schedule(table.path, "full", other / "notes.txt")

@@ -6,9 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from syllabus.core.table import PART_GLOB, Table, read_table
+from syllabus.core.table import NUMERIC_COLUMNS, Table, read_schema, read_table
 
 from .common import usable_rows
 from .config import ScheduleError, check_at_least, typed_params, typed_value
@@ -48,12 +46,11 @@ def make_config(method: str, params: dict[str, Any]) -> Any:
 
 
 def _read(table_path: Path, columns: list[str]) -> Table:
-    """The table with only the columns scheduling needs (the text columns can be most of a table's bytes)."""
-    files = [table_path] if table_path.is_file() else sorted(table_path.glob(PART_GLOB))
-    if not files:
-        return read_table(table_path)  # raises the table module's own message
-    present = set(pq.read_schema(files[0]).names)
-    return read_table(table_path, columns=[c for c in dict.fromkeys(["sample_id", "status", *columns]) if c in present])
+    """The table without its text columns (they can be most of a table's bytes): sample_id, status, the method's
+    columns and every score and token count, so that a malformed score is refused whichever column a method uses."""
+    present = read_schema(table_path)
+    wanted = dict.fromkeys(["sample_id", "status", *columns, *NUMERIC_COLUMNS])
+    return read_table(table_path, columns=[c for c in wanted if c in present])
 
 
 def build_schedule(

@@ -6,18 +6,46 @@ from pathlib import Path
 
 import polars as pl
 
-from syllabus.core.schedule import read_schedule
-from syllabus.core.table import TableError, read_table
+from syllabus.core.schedule import ScheduleError, read_schedule
+from syllabus.core.table import TableError, check_numeric_column, read_schema, read_table
+
+
+def _scores(table_path: str, column: str) -> pl.DataFrame | None:
+    """sample_id and `column` of a schedule's table; None when the table cannot be read (moved, deleted, damaged)
+    or has no such numeric column."""
+    try:
+        schema = read_schema(table_path)
+        check_numeric_column(schema, column, table_path)
+        return read_table(table_path, columns=["sample_id", column]).frame
+    except TableError:
+        return None
+
+
+def check_column(path: Path, column: str) -> None:
+    """Refuse a `column` that the schedule's table, if it can be read, lacks or holds as text.
+
+    Raises:
+        ScheduleError: `path` is not a schedule, or `column` is not a numeric column of its table (those are listed).
+    """
+    table_path = read_schedule(path).table_path
+    try:
+        schema = read_schema(table_path)
+    except TableError:
+        return  # the table moved or is damaged: the summary says so, and shows no means
+    try:
+        check_numeric_column(schema, column, f"--column: the table {table_path} of {path}")
+    except TableError as err:
+        raise ScheduleError(str(err)) from None
 
 
 def epoch_profile(path: Path, column: str = "student_ce") -> pl.DataFrame:
     """Per epoch of a schedule: its training settings and the mean of `column` over the epoch's samples.
 
-    The mean comes from the table the manifest names; it is null when that table cannot be read or lacks the
-    column (the rest of the profile only needs the manifest).
+    The mean comes from the table the manifest names; it is null when that table cannot be read or has no such
+    numeric column (the rest of the profile only needs the manifest).
 
     Raises:
-        ScheduleError: `path` is not a schedule directory.
+        ScheduleError: `path` is not a schedule directory, or one of its shards is not readable.
     """
     schedule = read_schedule(path)
     epochs = schedule.epochs
@@ -28,16 +56,20 @@ def epoch_profile(path: Path, column: str = "student_ce") -> pl.DataFrame:
         "temperature": [float(e.plan.temperature) for e in epochs],
         "kd_weight": [float(e.plan.kd_weight) for e in epochs],
     })
-    try:
-        scores = read_table(schedule.table_path, columns=["sample_id", column]).frame
-    except (TableError, OSError, pl.exceptions.PolarsError):
+    scores = _scores(schedule.table_path, column)
+    if scores is None:
         return profile.with_columns(mean=pl.lit(None, dtype=pl.Float64))
     scores = scores.with_columns(pl.col(column).cast(pl.Float64).fill_nan(None))
     means, cache = [], {}
     for e in epochs:
         key = e.shard.read_bytes()  # epochs over the same subset have identical shards: join once
         if key not in cache:
-            ids = pl.read_parquet(e.shard, columns=["sample_id"])
+            try:
+                ids = pl.read_parquet(e.shard, columns=["sample_id"])
+            except (pl.exceptions.PolarsError, OSError) as err:
+                raise ScheduleError(f"{e.shard}: not a readable epoch shard ({str(err).splitlines()[0]}); build the "
+                                    "schedule again with the `curate schedule` command that wrote it, adding "
+                                    "--overwrite") from None
             cache[key] = ids.join(scores, on="sample_id", how="left")[column].mean()
         means.append(cache[key])
     return profile.with_columns(mean=pl.Series(means, dtype=pl.Float64))
@@ -47,7 +79,7 @@ def summarize_schedule(path: Path, column: str = "student_ce") -> str:
     """A text summary: method, parameters, table, exclusions, then one line per epoch.
 
     Raises:
-        ScheduleError: `path` is not a schedule directory.
+        ScheduleError: `path` is not a schedule directory, or one of its shards is not readable.
     """
     schedule = read_schedule(path)
     manifest = schedule.manifest
@@ -76,7 +108,7 @@ def summarize_schedule(path: Path, column: str = "student_ce") -> str:
             f"{' '.join([loss_params, *flags]).strip()}"
         )
     if profile["mean"].null_count() == len(profile):
-        lines.append(f"  (mean {column} n/a: the table {table['path']} is not readable or has no column {column})")
+        lines.append(f"  (mean {column} n/a: the table {table['path']} is not readable or has no numeric {column})")
     return "\n".join(lines)
 
 
@@ -99,9 +131,11 @@ def inspect_schedule(paths: list[Path], plots_dir: Path | None, column: str = "s
         The text to print (with the written PNG path, if any).
 
     Raises:
-        ScheduleError: a path is not a schedule directory.
+        ScheduleError: a path is not a schedule directory, or `column` is not a numeric column of a table.
     """
     paths = [Path(p) for p in paths]
+    for path in paths:
+        check_column(path, column)
     text = "\n\n".join(summarize_schedule(p, column) for p in paths)
     if plots_dir is not None:
         from ..plots import plot_curricula

@@ -13,9 +13,10 @@ from typing import Any
 
 import polars as pl
 
-from syllabus.core.io import atomic_write_bytes
+from syllabus.core.io import JSONFileError, atomic_write_bytes, read_json
 from syllabus.core.schedule import KIND, MANIFEST_FILE, SCHEMA_VERSION, SHARD_GLOB, ScheduleError, shard_name
 from syllabus.core.table import Table
+from syllabus.core.workdir import SCHEDULE, RunDirError, changes, describe_output, held_output, replace_output
 
 from .common import Epoch
 
@@ -59,19 +60,64 @@ def claim_directory(out: Path, manifest: bytes, overwrite: bool) -> None:
     """Make sure `out` may receive this schedule.
 
     An empty or missing directory is fine, and so is one holding this very schedule (same manifest: a rerun).
+    With `overwrite`, a directory holding another schedule (finished or not) is emptied for this one.
 
     Raises:
-        ScheduleError: `out` is a file, or holds another schedule or other files, and `overwrite` is off.
+        ScheduleError: `out` is a file; or holds another schedule (the differing settings named, old -> new) and
+            `overwrite` is off; or holds anything but a schedule (named), whatever `overwrite` says.
     """
     if out.exists() and not out.is_dir():
         raise ScheduleError(f"--out {out} is a file; give a directory")
-    if not out.exists() or not any(out.iterdir()) or overwrite:
+    if not out.exists() or not any(out.iterdir()):
         return
     existing = out / MANIFEST_FILE
     if existing.is_file() and existing.read_bytes() == manifest:
         return
-    what = "another schedule" if existing.is_file() else "files that are not a complete schedule"
+    try:
+        if overwrite:
+            replace_output(out, SCHEDULE)
+            return
+        held = held_output(out)
+        what = describe_output(out)
+    except RunDirError as err:
+        raise ScheduleError(str(err)) from None
+    if held != SCHEDULE:
+        raise ScheduleError(f"--out {out} holds {what}; choose another directory")
+    if not existing.is_file():
+        what = f"an unfinished schedule (no {MANIFEST_FILE})"
+    else:
+        what = f"another schedule ({_changed_settings(existing, manifest)})"
     raise ScheduleError(f"--out {out} holds {what}; choose another directory or pass --overwrite to replace it")
+
+
+def _changed_settings(existing: Path, manifest: bytes) -> str:
+    """How the schedule in `existing` differs from `manifest` in the settings that decide it, old -> new."""
+    try:
+        old = read_json(existing)
+    except JSONFileError as err:
+        return f"its manifest is damaged: {err}"
+    new = json.loads(manifest)
+    settings = [_settings(old), _settings(new)]
+    if settings[0]["method"] != settings[1]["method"]:
+        for s in settings:  # another method has other parameters altogether
+            s.pop("params")
+    changed = [f"{key}: {a!r} -> {b!r}" for key, a, b in changes(*settings)]
+    if not changed:
+        return "the same settings, but other epochs: written by another Syllabus version?"
+    return "differs in " + "; ".join(changed)
+
+
+def _settings(manifest: Any) -> dict[str, Any]:
+    """The settings a schedule is built from: method, parameters, seed and table."""
+    manifest = manifest if isinstance(manifest, dict) else {}
+    table = manifest.get("table") if isinstance(manifest.get("table"), dict) else {}
+    fingerprint = table.get("fingerprint")
+    return {
+        "method": manifest.get("method"),
+        "params": manifest.get("params"),
+        "seed": manifest.get("seed"),
+        "table": {"path": table.get("path"), "fingerprint": fingerprint[:16] if isinstance(fingerprint, str) else None},
+    }
 
 
 def write_schedule(out: Path, manifest: bytes, epochs: list[Epoch], overwrite: bool = False) -> Path:
@@ -80,10 +126,10 @@ def write_schedule(out: Path, manifest: bytes, epochs: list[Epoch], overwrite: b
     Raises:
         ScheduleError: see `claim_directory`; or an empty epoch (a method bug, reported rather than written).
     """
-    claim_directory(out, manifest, overwrite)
     for i, epoch in enumerate(epochs):
         if epoch.sample_ids.len() == 0:
             raise ScheduleError(f"epoch {i + 1} would be empty; check the method's parameters")
+    claim_directory(out, manifest, overwrite)  # last check: with --overwrite it empties `out`
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # incomplete until the new manifest lands
     previous, data = None, b""
