@@ -78,7 +78,7 @@ def run_variant(variant: str, batch: int, seq_len: int, steps: int) -> dict:
     rows = torch.arange(batch).repeat_interleave(seq_len - 1)
     cols = torch.arange(seq_len - 1).repeat(batch)
     targets = ids[rows, cols + 1]
-    data = Batch(ids, mask, rows, cols, targets)
+    data = Batch(ids, mask, None, rows, cols, targets)
     objective = Objective("kld", temperature=1.0, kd_weight=1.0)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16)
 

@@ -17,7 +17,8 @@ ALLOWED = {
     "core": set(),
     "curate": set(),
     "evaluate": set(),
-    "train": {"syllabus.curate.schedules.dakd", "syllabus.evaluate.run", "syllabus.evaluate.protocol"},
+    "train": {"syllabus.curate.schedules.dakd", "syllabus.evaluate.run", "syllabus.evaluate.protocol",
+              "syllabus.evaluate.sets"},
     "pipelines": set(),
 }
 

@@ -335,3 +335,51 @@ def test_resume_never_unpickles_code_from_the_run_directory(table, tmp_path, tin
     result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--resume"))
     assert not marker.exists()
     assert result.exit_code == 2 and "not a snapshot of plain values" in result.output
+
+
+def test_a_bad_stage_end_evaluation_set_fails_before_training(table, tmp_path, tiny_model, tiny_teacher):
+    bad = tmp_path / "myset.jsonl"
+    bad.write_text('{"prompt": "Say hi", "output": "hi"}\n["not", "an", "object"]\n')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"eval_sets: [{bad}]\n")
+    sched = schedule(table, tmp_path, "full", epochs=1)
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--config", str(cfg)))
+    assert result.exit_code == 2 and f"{bad}:2" in result.output
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_resume_drops_a_metrics_line_cut_short_by_a_crash(tmp_path):
+    from syllabus.train.state import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "lo')
+    log = MetricsLog(path, resume_step=2)
+    log.write({"step": 3, "loss": 0.5}, main_process=True)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_overwrite_never_deletes_a_directory_that_is_not_a_training_run(table, tmp_path, tiny_model, tiny_teacher):
+    sched = schedule(table, tmp_path, "full", epochs=1)
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--overwrite"))
+    assert result.exit_code == 2 and "notes.txt" in result.output
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_training_packs_micro_batches_unless_asked_for_padded_ones(table, tmp_path, tiny_model, tiny_teacher):
+    from syllabus.train.config import TrainConfig
+    from syllabus.train.loop import setup
+
+    sched = schedule(table, tmp_path, "full", epochs=1)
+    for padding_free, expected in ((True, 512), (False, None)):
+        run = setup(TrainConfig(manifest=str(sched), out=str(tmp_path / f"run-{padding_free}"), student=str(tiny_model),
+                                teacher=str(tiny_teacher), max_seq_len=256, precision="fp32",
+                                padding_free=padding_free))
+        assert run.pack_tokens == expected
+    result = runner.invoke(app, train_args(sched, tmp_path / "padded", tiny_model, tiny_teacher, "--padded",
+                                           "--max-steps", "1"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "padded" / "config.json").read_text())["config"]["padding_free"] is False

@@ -46,6 +46,10 @@ def run(
     scheduler: Optional[SchedulerName] = typer.Option(None, help=f"LR schedule [default: {TRAIN['scheduler']}]"),
     micro_batch_size: Optional[int] = typer.Option(None, help=f"[default: {TRAIN['micro_batch_size']}]"),
     grad_accum: Optional[int] = typer.Option(None, help=f"[default: {TRAIN['grad_accum']}]"),
+    padding_free: Optional[bool] = typer.Option(
+        None, "--padding-free/--padded", help="pack each micro-batch's samples end to end (no compute on padding; "
+        "same samples and loss) or pad them [default: padding-free where the models' attention allows it]"),
+    pack_tokens: Optional[int] = typer.Option(None, help=f"longest packed row in tokens [default: {TRAIN['pack_tokens']}]"),
     max_seq_len: Optional[int] = typer.Option(
         None, help="longest prompt + response in tokens; a limit below a scheduled row's length is refused "
         "[default: the limit the table was scored with]"),
@@ -74,6 +78,7 @@ def run(
         "loss_params": None, "kd_weight": kd_weight, "lr": lr, "warmup_ratio": warmup_ratio,
         "weight_decay": weight_decay,
         "scheduler": choice_value(scheduler), "micro_batch_size": micro_batch_size, "grad_accum": grad_accum,
+        "padding_free": padding_free, "pack_tokens": pack_tokens,
         "max_seq_len": max_seq_len, "precision": choice_value(precision), "seed": seed, "disable_dropout": disable_dropout or None,
         "save_every_steps": save_every_steps,
         "max_steps": max_steps, "eval_sets": tuple(eval_sets.split(",")) if eval_sets else None,

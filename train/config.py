@@ -29,6 +29,8 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     scheduler: str = "cosine"
     micro_batch_size: int = 8
+    padding_free: bool = True  # pack each micro-batch's samples end to end (same samples, same loss, no padding)
+    pack_tokens: int = 512  # longest packed row, or the longest sample if longer (docs/benchmarks.md)
     grad_accum: int = 1
     max_seq_len: int | None = None  # default: the table's scoring limit (rows are never cut differently than scored)
     max_grad_norm: float = 1.0
@@ -55,6 +57,7 @@ class TrainConfig:
             (self.micro_batch_size >= 1 and self.grad_accum >= 1, "micro_batch_size and grad_accum must be >= 1"),
             (self.max_seq_len is None or self.max_seq_len >= 2, "max_seq_len must be >= 2"),
             (self.loss_chunk_tokens >= 1, "loss_chunk_tokens must be >= 1"),
+            (self.pack_tokens >= 1, "pack_tokens must be >= 1"),
             (self.kd_weight is None or 0 <= self.kd_weight <= 1, "kd_weight must be in [0, 1]"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.save_every_steps >= 1, "save_every_steps must be >= 1"),

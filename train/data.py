@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from syllabus.core.packing import pack_sequences
 from syllabus.core.table import Table
 from syllabus.core.tokens import Encoded, encode_pair
 
@@ -25,15 +26,29 @@ class DataError(ValueError):
 
 @dataclass
 class Batch:
-    input_ids: torch.Tensor  # (B, T) right-padded
-    attention_mask: torch.Tensor  # (B, T) from lengths, never from pad ids (pad == eos in SmolLM2)
+    """A micro-batch as the models take it: padded rows with an attention mask, or packed rows with position ids."""
+
+    input_ids: torch.Tensor  # (R, T): one sample per row, right-padded; or samples end to end (packed)
+    attention_mask: torch.Tensor | None  # (R, T) from lengths, never from pad ids (pad == eos); None when packed
+    position_ids: torch.Tensor | None  # (R, T) restarting at each packed sample; None when padded
     rows: torch.Tensor  # (N,) batch row of each scored position
-    cols: torch.Tensor  # (N,) position whose output predicts a response token (prompt_len-1 .. len-2)
+    cols: torch.Tensor  # (N,) position whose output predicts a response token (prompt_len-1 .. len-2 of its sample)
     targets: torch.Tensor  # (N,) the response token predicted there (EOS included)
 
     @property
     def num_tokens(self) -> int:
         return int(self.targets.numel())
+
+    def model_inputs(self) -> dict[str, Any]:
+        """Keyword arguments of a decoder forward. No KV cache: transformers reads packed position_ids as sample
+        boundaries only without one (and a cache is wasted memory in training anyway)."""
+        if self.position_ids is not None:
+            return {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "use_cache": False}
+
+    def to(self, device: Any) -> Batch:
+        return Batch(*(None if t is None else t.to(device) for t in (
+            self.input_ids, self.attention_mask, self.position_ids, self.rows, self.cols, self.targets)))
 
 
 @dataclass(frozen=True)
@@ -156,7 +171,16 @@ def epoch_micro_batches(
     return batches[rank::world_size]
 
 
-def collate(encoded: list[Encoded], pad_id: int) -> Batch:
+def collate(encoded: list[Encoded], pad_id: int, pack_tokens: int | None = None) -> Batch:
+    """A micro-batch of samples: packed (padding-free) when `pack_tokens` is given, else one padded row each.
+
+    Args:
+        encoded: the samples, in the micro-batch's order.
+        pad_id: filler id (padding, or the tail of a packed row).
+        pack_tokens: the token budget of a packed row (`core.packing.pack_sequences`); None: padded rows.
+    """
+    if pack_tokens is not None:
+        return collate_packed(encoded, pad_id, pack_tokens)
     lengths = [len(e.ids) for e in encoded]
     width = max(lengths)
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
@@ -170,4 +194,17 @@ def collate(encoded: list[Encoded], pad_id: int) -> Batch:
         rows += [row] * (len(ids) - p)
         cols += range(p - 1, len(ids) - 1)
         targets += ids[p:]
-    return Batch(input_ids, attention_mask, torch.tensor(rows), torch.tensor(cols), torch.tensor(targets))
+    return Batch(input_ids, attention_mask, None, torch.tensor(rows), torch.tensor(cols), torch.tensor(targets))
+
+
+def collate_packed(encoded: list[Encoded], pad_id: int, pack_tokens: int) -> Batch:
+    """Samples end to end in rows of at most `pack_tokens` tokens, position ids restarting at each sample."""
+    packed = pack_sequences([e.ids for e in encoded], pad_id, pack_tokens)
+    rows, cols, targets = [], [], []
+    for e, row, offset in zip(encoded, packed.rows, packed.offsets):
+        ids, p = e.ids, len(e.prompt_ids)
+        rows += [row] * (len(ids) - p)
+        cols += range(offset + p - 1, offset + len(ids) - 1)
+        targets += ids[p:]
+    return Batch(packed.input_ids, None, packed.position_ids, torch.tensor(rows), torch.tensor(cols),
+                 torch.tensor(targets))

@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from syllabus.core.io import atomic_write_json
 from syllabus.core.logits import checked_logit_head
 from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model
+from syllabus.core.packing import packing_is_exact
 from syllabus.core.schedule import ScheduledEpoch, read_schedule
 from syllabus.core.table import read_table
 from syllabus.core.workdir import claim_output
@@ -44,6 +46,10 @@ def setup(config: TrainConfig) -> Run:
     objectives = tuple(epoch_objective(epoch, config) for epoch in schedule.epochs)  # before any model loads
     if any(epoch.plan.rescore for epoch in schedule.epochs):
         check_rescore_params(schedule.params)
+    if config.eval_sets:  # a bad set fails now, not at the first stage end
+        from syllabus.evaluate.sets import load_sets
+
+        load_sets(config.eval_sets, config.eval_limit)
     table_path = config.table or schedule.table_path
     table = read_table(table_path)
     if table.fingerprint != schedule.table_fingerprint:
@@ -64,6 +70,7 @@ def setup(config: TrainConfig) -> Run:
     teacher.eval().requires_grad_(False)
     checked_logit_head(model, f"student {student_ref.name}")  # refuse, before training, logits we cannot reproduce
     teacher_head = checked_logit_head(teacher, f"teacher {teacher_ref.name}")
+    pack_tokens = packing_tokens(config, {"student": model, "teacher": teacher})
     tokenizer = load_tokenizer(student_ref)
     chat = table.metadata.get("template") == "chat"
     shards = [read_shard(epoch.shard) for epoch in schedule.epochs]
@@ -83,13 +90,25 @@ def setup(config: TrainConfig) -> Run:
         "teacher": teacher_ref.identity(),
     }
     out = Path(config.out)
-    if config.overwrite and not config.resume and out.exists():
-        shutil.rmtree(out)  # --overwrite alone starts over; with --resume it replaces only another run's directory
-    claim_output(out, identity, config.overwrite, what="training run")
+    # --overwrite alone starts over; with --resume it replaces only another run's directory; never anything but a run
+    claim_output(out, identity, config.overwrite, what="training run", restart=not config.resume)
     atomic_write_json(out / "config.json", {**identity, "schedule": schedule.manifest})
     return Run(config, out, schedule, table, accelerator, DistillStudent(model, config.loss_chunk_tokens), teacher,
-               teacher_head, tokenizer, store, identity["manifest_fingerprint"], objectives,
+               teacher_head, tokenizer, store, pack_tokens, identity["manifest_fingerprint"], objectives,
                on_stage_end=evaluate_stage if config.eval_sets else None)
+
+
+def packing_tokens(config: TrainConfig, models: dict[str, Any]) -> int | None:
+    """The packed-row budget for padding-free batches, or None for padded ones (asked for, or where packing would let
+    attention cross samples: said once)."""
+    if not config.padding_free:
+        return None
+    wrong = [name for name, model in models.items() if not packing_is_exact(model)]
+    if wrong:
+        warnings.warn(f"the {' and '.join(wrong)} attend across packed samples (their attention does not read "
+                      "position_ids as sample boundaries): training on padded batches", stacklevel=2)
+        return None
+    return config.pack_tokens
 
 
 def load_student(ref: ModelRef, disable_dropout: bool) -> Any:
@@ -165,11 +184,11 @@ def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, o
     scale = acc.num_processes / max(1, global_tokens)
     loss_total = sft_total = kd_total = 0.0
     for k, batch in enumerate(group):
-        batch = Batch(*(t.to(acc.device) for t in (batch.input_ids, batch.attention_mask, batch.rows, batch.cols, batch.targets)))
+        batch = batch.to(acc.device)
         teacher_hidden = teacher_head = None
         if objective.uses_teacher:  # the teacher runs only for batches that need it
             with torch.no_grad(), acc.autocast():
-                hidden = run.teacher.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+                hidden = run.teacher.get_decoder()(**batch.model_inputs()).last_hidden_state
             teacher_hidden, teacher_head = hidden[batch.rows, batch.cols], run.teacher_head
         # gradients are all-reduced once per optimizer step, at the last micro-batch
         sync = acc.no_sync(model) if k < len(group) - 1 else contextlib.nullcontext()
@@ -220,7 +239,8 @@ def fit(run: Run) -> Path:
         groups = [micro[i : i + config.grad_accum] for i in range(0, len(micro), config.grad_accum)]
         for step_in_epoch in range(progress.step_in_epoch, len(groups)):
             t0 = time.perf_counter()
-            batches = [collate([run.store.encoded(s) for s in ids], run.tokenizer.pad_token_id) for ids in groups[step_in_epoch]]
+            batches = [collate([run.store.encoded(s) for s in ids], run.tokenizer.pad_token_id, run.pack_tokens)
+                       for ids in groups[step_in_epoch]]
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             stats = train_step(run, model, batches, objective, optimizer, scheduler)
             progress.advance()

@@ -56,6 +56,7 @@ class Run:
     teacher_head: LogitHead  # how the teacher's logits come from its hidden states (checked at setup)
     tokenizer: Any
     store: SampleStore
+    pack_tokens: int | None  # padding-free rows of at most this many tokens; None: padded batches
     manifest_fingerprint: str
     objectives: tuple[Objective, ...]
     on_stage_end: Callable[[Run, Path, int], None] | None = None

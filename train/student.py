@@ -26,14 +26,13 @@ class DistillStudent(torch.nn.Module):
         """Loss sums over the batch's response tokens.
 
         Args:
-            batch: right-padded ids and the (rows, cols) of the scored positions.
+            batch: padded or packed ids and the (rows, cols) of the scored positions.
             objective: the epoch's loss.
             teacher_hidden: (N, H') teacher final hidden states at the scored positions, or None when the objective
                 does not use the teacher.
             teacher_head: the teacher's `LogitHead`, or None likewise.
         """
-        hidden = self.model.get_decoder()(input_ids=batch.input_ids,
-                                          attention_mask=batch.attention_mask).last_hidden_state  # (B, T, H)
+        hidden = self.model.get_decoder()(**batch.model_inputs()).last_hidden_state  # (R, T, H)
         head = logit_head(self.model)  # read here, inside forward, so that DDP and FSDP see the lm_head used
         teacher_kwargs = {}
         if teacher_head is not None:

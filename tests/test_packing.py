@@ -1,0 +1,101 @@
+"""Padding-free batches: a packed micro-batch gives the padded one's loss and gradients, for every loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from syllabus.core.logits import logit_head
+from syllabus.core.loss_params import LOSSES
+from syllabus.core.packing import pack_sequences, packing_is_exact
+from syllabus.core.tokens import encode_pair
+from syllabus.train.data import collate
+from syllabus.train.losses import Objective
+from syllabus.train.student import DistillStudent
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model, tiny_teacher):
+    student = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_teacher, dtype=torch.float32).eval().requires_grad_(False)
+    return student, teacher, AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def uneven_rows(models, dolly_rows):
+    """Real Dolly rows of very different lengths, and one whose response is the EOS token alone."""
+    tokenizer = models[2]
+    rows = [encode_pair(tokenizer, r["prompt"], r["output"], 1024) for r in dolly_rows[:40]]
+    rows = sorted((r for r in rows if r.status == "ok"), key=lambda r: len(r.ids))
+    eos_only = encode_pair(tokenizer, dolly_rows[0]["prompt"], "", 1024)
+    assert eos_only.response_ids == [tokenizer.eos_token_id]
+    return [rows[-1], rows[0], eos_only, rows[len(rows) // 2], rows[-2], rows[3]]
+
+
+def loss_and_grads(student, teacher, batch, objective, bf16):
+    student.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad():
+            hidden = teacher.get_decoder()(**batch.model_inputs()).last_hidden_state[batch.rows, batch.cols]
+        sums = DistillStudent(student, chunk_tokens=256)(batch, objective, hidden, logit_head(teacher))
+    sums.loss_sum.backward()
+    return sums, {n: p.grad.clone() for n, p in student.named_parameters()}
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_packed_batches_give_the_padded_loss_and_gradients(models, uneven_rows, loss, bf16):
+    student, teacher, tokenizer = models
+    objective = Objective(loss, temperature=2.0, kd_weight=0.0 if loss == "sft" else 0.6)
+    for rows in (uneven_rows, uneven_rows[:1]):  # a micro-batch of several rows, and of one
+        padded = collate(rows, tokenizer.pad_token_id)
+        packed = collate(rows, tokenizer.pad_token_id, pack_tokens=700)  # several packed rows for the first
+        assert packed.position_ids is not None and packed.attention_mask is None
+        assert packed.input_ids.numel() < padded.input_ids.numel() or len(rows) == 1
+        want, want_grads = loss_and_grads(student, teacher, padded, objective, bf16)
+        got, got_grads = loss_and_grads(student, teacher, packed, objective, bf16)
+        assert got.num_tokens == want.num_tokens
+        rtol, atol = (2e-2, 1e-3) if bf16 else (1e-5, 1e-6)
+        for a, b in zip(got[:3], want[:3]):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol * want.num_tokens)
+        for name, grad in want_grads.items():
+            scale = grad.abs().max().item()
+            torch.testing.assert_close(got_grads[name], grad, rtol=rtol, atol=atol * max(scale, 1e-6) * 10)
+
+
+def test_pack_sequences_restarts_positions_and_keeps_rows_within_budget():
+    sequences = [[1] * 5, [2] * 3, [3] * 6, [4] * 2]
+    packed = pack_sequences(sequences, pad_id=0, max_tokens=8)
+    assert packed.rows == [0, 0, 1, 1] and packed.offsets == [0, 5, 0, 6]
+    assert packed.input_ids.tolist() == [[1] * 5 + [2] * 3, [3] * 6 + [4] * 2]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 3, 4, 5, 0, 1]]
+    tail = pack_sequences([[1] * 5, [2] * 3], pad_id=9, max_tokens=5)
+    assert tail.input_ids.tolist() == [[1] * 5, [2, 2, 2, 9, 9]]
+    assert tail.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]  # the tail is a sequence of its own
+
+
+def test_a_model_that_ignores_sample_boundaries_is_detected(models):
+    student, _, _ = models
+    assert packing_is_exact(student)
+    student.config._attn_implementation = "eager"
+    try:
+        assert packing_is_exact(student)  # eager attention reads packed position_ids too
+    finally:
+        student.config._attn_implementation = "sdpa"
+
+    class Unpacked(torch.nn.Module):  # a decoder that drops position_ids: packed samples would see each other
+        def __init__(self, decoder):
+            super().__init__()
+            self.decoder = decoder
+
+        def forward(self, input_ids, position_ids=None, **kwargs):
+            return self.decoder(input_ids=input_ids, **kwargs)
+
+    unpacked = Unpacked(student.get_decoder())
+    original = student.get_decoder
+    student.get_decoder = lambda: unpacked
+    try:
+        assert not packing_is_exact(student)
+    finally:
+        student.get_decoder = original
