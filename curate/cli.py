@@ -27,6 +27,7 @@ GENERATION = field_defaults(GenerationParams)
 Engine = choices("Engine", ENGINE_CHOICES)
 Template = choices("Template", TEMPLATES)
 Preset = choices("Preset", tuple(PRESETS))
+CeReduction = choices("CeReduction", ("sum", "mean"))  # schedules.common.CE_REDUCTIONS, without importing polars
 
 app = typer.Typer(
     help="Syllabus data curation: score once, schedule many curricula.",
@@ -136,6 +137,8 @@ def inspect(
     paths: list[Path] = typer.Argument(..., help="a difficulty table, or one or more schedule directories"),
     plots: Optional[Path] = typer.Option(None, help="also write PNG plots into this directory"),
     column: str = typer.Option("student_ce", help="difficulty column: a table's plots, a schedule's epoch means"),
+    ce_reduction: CeReduction = typer.Option(
+        "sum", help="a CE column summed over its tokens (what the schedules rank by, by default) or its per-token mean"),
 ) -> None:
     """Summarise a difficulty table (counts, statuses, metric quantiles) or schedules (per-epoch curriculum)."""
     from syllabus.core.schedule import ScheduleError
@@ -147,7 +150,7 @@ def inspect(
         from .schedules.inspect import inspect_schedule
 
         try:
-            typer.echo(inspect_schedule(list(paths), plots, column))
+            typer.echo(inspect_schedule(list(paths), plots, column, choice_value(ce_reduction)))
         except ScheduleError as exc:
             fail(str(exc))
         return
@@ -165,7 +168,7 @@ def inspect(
         from .plots import plot_table
 
         try:
-            pngs = plot_table(table, plots, column=column)
+            pngs = plot_table(table, plots, column=column, ce_reduction=choice_value(ce_reduction))
         except ValueError as exc:  # the column holds no finite value in rows with status ok
             fail(str(exc))
         for png in pngs:

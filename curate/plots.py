@@ -33,9 +33,32 @@ def _pyplot():
     return plt
 
 
-def _axis_label(column: str) -> str:
+def _axis_label(column: str, summed: bool = False) -> str:
+    """The axis label of a column: its unit, or for a summed CE (the schedules' default ranking) its count too."""
+    from .schedules.common import CE_TOKEN_COUNTS
+
+    if summed:
+        return f"{column} x {CE_TOKEN_COUNTS[column]} (nats)"
     unit = UNITS.get(column)
     return f"{column} ({unit})" if unit else column
+
+
+def ranked_values(frame: pl.DataFrame, column: str, ce_reduction: str, where: str) -> tuple[pl.DataFrame, bool]:
+    """`frame` with `column` as the schedules rank by it (a CE summed over its tokens unless `ce_reduction` is
+    "mean"; other columns as they are), and whether it was summed.
+
+    Raises:
+        ValueError: a sum is asked for but the table lacks the CE's token count.
+    """
+    from .schedules.common import CE_TOKEN_COUNTS, reduce_ce
+
+    count = CE_TOKEN_COUNTS.get(column)
+    if ce_reduction != "sum" or count is None:
+        return frame, False
+    if count not in frame.columns:
+        raise ValueError(f"{where}: summing {column} over its tokens needs the column {count}, which the table "
+                         "lacks; pass --ce-reduction mean")
+    return reduce_ce(frame, column, "sum"), True
 
 
 def lognormal_fit(values: np.ndarray) -> tuple[float, float]:
@@ -46,7 +69,7 @@ def lognormal_fit(values: np.ndarray) -> tuple[float, float]:
 
 def plot_table(
     table: Table, plots_dir: Path, column: str = "student_ce", early_share: float = 0.1,
-    excluded_share: float = 0.1,
+    excluded_share: float = 0.1, ce_reduction: str = "sum",
 ) -> list[Path]:
     """The difficulty histogram with a log-normal fit, and the sorted spectrum with SpectrumKD's zones.
 
@@ -55,6 +78,8 @@ def plot_table(
         plots_dir: output directory (created).
         column: the difficulty column.
         early_share, excluded_share: SpectrumKD's zone shares (lambda_a, lambda_b) for the spectrum plot.
+        ce_reduction: "sum" (a CE column summed over its tokens, as the schedules rank by default) or "mean" (the
+            table's per-token mean).
 
     Returns:
         [<column>_histogram.png, <column>_spectrum.png].
@@ -70,6 +95,7 @@ def plot_table(
         raise ValueError(f"{table.path}: no column {column}; columns: {', '.join(frame.columns)}")
     if "status" in frame.columns:
         frame = frame.filter(pl.col("status") == "ok")
+    frame, summed = ranked_values(frame, column, ce_reduction, str(table.path))
     values = frame[column].cast(pl.Float64)
     values = values.filter(values.is_finite().fill_null(False)).to_numpy()
     if values.size == 0:
@@ -80,15 +106,16 @@ def plot_table(
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     bins = int(min(80, max(10, math.sqrt(values.size))))
-    ax.hist(values, bins=bins, density=True, color="#80b1d3", edgecolor="white", label=f"{column} (n = {values.size})")
+    ax.hist(values, bins=bins, density=True, color="#80b1d3", edgecolor="white",
+            label=f"{column}{' summed' if summed else ''} (n = {values.size})")
     positive = values[values > 0]
     if positive.size > 2 and column not in HIGHER_IS_EASIER:
         mu, sigma = lognormal_fit(positive)
         x = np.linspace(positive.min(), positive.max(), 400)
         pdf = np.exp(-((np.log(x) - mu) ** 2) / (2 * sigma**2)) / (x * sigma * math.sqrt(2 * math.pi))
         ax.plot(x, pdf, color="#d62728", lw=2, label=f"log-normal fit (mu = {mu:.2f}, sigma = {sigma:.2f})")
-    ax.set_xlabel(_axis_label(column))
-    unit = UNITS.get(column)
+    ax.set_xlabel(_axis_label(column, summed))
+    unit = "nats" if summed else UNITS.get(column)
     per_unit = unit and column not in HIGHER_IS_EASIER
     ax.set_ylabel(f"probability density (per {unit})" if per_unit else "probability density")
     ax.set_title(f"Difficulty distribution ({table.path.name})")
@@ -108,12 +135,12 @@ def plot_table(
         ax.axvspan(start + 0.5, end + 0.5, color=color, alpha=0.35, lw=0, label=f"{name}: {end - start} samples")
     for boundary in (e1, e2, e3):
         ax.axvline(boundary + 0.5, color="0.3", lw=0.8, ls="--")
-    ax.plot(np.arange(1, n + 1), ordered, color="black", lw=1.5, label=f"sorted {column}")
+    ax.plot(np.arange(1, n + 1), ordered, color="black", lw=1.5, label=f"sorted {column}{' summed' if summed else ''}")
     ax.axvspan(0.5, e2 + 0.5, ymin=0.0, ymax=0.04, color="black", alpha=0.6,
                label=f"first window (M = {e2}), slides right by {e3 - e2}")
     ax.set_xlim(0.5, n + 0.5)
     ax.set_xlabel("rank i of sample s_i (1 = easiest)")
-    ax.set_ylabel(_axis_label(column))
+    ax.set_ylabel(_axis_label(column, summed))
     ax.set_title(f"Difficulty spectrum with SpectrumKD zones (lambda_a = {early_share}, lambda_b = {excluded_share}, "
                  f"N = {n})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: the curve spans the whole box
@@ -124,7 +151,8 @@ def plot_table(
     return [hist, spectrum]
 
 
-def plot_curricula(profiles: dict[str, pl.DataFrame], path: Path, column: str = "student_ce") -> Path:
+def plot_curricula(profiles: dict[str, pl.DataFrame], path: Path, column: str = "student_ce",
+                   summed: bool = False) -> Path:
     """Schedules on shared epoch axes: samples per epoch, mean difficulty, temperature and kd_weight.
 
     Args:
@@ -132,6 +160,7 @@ def plot_curricula(profiles: dict[str, pl.DataFrame], path: Path, column: str = 
             (`syllabus.curate.schedules.inspect.epoch_profile`).
         path: the PNG to write.
         column: what `mean` averages, for the axis label.
+        summed: whether `mean` averages the CE summed over its tokens (the schedules' default ranking).
 
     Returns:
         `path`.
@@ -157,7 +186,7 @@ def plot_curricula(profiles: dict[str, pl.DataFrame], path: Path, column: str = 
     count_ax.set_title("Curricula at a glance")
     count_ax.set_ylim(bottom=0)
     count_ax.legend(fontsize=8)
-    mean_ax.set_ylabel(f"mean {_axis_label(column)}\nover the epoch's samples")
+    mean_ax.set_ylabel(f"mean {_axis_label(column, summed)}\nover the epoch's samples")
     if mean_ax.lines:
         mean_ax.legend(fontsize=8)
     else:

@@ -115,15 +115,18 @@ def test_inspect_schedules_and_table_with_plots(tmp_path, saved_figures):
     for line, method in zip(counts.lines, ("srd", "dakd", "spectrum")):  # samples per epoch, one line per schedule
         assert list(line.get_ydata()) == [e["num_samples"] for e in manifest(tmp_path / method)["epochs"]]
     srd_first = pl.read_parquet(tmp_path / "srd" / "epoch-000.parquet").join(table.frame, on="sample_id")
-    assert means.lines[0].get_ydata()[0] == pytest.approx(srd_first["student_ce"].mean())
-    shown = run("inspect", table.path, "--plots", plots)
-    assert shown.exit_code == 0, shown.output
-    values = table.frame.filter(pl.col("status") == "ok")["student_ce"].drop_nans().drop_nulls().sort().to_list()
-    hist = saved_figures["student_ce_histogram.png"].axes[0]
-    assert sum(bar.get_height() * bar.get_width() for bar in hist.patches) == pytest.approx(1.0)  # a density
-    curve = [line for line in saved_figures["student_ce_spectrum.png"].axes[0].lines
-             if line.get_label() == "sorted student_ce"]
-    assert list(curve[0].get_ydata()) == pytest.approx(values)  # the spectrum is the sorted column
+    # the epoch means are of what the schedules rank by: the CE summed over the response's tokens
+    summed_ce = pl.col("student_ce") * pl.col("response_tokens")
+    assert means.lines[0].get_ydata()[0] == pytest.approx(srd_first.select(summed_ce.mean()).item())
+    ok = table.frame.filter((pl.col("status") == "ok") & pl.col("student_ce").is_finite().fill_null(False))
+    for reduction, values, label in (("sum", ok.select(summed_ce).to_series(), "sorted student_ce summed"),
+                                     ("mean", ok["student_ce"], "sorted student_ce")):
+        shown = run("inspect", table.path, "--plots", plots, "--ce-reduction", reduction)
+        assert shown.exit_code == 0, shown.output
+        hist = saved_figures["student_ce_histogram.png"].axes[0]
+        assert sum(bar.get_height() * bar.get_width() for bar in hist.patches) == pytest.approx(1.0)  # a density
+        curve = [line for line in saved_figures["student_ce_spectrum.png"].axes[0].lines if line.get_label() == label]
+        assert list(curve[0].get_ydata()) == pytest.approx(values.sort().to_list())  # the sorted ranking metric
 
 
 def test_the_command_module_imports_no_heavy_library():

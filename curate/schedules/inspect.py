@@ -9,16 +9,21 @@ import polars as pl
 from syllabus.core.schedule import ScheduleError, read_schedule
 from syllabus.core.table import TableError, check_numeric_column, read_schema, read_table
 
+from .common import CE_TOKEN_COUNTS, ce_columns, reduce_ce
 
-def _scores(table_path: str, column: str) -> pl.DataFrame | None:
-    """sample_id and `column` of a schedule's table; None when the table cannot be read (moved, deleted, damaged)
-    or has no such numeric column."""
+
+def _scores(table_path: str, column: str, ce_reduction: str) -> pl.DataFrame | None:
+    """sample_id and `column` of a schedule's table, a CE summed over its tokens unless `ce_reduction` is "mean"
+    (as the schedules rank); None when the table cannot be read (moved, deleted, damaged) or lacks the columns."""
+    columns = ce_columns(column, ce_reduction)
     try:
         schema = read_schema(table_path)
-        check_numeric_column(schema, column, table_path)
-        return read_table(table_path, columns=["sample_id", column]).frame
+        for name in columns:
+            check_numeric_column(schema, name, table_path)
+        frame = read_table(table_path, columns=["sample_id", *columns]).frame
     except TableError:
         return None
+    return reduce_ce(frame, column, ce_reduction).select("sample_id", column)
 
 
 def check_column(path: Path, column: str) -> None:
@@ -38,8 +43,9 @@ def check_column(path: Path, column: str) -> None:
         raise ScheduleError(str(err)) from None
 
 
-def epoch_profile(path: Path, column: str = "student_ce") -> pl.DataFrame:
-    """Per epoch of a schedule: its training settings and the mean of `column` over the epoch's samples.
+def epoch_profile(path: Path, column: str = "student_ce", ce_reduction: str = "sum") -> pl.DataFrame:
+    """Per epoch of a schedule: its training settings and the mean of `column` over the epoch's samples (a CE
+    summed over its tokens, as the schedules rank, unless `ce_reduction` is "mean").
 
     The mean comes from the table the manifest names; it is null when that table cannot be read or has no such
     numeric column (the rest of the profile only needs the manifest).
@@ -56,7 +62,7 @@ def epoch_profile(path: Path, column: str = "student_ce") -> pl.DataFrame:
         "temperature": [float(e.plan.temperature) for e in epochs],
         "kd_weight": [float(e.plan.kd_weight) for e in epochs],
     })
-    scores = _scores(schedule.table_path, column)
+    scores = _scores(schedule.table_path, column, ce_reduction)
     if scores is None:
         return profile.with_columns(mean=pl.lit(None, dtype=pl.Float64))
     scores = scores.with_columns(pl.col(column).cast(pl.Float64).fill_nan(None))
@@ -75,7 +81,7 @@ def epoch_profile(path: Path, column: str = "student_ce") -> pl.DataFrame:
     return profile.with_columns(mean=pl.Series(means, dtype=pl.Float64))
 
 
-def summarize_schedule(path: Path, column: str = "student_ce") -> str:
+def summarize_schedule(path: Path, column: str = "student_ce", ce_reduction: str = "sum") -> str:
     """A text summary: method, parameters, table, exclusions, then one line per epoch.
 
     Raises:
@@ -84,7 +90,8 @@ def summarize_schedule(path: Path, column: str = "student_ce") -> str:
     schedule = read_schedule(path)
     manifest = schedule.manifest
     table = manifest["table"]
-    profile = epoch_profile(path, column)
+    profile = epoch_profile(path, column, ce_reduction)
+    shown_column = f"{column}{' sum' if column in CE_TOKEN_COUNTS and ce_reduction == 'sum' else ''}"
     usable = table.get("usable_rows") or 1
     total = int(profile["num_samples"].sum())
     params = ", ".join(f"{k}={v}" for k, v in sorted(manifest["params"].items()) if v not in (None, {}))
@@ -94,7 +101,7 @@ def summarize_schedule(path: Path, column: str = "student_ce") -> str:
         f"  params: {params}",
         f"  table {table['path']} (fingerprint {table['fingerprint'][:16]}): {table['num_rows']} rows, "
         f"{table.get('usable_rows')} usable; excluded: {manifest['excluded'] or 'none'}",
-        f"  {'epoch':>5} {'stage':>5} {'samples':>9} {'mean ' + column:>16} {'temp':>6} {'kd_w':>6} "
+        f"  {'epoch':>5} {'stage':>5} {'samples':>9} {'mean ' + shown_column:>16} {'temp':>6} {'kd_w':>6} "
         f"{'loss':>5}  loss params / flags",
     ]
     for epoch, mean in zip(schedule.epochs, profile["mean"]):
@@ -108,7 +115,8 @@ def summarize_schedule(path: Path, column: str = "student_ce") -> str:
             f"{' '.join([loss_params, *flags]).strip()}"
         )
     if profile["mean"].null_count() == len(profile):
-        lines.append(f"  (mean {column} n/a: the table {table['path']} is not readable or has no numeric {column})")
+        lines.append(f"  (mean {shown_column} n/a: the table {table['path']} is not readable or lacks numeric "
+                     f"{' and '.join(ce_columns(column, ce_reduction))})")
     return "\n".join(lines)
 
 
@@ -118,7 +126,8 @@ def _labels(paths: list[Path]) -> list[str]:
     return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
 
 
-def inspect_schedule(paths: list[Path], plots_dir: Path | None, column: str = "student_ce") -> str:
+def inspect_schedule(paths: list[Path], plots_dir: Path | None, column: str = "student_ce",
+                     ce_reduction: str = "sum") -> str:
     """Text summaries of one or several schedules; with `plots_dir`, their curricula on shared axes.
 
     Args:
@@ -126,6 +135,7 @@ def inspect_schedule(paths: list[Path], plots_dir: Path | None, column: str = "s
         plots_dir: where to write `curricula.png` (samples per epoch, mean difficulty, temperature and
             kd_weight per epoch, one line per schedule); None for text only.
         column: the table column averaged per epoch as the difficulty.
+        ce_reduction: "sum" (a CE column summed over its tokens, as the schedules rank by default) or "mean".
 
     Returns:
         The text to print (with the written PNG path, if any).
@@ -136,11 +146,12 @@ def inspect_schedule(paths: list[Path], plots_dir: Path | None, column: str = "s
     paths = [Path(p) for p in paths]
     for path in paths:
         check_column(path, column)
-    text = "\n\n".join(summarize_schedule(p, column) for p in paths)
+    text = "\n\n".join(summarize_schedule(p, column, ce_reduction) for p in paths)
     if plots_dir is not None:
         from ..plots import plot_curricula
 
-        profiles = {label: epoch_profile(p, column) for label, p in zip(_labels(paths), paths)}
-        png = plot_curricula(profiles, Path(plots_dir) / "curricula.png", column)
+        profiles = {label: epoch_profile(p, column, ce_reduction) for label, p in zip(_labels(paths), paths)}
+        summed = column in CE_TOKEN_COUNTS and ce_reduction == "sum"
+        png = plot_curricula(profiles, Path(plots_dir) / "curricula.png", column, summed)
         text += f"\n  wrote {png}"
     return text
