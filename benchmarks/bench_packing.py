@@ -43,6 +43,7 @@ def main() -> None:
     from syllabus.core.tokens import encode_pair
     from syllabus.curate.data import EMBEDDED, PRESETS, load_samples
     from syllabus.train.data import collate, epoch_micro_batches
+    from syllabus.train.loop import adamw
     from syllabus.train.losses import Objective
     from syllabus.train.student import DistillStudent
 
@@ -60,7 +61,7 @@ def main() -> None:
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32, use_cache=False).train()
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.bfloat16).eval().requires_grad_(False)
     wrapped, teacher_head = DistillStudent(student, chunk_tokens=1024), logit_head(teacher)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    optimizer = adamw(list(student.parameters()), lr=1e-5, weight_decay=0.0)  # the trainer's
     objective = Objective("kld", temperature=1.0, kd_weight=1.0)
 
     def step(batch) -> dict[str, float]:

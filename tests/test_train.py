@@ -383,3 +383,25 @@ def test_training_packs_micro_batches_unless_asked_for_padded_ones(table, tmp_pa
                                            "--max-steps", "1"))
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "padded" / "config.json").read_text())["config"]["padding_free"] is False
+
+
+def test_the_trainers_adamw_makes_torchs_reference_update():
+    import torch
+
+    from syllabus.train.loop import adamw
+
+    torch.manual_seed(0)
+    weights = [torch.randn(64, 32), torch.randn(32)]
+    ours = [w.clone().requires_grad_() for w in weights]
+    reference = [w.clone().requires_grad_() for w in weights]
+    fast = adamw(ours, lr=1e-2, weight_decay=0.01)
+    slow = torch.optim.AdamW(reference, lr=1e-2, weight_decay=0.01, foreach=False)  # the textbook loop
+    assert fast.defaults["fused"]
+    for step in range(5):
+        grads = [torch.randn_like(w) for w in weights]
+        for params, optimizer in ((ours, fast), (reference, slow)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

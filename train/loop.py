@@ -152,11 +152,18 @@ def build_optimizer(run: Run, first_epoch: int) -> tuple[Any, Any]:
             break
         horizon += steps_in_epoch(epoch, run.config, run.accelerator.num_processes)
     params = [p for p in run.student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=run.config.lr, weight_decay=run.config.weight_decay)
+    optimizer = adamw(params, lr=run.config.lr, weight_decay=run.config.weight_decay)
     scheduler = get_scheduler(run.config.scheduler if run.config.scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=int(run.config.warmup_ratio * horizon),
                               num_training_steps=max(1, horizon))
     return optimizer, scheduler
+
+
+def adamw(params: list[Any], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused where torch has the kernel (CPU and CUDA): the same update in one pass over the weights, 4.7x
+    faster than the default multi-tensor one on this CPU for the 81M-parameter student (docs/benchmarks.md)."""
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def epoch_objective(epoch: ScheduledEpoch, config: TrainConfig) -> Objective:
