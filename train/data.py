@@ -180,31 +180,27 @@ def collate(encoded: list[Encoded], pad_id: int, pack_tokens: int | None = None)
         pack_tokens: the token budget of a packed row (`core.packing.pack_sequences`); None: padded rows.
     """
     if pack_tokens is not None:
-        return collate_packed(encoded, pad_id, pack_tokens)
+        packed = pack_sequences([e.ids for e in encoded], pad_id, pack_tokens)
+        return Batch(packed.input_ids, None, packed.position_ids,
+                     *scored_positions(encoded, packed.rows, packed.offsets))
     lengths = [len(e.ids) for e in encoded]
     width = max(lengths)
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    rows, cols, targets = [], [], []
     for row, e in enumerate(encoded):
-        ids = e.ids
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-        p = len(e.prompt_ids)
-        rows += [row] * (len(ids) - p)
-        cols += range(p - 1, len(ids) - 1)
-        targets += ids[p:]
-    return Batch(input_ids, attention_mask, None, torch.tensor(rows), torch.tensor(cols), torch.tensor(targets))
+        input_ids[row, : len(e.ids)] = torch.tensor(e.ids)
+        attention_mask[row, : len(e.ids)] = 1
+    rows = list(range(len(encoded)))
+    return Batch(input_ids, attention_mask, None, *scored_positions(encoded, rows, [0] * len(encoded)))
 
 
-def collate_packed(encoded: list[Encoded], pad_id: int, pack_tokens: int) -> Batch:
-    """Samples end to end in rows of at most `pack_tokens` tokens, position ids restarting at each sample."""
-    packed = pack_sequences([e.ids for e in encoded], pad_id, pack_tokens)
-    rows, cols, targets = [], [], []
-    for e, row, offset in zip(encoded, packed.rows, packed.offsets):
+def scored_positions(encoded: list[Encoded], rows: list[int], offsets: list[int]) -> tuple[torch.Tensor, ...]:
+    """(rows, cols, targets) of the response tokens: sample i sits in row `rows[i]` from column `offsets[i]`, and
+    the output at column c predicts the token at c + 1 (prompt_len - 1 .. len - 2 of the sample)."""
+    out_rows, cols, targets = [], [], []
+    for e, row, offset in zip(encoded, rows, offsets):
         ids, p = e.ids, len(e.prompt_ids)
-        rows += [row] * (len(ids) - p)
+        out_rows += [row] * (len(ids) - p)
         cols += range(offset + p - 1, offset + len(ids) - 1)
         targets += ids[p:]
-    return Batch(packed.input_ids, None, packed.position_ids, torch.tensor(rows), torch.tensor(cols),
-                 torch.tensor(targets))
+    return torch.tensor(out_rows), torch.tensor(cols), torch.tensor(targets)

@@ -44,7 +44,8 @@ def setup(config: TrainConfig) -> Run:
 
     schedule = read_schedule(config.manifest)
     objectives = tuple(epoch_objective(epoch, config) for epoch in schedule.epochs)  # before any model loads
-    if any(epoch.plan.rescore for epoch in schedule.epochs):
+    rescores = any(epoch.plan.rescore for epoch in schedule.epochs)
+    if rescores:
         check_rescore_params(schedule.params)
     if config.eval_sets:  # a bad set fails now, not at the first stage end
         from syllabus.evaluate.sets import load_sets
@@ -75,7 +76,7 @@ def setup(config: TrainConfig) -> Run:
     chat = table.metadata.get("template") == "chat"
     shards = [read_shard(epoch.shard) for epoch in schedule.epochs]
     run_ids = set().union(*shards)  # every row this run may train on or re-score
-    if any(epoch.plan.rescore for epoch in schedule.epochs):
+    if rescores:
         run_ids.update(rescore_pool(table)["sample_id"])
     store = SampleStore(table.frame, tokenizer, length_limit(table, config.max_seq_len, run_ids), chat)
     for epoch, shard_ids in zip(schedule.epochs, shards):
