@@ -9,6 +9,7 @@ that builds its mask some other way (remote code, older architectures) would att
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,8 @@ class Packed:
 def pack_sequences(sequences: list[list[int]], pad_id: int, max_tokens: int) -> Packed:
     """Lay sequences end to end, in the given order, in rows of at most `max_tokens` tokens (or the longest one).
 
+    Training packs this way: a micro-batch keeps its samples and their order; only the padding goes.
+
     Args:
         sequences: token ids, each at least one token.
         pad_id: filler for the tails of rows shorter than the longest.
@@ -44,22 +47,93 @@ def pack_sequences(sequences: list[list[int]], pad_id: int, max_tokens: int) -> 
         The packed rows and where each sequence went.
     """
     budget = max(max_tokens, max(len(s) for s in sequences))
-    rows, offsets, fill = [], [], []
-    for sequence in sequences:
-        if not fill or fill[-1] + len(sequence) > budget:
-            fill.append(0)
-        rows.append(len(fill) - 1)
-        offsets.append(fill[-1])
-        fill[-1] += len(sequence)
+    rows: list[list[int]] = []
+    fill = 0
+    for i, sequence in enumerate(sequences):
+        if not rows or fill + len(sequence) > budget:
+            rows.append([])
+            fill = 0
+        rows[-1].append(i)
+        fill += len(sequence)
+    return lay_out(sequences, rows, pad_id)
+
+
+def best_fit_rows(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Group sequence indices into rows of at most `max_tokens` tokens, for passes where order does not matter
+    (scoring): longest first, each into the fullest row it still fits (best-fit decreasing), so short sequences
+    fill the tails long ones leave. A sequence longer than `max_tokens` gets a row of its own.
+
+    Returns:
+        The rows, fullest first, each a list of indices into `lengths`.
+    """
+    rows: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # (tokens left, row), ascending: the fullest row that fits is the first >= n
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
+        k = bisect.bisect_left(room, (n, -1))
+        if k < len(room):
+            left, row = room.pop(k)
+            rows[row].append(i)
+            bisect.insort(room, (left - n, row))
+        else:
+            rows.append([i])
+            bisect.insort(room, (max(max_tokens - n, 0), len(rows) - 1))
+    return sorted(rows, key=lambda row: -sum(lengths[i] for i in row))
+
+
+def lay_out(sequences: list[list[int]], rows: list[list[int]], pad_id: int) -> Packed:
+    """Build the packed tensors for a given assignment: `rows[r]` lists the indices of the sequences of row r, in
+    order. `Packed.rows`/`offsets` are indexed like `sequences`."""
+    fill = [sum(len(sequences[i]) for i in row) for row in rows]
     width = max(fill)
-    input_ids = torch.full((len(fill), width), pad_id, dtype=torch.long)
-    position_ids = torch.empty((len(fill), width), dtype=torch.long)
-    for sequence, row, offset in zip(sequences, rows, offsets):
-        input_ids[row, offset : offset + len(sequence)] = torch.tensor(sequence)
-        position_ids[row, offset : offset + len(sequence)] = torch.arange(len(sequence))
-    for row, used in enumerate(fill):
-        position_ids[row, used:] = torch.arange(width - used)
-    return Packed(input_ids, position_ids, rows, offsets)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.empty((len(rows), width), dtype=torch.long)
+    where_row, where_offset = [0] * len(sequences), [0] * len(sequences)
+    for r, row in enumerate(rows):
+        offset = 0
+        for i in row:
+            n = len(sequences[i])
+            input_ids[r, offset : offset + n] = torch.tensor(sequences[i])
+            position_ids[r, offset : offset + n] = torch.arange(n)
+            where_row[i], where_offset[i] = r, offset
+            offset += n
+        position_ids[r, offset:] = torch.arange(width - offset)
+    return Packed(input_ids, position_ids, where_row, where_offset)
+
+
+def pad_sequences(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One right-padded row per sequence: (input_ids, attention_mask), the mask from lengths, never from pad ids
+    (pad == eos in many tokenizers)."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+def scored_positions(
+    sequences: list[list[int]], prompt_lens: list[int], rows: list[int], offsets: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, targets) of the response tokens, padded or packed alike: sequence i sits in row `rows[i]` from
+    column `offsets[i]`, and the output at column c predicts the token at c + 1, so its response tokens are
+    predicted at prompt_len - 1 .. len - 2 of the sequence."""
+    out_rows: list[int] = []
+    cols: list[int] = []
+    targets: list[int] = []
+    for ids, p, row, offset in zip(sequences, prompt_lens, rows, offsets):
+        out_rows += [row] * (len(ids) - p)
+        cols += range(offset + p - 1, offset + len(ids) - 1)
+        targets += ids[p:]
+    return torch.tensor(out_rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long), torch.tensor(
+        targets, dtype=torch.long)
+
+
+def attention_is_varlen(model: Any) -> bool:
+    """Whether `model` runs flash-attention, whose varlen kernels cost each packed sample its own length. sdpa and
+    eager attend over a packed row's whole square under a block-diagonal mask instead (correct, not free)."""
+    return "flash" in str(getattr(model.config, "_attn_implementation", None) or "")
 
 
 @torch.no_grad()

@@ -70,6 +70,10 @@ def score(
     dtype: str = typer.Option(SCORE['dtype'], help="inference dtype (bf16 is ~9x faster than fp32 on AMX CPUs)"),
     part_size: int = typer.Option(SCORE['part_size'], help="rows per resumable part"),
     batch_tokens: Optional[int] = typer.Option(None, help="padded tokens per transformers forward (default 2048 CPU, 16384 GPU)"),
+    padding_free: Optional[bool] = typer.Option(
+        None, "--padding-free/--padded", help="transformers CE pass: pack rows end to end, or length-sorted padded "
+        "batches [default: packed where attention is flash-attention; padded elsewhere, as fast on CPU]"),
+    pack_tokens: int = typer.Option(SCORE['pack_tokens'], help="longest packed row of the transformers CE pass"),
     num_shards: int = typer.Option(SCORE['num_shards'], help="split the rows into N shards by sample_id (many machines)"),
     shard_index: int = typer.Option(SCORE['shard_index'], help="which shard this run scores"),
     tensor_parallel_size: int = typer.Option(SCORE['tensor_parallel_size'], help="vLLM tensor parallelism"),
@@ -97,6 +101,7 @@ def score(
             truncate=truncate,
             generation=GenerationParams(temperature, top_p, max_new_tokens, num_samples, seed),
             gen_engine=choice_value(gen_engine), ce_engine=choice_value(ce_engine), dtype=dtype, part_size=part_size, batch_tokens=batch_tokens,
+            padding_free=padding_free, pack_tokens=pack_tokens,
             num_shards=num_shards, shard_index=shard_index, tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization, keep_every=keep_every, overwrite=overwrite,
         )

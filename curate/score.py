@@ -271,7 +271,8 @@ def engine_options(config: ScoreConfig, kind: str) -> dict[str, Any]:
         }
     from syllabus.core.engines.hf_engine import default_batch_tokens
 
-    return {"dtype": config.dtype, "batch_tokens": config.batch_tokens or default_batch_tokens()}
+    return {"dtype": config.dtype, "batch_tokens": config.batch_tokens or default_batch_tokens(),
+            "padding_free": config.padding_free, "pack_tokens": config.pack_tokens}
 
 
 def student_gen_pass(prep: Prepared, kind: str) -> Callable[[list[int]], pl.DataFrame]:

@@ -41,6 +41,8 @@ class ScoreConfig:
     dtype: str = "bfloat16"
     part_size: int = 256
     batch_tokens: int | None = None  # transformers CE batches; None: 2048 on CPU (cache-friendly), 16384 on GPU
+    padding_free: bool | None = None  # transformers CE pass packed; None: where attention is flash-attention
+    pack_tokens: int = 1024  # packed CE rows (hf_engine.SCORING_PACK_TOKENS)
     num_shards: int = 1
     shard_index: int = 0
     tensor_parallel_size: int = 1
@@ -58,8 +60,10 @@ class ScoreConfig:
             raise ScoreError(f"engines: --gen-engine and --ce-engine are one of {', '.join(ENGINE_CHOICES)}")
         if not 0 <= self.shard_index < self.num_shards:
             raise ScoreError(f"--shard-index must be in [0, {self.num_shards}), got {self.shard_index}")
-        if self.part_size < 1 or self.max_seq_len < 2 or (self.batch_tokens is not None and self.batch_tokens < 1):
-            raise ScoreError("--part-size >= 1, --max-seq-len >= 2 and --batch-tokens >= 1 are required")
+        if self.part_size < 1 or self.max_seq_len < 2 or (self.batch_tokens is not None and self.batch_tokens < 1) \
+                or self.pack_tokens < 1:
+            raise ScoreError("--part-size >= 1, --max-seq-len >= 2, --batch-tokens >= 1 and --pack-tokens >= 1 are "
+                             "required")
         if self.teacher is None and self.teacher_from is None:
             raise ScoreError("give a --teacher, or --teacher-from TABLE to reuse the teacher scores of another table")
         if self.student is None and self.teacher is None:

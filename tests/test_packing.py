@@ -6,9 +6,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from syllabus.core.engines import hf_engine
+from syllabus.core.engines.base import ScoringRequest
+from syllabus.core.engines.hf_engine import response_nll, scoring_forwards, scoring_pack_tokens
 from syllabus.core.logits import logit_head
 from syllabus.core.loss_params import LOSSES
-from syllabus.core.packing import pack_sequences, packing_is_exact
+from syllabus.core.packing import best_fit_rows, pack_sequences, packing_is_exact
 from syllabus.core.tokens import encode_pair
 from syllabus.train.data import collate
 from syllabus.train.losses import Objective
@@ -73,6 +76,47 @@ def test_pack_sequences_restarts_positions_and_keeps_rows_within_budget():
     tail = pack_sequences([[1] * 5, [2] * 3], pad_id=9, max_tokens=5)
     assert tail.input_ids.tolist() == [[1] * 5, [2, 2, 2, 9, 9]]
     assert tail.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]  # the tail is a sequence of its own
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_packed_scoring_gives_the_padded_cross_entropy(models, uneven_rows, bf16):
+    """The CE pass of `curate score` and of DA-KD re-scoring: every request's mean NLL, packed as padded."""
+    student, _, tokenizer = models
+    requests = [ScoringRequest(r.ids, len(r.prompt_ids)) for r in uneven_rows]
+    requests.append(ScoringRequest(uneven_rows[0].ids[:2], 1))  # a 2-token row: one scored position
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        padded = response_nll(student.eval(), requests, batch_tokens=2048, pad_id=tokenizer.pad_token_id)
+        # a row budget below the longest row and a forward budget of about two rows: several forwards
+        packed = response_nll(student, requests, batch_tokens=1400, pad_id=tokenizer.pad_token_id, pack_tokens=700)
+    student.train()
+    torch.testing.assert_close(torch.tensor(packed), torch.tensor(padded), rtol=2e-2 if bf16 else 1e-5, atol=0)
+    forwards = list(scoring_forwards([r.ids for r in requests], [r.prompt_len for r in requests], 1400,
+                                     tokenizer.pad_token_id, 700))
+    assert len(forwards) > 1 and sorted(i for batch, _, _ in forwards for i in batch) == list(range(len(requests)))
+
+
+def test_scoring_packs_where_asked_or_where_attention_is_varlen(models, monkeypatch):
+    student, _, _ = models
+    assert scoring_pack_tokens(student, None, 700) is None  # sdpa: padded by default
+    assert scoring_pack_tokens(student, True, 700) == 700 and scoring_pack_tokens(student, False, 700) is None
+    monkeypatch.setattr(student.config, "_attn_implementation", "flash_attention_2")
+    monkeypatch.setattr(hf_engine, "packing_is_exact", lambda model: True)  # no flash-attn kernels on CPU
+    assert scoring_pack_tokens(student, None, 700) == 700
+    monkeypatch.setattr(hf_engine, "packing_is_exact", lambda model: False)  # attention would cross samples
+    with pytest.warns(UserWarning, match="padded batches instead"):
+        assert scoring_pack_tokens(student, True, 700) is None
+
+
+def test_best_fit_rows_fill_the_tails_of_long_rows_with_short_sequences():
+    lengths = [300, 290, 200, 210, 100, 5, 900]
+    rows = best_fit_rows(lengths, max_tokens=512)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert rows[0] == [6]  # longer than the budget: alone, and the fullest row comes first
+    fills = [sum(lengths[i] for i in row) for row in rows[1:]]
+    assert all(fill <= 512 for fill in fills)
+    # longest first, each into the fullest row with room: 210 joins 300 (212 left), not 290 (222 left); 5 goes
+    # to 290 + 200 (22 left), the fullest row it fits
+    assert rows == [[6], [0, 3], [1, 2, 5], [4]]
 
 
 def test_a_model_that_ignores_sample_boundaries_is_detected(models):

@@ -305,3 +305,18 @@ def test_a_part_that_does_not_read_back_is_computed_again(tmp_path, small_dolly,
     assert result.exit_code == 0, result.output
     assert "student-ce: 1 part(s)" in result.output and "part-00001.parquet" in result.output
     assert read_table(out).frame.drop("source_file").equals(read_table(reference).frame.drop("source_file"))
+
+
+def test_padding_free_ce_pass_gives_the_padded_tables_scores(tmp_path, scored, tiny_model, tiny_teacher):
+    data, padded, _ = scored  # scored padded: the default on CPU (sdpa attention)
+    out = tmp_path / "packed"
+    result = invoke(score_args(data, out, tiny_model, tiny_teacher, "--dtype", "float32", "--padding-free",
+                               "--pack-tokens", "300"))
+    assert result.exit_code == 0, result.output
+    reference = tmp_path / "padded32"
+    result = invoke(score_args(data, reference, tiny_model, tiny_teacher, "--dtype", "float32", "--padded"))
+    assert result.exit_code == 0, result.output
+    packed, want = read_table(out).frame, read_table(reference).frame
+    for column in ("student_ce", "teacher_ce"):
+        assert (packed[column] - want[column]).abs().max() < 1e-5
+    assert read_table(out).metadata["config"]["padding_free"] is True

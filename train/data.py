@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from syllabus.core.packing import pack_sequences
+from syllabus.core.packing import pack_sequences, pad_sequences, scored_positions
 from syllabus.core.table import Table
 from syllabus.core.tokens import Encoded, encode_pair
 
@@ -179,28 +179,11 @@ def collate(encoded: list[Encoded], pad_id: int, pack_tokens: int | None = None)
         pad_id: filler id (padding, or the tail of a packed row).
         pack_tokens: the token budget of a packed row (`core.packing.pack_sequences`); None: padded rows.
     """
+    sequences, prompt_lens = [e.ids for e in encoded], [len(e.prompt_ids) for e in encoded]
     if pack_tokens is not None:
-        packed = pack_sequences([e.ids for e in encoded], pad_id, pack_tokens)
+        packed = pack_sequences(sequences, pad_id, pack_tokens)
         return Batch(packed.input_ids, None, packed.position_ids,
-                     *scored_positions(encoded, packed.rows, packed.offsets))
-    lengths = [len(e.ids) for e in encoded]
-    width = max(lengths)
-    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, e in enumerate(encoded):
-        input_ids[row, : len(e.ids)] = torch.tensor(e.ids)
-        attention_mask[row, : len(e.ids)] = 1
-    rows = list(range(len(encoded)))
-    return Batch(input_ids, attention_mask, None, *scored_positions(encoded, rows, [0] * len(encoded)))
-
-
-def scored_positions(encoded: list[Encoded], rows: list[int], offsets: list[int]) -> tuple[torch.Tensor, ...]:
-    """(rows, cols, targets) of the response tokens: sample i sits in row `rows[i]` from column `offsets[i]`, and
-    the output at column c predicts the token at c + 1 (prompt_len - 1 .. len - 2 of the sample)."""
-    out_rows, cols, targets = [], [], []
-    for e, row, offset in zip(encoded, rows, offsets):
-        ids, p = e.ids, len(e.prompt_ids)
-        out_rows += [row] * (len(ids) - p)
-        cols += range(offset + p - 1, offset + len(ids) - 1)
-        targets += ids[p:]
-    return torch.tensor(out_rows), torch.tensor(cols), torch.tensor(targets)
+                     *scored_positions(sequences, prompt_lens, packed.rows, packed.offsets))
+    input_ids, attention_mask = pad_sequences(sequences, pad_id)
+    n = len(sequences)
+    return Batch(input_ids, attention_mask, None, *scored_positions(sequences, prompt_lens, list(range(n)), [0] * n))

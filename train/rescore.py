@@ -15,6 +15,7 @@ import torch
 
 from syllabus.core.engines.base import ScoringRequest
 from syllabus.core.engines.hf_engine import default_batch_tokens, response_nll
+from syllabus.core.packing import attention_is_varlen
 from syllabus.core.table import Table
 from syllabus.curate.schedules import dakd
 
@@ -50,11 +51,14 @@ def rescore_epoch(run: Run, epoch: int, model: Any) -> list[str]:
         enc = run.store.encoded(sid)
         requests.append(ScoringRequest(enc.ids, len(enc.prompt_ids)))
     student = run.accelerator.unwrap_model(model).model
+    # Packed where the training batches are and attention is varlen; padded, length-sorted batches elsewhere, as
+    # fast on CPU (`hf_engine.scoring_pack_tokens`). run.pack_tokens is None with --padded or non-exact packing.
+    pack_tokens = run.pack_tokens if run.pack_tokens is not None and attention_is_varlen(student) else None
     was_training = student.training
     student.eval()
     with run.accelerator.autocast():
         student_ce = response_nll(student, requests, run.config.rescore_batch_tokens or default_batch_tokens(),
-                                   run.tokenizer.pad_token_id)
+                                   run.tokenizer.pad_token_id, pack_tokens)
     student.train(was_training)
     scored = pool.with_columns(student_ce=pl.Series(student_ce)).with_columns(
         dds=pl.col("student_ce") / pl.col("teacher_ce")

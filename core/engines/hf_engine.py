@@ -6,14 +6,24 @@ uses it for the CE passes there by default.
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, Iterator
 
 import torch
 
 from syllabus.core.logits import checked_logit_head, logit_head
+from syllabus.core.packing import (
+    attention_is_varlen,
+    best_fit_rows,
+    lay_out,
+    packing_is_exact,
+    pad_sequences,
+    scored_positions,
+)
 
 from .base import Generation, GenerationParams, ScoringRequest
 
+SCORING_PACK_TOKENS = 1024  # packed CE rows: 1% padding on Dolly at the GPU budget (docs/benchmarks.md)
 LOGIT_CHUNK_TOKENS = 1024  # at most one (chunk, V) fp32 tensor alive while reducing logits to log-probs
 GENERATION_BATCH = 16
 
@@ -61,40 +71,81 @@ def token_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor) -> t
     return out
 
 
-@torch.inference_mode()
-def response_nll(model: Any, requests: list[ScoringRequest], batch_tokens: int, pad_id: int) -> list[float]:
-    """Mean NLL of ids[prompt_len:] per request: length-sorted padded batches, one forward each.
+def scoring_pack_tokens(model: Any, padding_free: bool | None, pack_tokens: int) -> int | None:
+    """The packed-row budget of a CE pass over `model`, or None for padded, length-sorted batches.
 
-    Shared by the scoring engine and the trainer's DA-KD re-scoring (which passes its in-memory student).
+    `padding_free` None (auto) packs where attention is varlen (flash-attention), and pads elsewhere: sdpa and eager
+    attend over each packed row's whole square, and a CE pass's length-sorted batches have little padding to remove
+    (5% in parts of 256 Dolly rows at the CPU budget), so on CPU packing measured no faster (docs/benchmarks.md).
+    A model whose attention would cross packed samples (`packing_is_exact`) is always scored padded.
+    """
+    if not (attention_is_varlen(model) if padding_free is None else padding_free):
+        return None
+    if not packing_is_exact(model):
+        warnings.warn("the model attends across packed samples (its attention does not read packed position ids): "
+                      "scoring with padded batches instead", stacklevel=2)
+        return None
+    return pack_tokens
+
+
+def scoring_forwards(
+    sequences: list[list[int]], prompt_lens: list[int], batch_tokens: int, pad_id: int, pack_tokens: int | None
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor], tuple[torch.Tensor, ...]]]:
+    """The forwards of a scoring pass over every sequence: (indices, model inputs, (rows, cols, targets)).
+
+    Padded (`pack_tokens` None): length-sorted batches of at most `batch_tokens` padded tokens, a row per sequence.
+    Packed: sequences end to end in rows of at most `pack_tokens` (`best_fit_rows`), as many rows per forward as
+    fit in `batch_tokens`.
+    """
+    lengths = [len(s) for s in sequences]
+    if pack_tokens is None:
+        for batch in length_batches(lengths, batch_tokens):
+            ids, mask = pad_sequences([sequences[i] for i in batch], pad_id)
+            positions = scored_positions([sequences[i] for i in batch], [prompt_lens[i] for i in batch],
+                                         list(range(len(batch))), [0] * len(batch))
+            yield batch, {"input_ids": ids, "attention_mask": mask}, positions
+        return
+    rows = best_fit_rows(lengths, pack_tokens)  # fullest first: a forward's width is its first row's fill
+    start = 0
+    while start < len(rows):
+        width = sum(lengths[i] for i in rows[start])
+        end = start + max(1, batch_tokens // width)
+        batch = [i for row in rows[start:end] for i in row]
+        local = {i: k for k, i in enumerate(batch)}
+        packed = lay_out([sequences[i] for i in batch], [[local[i] for i in row] for row in rows[start:end]], pad_id)
+        positions = scored_positions([sequences[i] for i in batch], [prompt_lens[i] for i in batch],
+                                     packed.rows, packed.offsets)
+        yield batch, {"input_ids": packed.input_ids, "position_ids": packed.position_ids}, positions
+        start = end
+
+
+@torch.inference_mode()
+def response_nll(
+    model: Any, requests: list[ScoringRequest], batch_tokens: int, pad_id: int, pack_tokens: int | None = None
+) -> list[float]:
+    """Mean NLL of ids[prompt_len:] per request, in forwards of at most `batch_tokens` tokens, padded or packed
+    (`scoring_forwards`).
+
+    Shared by the scoring engine and the trainer's DA-KD re-scoring (which passes its in-memory student). Packed
+    forwards need a model whose attention reads packed position ids (`core.packing.packing_is_exact`).
     """
     for r in requests:  # position prompt_len - 1 predicts the first response token: it must exist
         if not 0 < r.prompt_len < len(r.ids):
             raise ValueError(f"a scoring request needs a prompt and a response (prompt_len {r.prompt_len} of "
                              f"{len(r.ids)} ids); an empty prompt is a rejected row, never a request")
     device = next(model.parameters()).device
-    lengths = [len(r.ids) for r in requests]
+    sequences, prompt_lens = [r.ids for r in requests], [r.prompt_len for r in requests]
     result = [0.0] * len(requests)
     backbone = model.get_decoder()
-    for batch in length_batches(lengths, batch_tokens):
-        width = max(lengths[i] for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids[row, : lengths[i]] = torch.tensor(requests[i].ids)
-            mask[row, : lengths[i]] = 1  # from lengths, never from pad ids (pad == eos here)
-        hidden = backbone(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-        # Position t predicts token t+1: score predictions for prompt_len-1 .. len-2.
-        rows, cols, targets, owners = [], [], [], []
-        for row, i in enumerate(batch):
-            p, n = requests[i].prompt_len, lengths[i]
-            rows += [row] * (n - p)
-            cols += range(p - 1, n - 1)
-            targets += requests[i].ids[p:n]
-            owners += [row] * (n - p)
-        logprobs = token_logprobs(model, hidden[rows, cols], torch.tensor(targets, device=device))
-        sums = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, torch.tensor(owners), logprobs.double().cpu())
-        for row, i in enumerate(batch):
-            result[i] = -sums[row].item() / (lengths[i] - requests[i].prompt_len)
+    for batch, inputs, (rows, cols, targets) in scoring_forwards(sequences, prompt_lens, batch_tokens, pad_id,
+                                                                 pack_tokens):
+        hidden = backbone(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False).last_hidden_state
+        logprobs = token_logprobs(model, hidden[rows, cols], targets.to(device))
+        counts = torch.tensor([len(sequences[i]) - prompt_lens[i] for i in batch])
+        owners = torch.repeat_interleave(torch.arange(len(batch)), counts)
+        sums = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, owners, logprobs.double().cpu())
+        for k, i in enumerate(batch):
+            result[i] = -sums[k].item() / counts[k].item()
     return result
 
 
@@ -108,6 +159,8 @@ class HFEngine:
         device: str | None = None,
         batch_tokens: int | None = None,
         max_model_len: int | None = None,
+        padding_free: bool | None = None,
+        pack_tokens: int = SCORING_PACK_TOKENS,
         **_: Any,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -119,12 +172,13 @@ class HFEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.batch_tokens = batch_tokens or default_batch_tokens()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.pack_tokens = scoring_pack_tokens(self.model, padding_free, pack_tokens)
 
     def close(self) -> None:
         del self.model
 
     def response_nll(self, requests: list[ScoringRequest]) -> list[float]:
-        return response_nll(self.model, requests, self.batch_tokens, self.pad_id)
+        return response_nll(self.model, requests, self.batch_tokens, self.pad_id, self.pack_tokens)
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], params: GenerationParams, seeds: list[int]) -> list[list[Generation]]:
