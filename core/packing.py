@@ -1,10 +1,13 @@
 """Padding-free batches: several sequences laid end to end in one row, their `position_ids` restarting at each one.
 
-transformers (5.x) turns restarting `position_ids` into a block-diagonal causal mask when no `attention_mask` is
-given (`masking_utils.find_packed_sequence_indices`), for eager, sdpa and flex attention alike, and flash-attention
-runs varlen kernels from them: a token never attends to another sequence, and no compute goes to padding. A model
-that builds its mask some other way (remote code, older architectures) would attend across sequences, so
-`packing_is_exact` checks each model once on a few tokens before it is trusted with packed rows.
+transformers (5.19) turns restarting `position_ids` into a block-diagonal causal mask when no `attention_mask` is
+given (`masking_utils.find_packed_sequence_indices`), for eager, sdpa and flex attention alike, in any number of
+rows: a token never attends to another sequence, and no compute goes to padding. Flash-attention reads them only in
+a single row (`modeling_flash_attention_utils._is_packed_sequence` requires batch size 1; in several rows it would
+attend across samples), and then runs varlen kernels that cost each sample its own length, so with it everything is
+packed into one row (`row_budget`). A model that builds its mask some other way (remote code, older architectures)
+would attend across sequences, so `packing_is_exact` checks each model once, in the layout it will get, before it
+is trusted with packed rows.
 """
 
 from __future__ import annotations
@@ -130,36 +133,48 @@ def scored_positions(
         targets, dtype=torch.long)
 
 
+ONE_ROW = 2**40  # a row budget that packs everything given into one row
+
+
 def attention_is_varlen(model: Any) -> bool:
     """Whether `model` runs flash-attention, whose varlen kernels cost each packed sample its own length. sdpa and
     eager attend over a packed row's whole square under a block-diagonal mask instead (correct, not free)."""
     return "flash" in str(getattr(model.config, "_attn_implementation", None) or "")
 
 
+def row_budget(models: list[Any], pack_tokens: int) -> int:
+    """The packed-row budget for these models: one row (`ONE_ROW`) if any runs flash-attention, which reads packed
+    position ids in a single row only; else rows of `pack_tokens`, since sdpa and eager pay each row's square."""
+    return ONE_ROW if any(attention_is_varlen(m) for m in models) else pack_tokens
+
+
 @torch.no_grad()
-def packing_is_exact(model: Any) -> bool:
-    """Whether `model`'s decoder gives packed sequences the hidden states it gives them one by one (eval mode).
+def packing_is_exact(model: Any, max_tokens: int = ONE_ROW) -> bool:
+    """Whether `model`'s decoder gives packed sequences the hidden states it gives them one by one (eval mode), in
+    the layout a row budget of `max_tokens` gives: one row (`ONE_ROW`), or several (any budget below it).
 
     Scale-free, so that it holds in bf16 too: packed hidden states must be at least 20 times closer to the separate
-    ones than those of the same tokens run as one sequence (what attending across samples gives).
+    ones than those of the same rows run without position ids (what attending across samples gives).
     """
     vocab = model.get_input_embeddings().weight.shape[0]
     generator = torch.Generator().manual_seed(0)
-    sequences = [torch.randint(1, vocab, (n,), generator=generator).tolist() for n in (12, 7, 16)]
+    sequences = [torch.randint(1, vocab, (n,), generator=generator).tolist() for n in (12, 7, 10, 9)]
     device = model.get_input_embeddings().weight.device
-    packed = pack_sequences(sequences, pad_id=0, max_tokens=64)
+    packed = pack_sequences(sequences, pad_id=0, max_tokens=64 if max_tokens >= ONE_ROW else 24)  # 1 row, or 2 of 2
     ids = packed.input_ids.to(device)
     was_training = model.training
     model.eval()
     try:
         decoder = model.get_decoder()
         together = decoder(input_ids=ids, position_ids=packed.position_ids.to(device),
-                           use_cache=False).last_hidden_state[0].float()
-        crossed = decoder(input_ids=ids, use_cache=False).last_hidden_state[0].float()
-        alone = torch.cat([decoder(input_ids=torch.tensor([s], device=device), use_cache=False)
-                           .last_hidden_state[0].float() for s in sequences])
+                           use_cache=False).last_hidden_state.float()
+        crossed = decoder(input_ids=ids, use_cache=False).last_hidden_state.float()
+        alone = [decoder(input_ids=torch.tensor([s], device=device), use_cache=False).last_hidden_state[0].float()
+                 for s in sequences]
     finally:
         model.train(was_training)
-    first = len(sequences[0])  # the first sequence is the same either way: compare the others
-    error, crossing = ((x[first:] - alone[first:]).abs().max().item() for x in (together, crossed))
+    # a row's first sequence is the same either way: compare the others
+    later = [(i, packed.rows[i], packed.offsets[i]) for i in range(len(sequences)) if packed.offsets[i] > 0]
+    error, crossing = (max((x[row, offset : offset + len(sequences[i])] - alone[i]).abs().max().item()
+                           for i, row, offset in later) for x in (together, crossed))
     return error <= crossing / 20

@@ -72,8 +72,8 @@ def score(
     batch_tokens: Optional[int] = typer.Option(None, help="padded tokens per transformers forward (default 2048 CPU, 16384 GPU)"),
     padding_free: Optional[bool] = typer.Option(
         None, "--padding-free/--padded", help="transformers CE pass: pack rows end to end, or length-sorted padded "
-        "batches [default: packed where attention is flash-attention; padded elsewhere, as fast on CPU]"),
-    pack_tokens: int = typer.Option(SCORE['pack_tokens'], help="longest packed row of the transformers CE pass"),
+        "batches [default: packed where attention is flash-attention; padded elsewhere, faster on CPU]"),
+    pack_tokens: int = typer.Option(SCORE['pack_tokens'], help="longest packed row of the transformers CE pass (sdpa, eager; flash-attention packs a row per forward)"),
     num_shards: int = typer.Option(SCORE['num_shards'], help="split the rows into N shards by sample_id (many machines)"),
     shard_index: int = typer.Option(SCORE['shard_index'], help="which shard this run scores"),
     tensor_parallel_size: int = typer.Option(SCORE['tensor_parallel_size'], help="vLLM tensor parallelism"),

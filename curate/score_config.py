@@ -42,7 +42,7 @@ class ScoreConfig:
     part_size: int = 256
     batch_tokens: int | None = None  # transformers CE batches; None: 2048 on CPU (cache-friendly), 16384 on GPU
     padding_free: bool | None = None  # transformers CE pass packed; None: where attention is flash-attention
-    pack_tokens: int = 1024  # packed CE rows (hf_engine.SCORING_PACK_TOKENS)
+    pack_tokens: int = 512  # packed CE rows under sdpa/eager (hf_engine.SCORING_PACK_TOKENS); flash: one per forward
     num_shards: int = 1
     shard_index: int = 0
     tensor_parallel_size: int = 1

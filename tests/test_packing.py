@@ -11,7 +11,7 @@ from syllabus.core.engines.base import ScoringRequest
 from syllabus.core.engines.hf_engine import response_nll, scoring_forwards, scoring_pack_tokens
 from syllabus.core.logits import logit_head
 from syllabus.core.loss_params import LOSSES
-from syllabus.core.packing import best_fit_rows, pack_sequences, packing_is_exact
+from syllabus.core.packing import ONE_ROW, best_fit_rows, pack_sequences, packing_is_exact, row_budget
 from syllabus.core.tokens import encode_pair
 from syllabus.train.data import collate
 from syllabus.train.losses import Objective
@@ -100,11 +100,23 @@ def test_scoring_packs_where_asked_or_where_attention_is_varlen(models, monkeypa
     assert scoring_pack_tokens(student, None, 700) is None  # sdpa: padded by default
     assert scoring_pack_tokens(student, True, 700) == 700 and scoring_pack_tokens(student, False, 700) is None
     monkeypatch.setattr(student.config, "_attn_implementation", "flash_attention_2")
-    monkeypatch.setattr(hf_engine, "packing_is_exact", lambda model: True)  # no flash-attn kernels on CPU
-    assert scoring_pack_tokens(student, None, 700) == 700
-    monkeypatch.setattr(hf_engine, "packing_is_exact", lambda model: False)  # attention would cross samples
+    probed = []
+    monkeypatch.setattr(hf_engine, "packing_is_exact", lambda model, budget: probed.append(budget) or True)
+    assert scoring_pack_tokens(student, None, 700) == ONE_ROW  # flash-attention: one packed row per forward
+    assert probed == [ONE_ROW]  # probed in that layout
+    monkeypatch.setattr(hf_engine, "packing_is_exact", lambda model, budget: False)  # attention would cross samples
     with pytest.warns(UserWarning, match="padded batches instead"):
         assert scoring_pack_tokens(student, True, 700) is None
+
+
+def test_one_packed_row_per_forward_when_the_row_budget_covers_the_forward():
+    lengths = [300, 290, 200, 210, 100, 5, 900, 40]
+    forwards = list(scoring_forwards([[1] * n for n in lengths], [1] * len(lengths), 1000, 0, ONE_ROW))
+    assert all(inputs["input_ids"].shape[0] == 1 for _, inputs, _ in forwards)  # batch size 1: what flash reads
+    assert all(inputs["input_ids"].shape[1] <= 1000 for _, inputs, _ in forwards)
+    assert sorted(i for batch, _, _ in forwards for i in batch) == list(range(len(lengths)))
+    several = list(scoring_forwards([[1] * n for n in lengths], [1] * len(lengths), 1000, 0, 300))
+    assert max(inputs["input_ids"].shape[0] for _, inputs, _ in several) > 1  # sdpa: several rows per forward
 
 
 def test_best_fit_rows_fill_the_tails_of_long_rows_with_short_sequences():
@@ -117,6 +129,34 @@ def test_best_fit_rows_fill_the_tails_of_long_rows_with_short_sequences():
     # longest first, each into the fullest row with room: 210 joins 300 (212 left), not 290 (222 left); 5 goes
     # to 290 + 200 (22 left), the fullest row it fits
     assert rows == [[6], [0, 3], [1, 2, 5], [4]]
+
+
+def test_row_budget_packs_one_row_for_flash_attention(models, monkeypatch):
+    student, teacher, _ = models
+    assert row_budget([student, teacher], 512) == 512
+    monkeypatch.setattr(teacher.config, "_attn_implementation", "flash_attention_2")
+    assert row_budget([student, teacher], 512) == ONE_ROW
+
+
+def test_packing_is_probed_in_the_layout_it_will_get(models, monkeypatch):
+    """flash-attention reads packed position ids in a batch of one row only: a model like it passes the one-row
+    probe and fails the several-rows one (transformers' `_is_packed_sequence`)."""
+    student, _, _ = models
+    decoder = student.get_decoder()
+
+    class OneRowOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = decoder
+
+        def forward(self, input_ids, position_ids=None, **kwargs):
+            if input_ids.shape[0] > 1:
+                position_ids = None
+            return self.decoder(input_ids=input_ids, position_ids=position_ids, **kwargs)
+
+    monkeypatch.setattr(student, "get_decoder", lambda: OneRowOnly())
+    assert packing_is_exact(student, ONE_ROW)
+    assert not packing_is_exact(student, 512)
 
 
 def test_a_model_that_ignores_sample_boundaries_is_detected(models):

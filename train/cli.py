@@ -49,7 +49,7 @@ def run(
     padding_free: Optional[bool] = typer.Option(
         None, "--padding-free/--padded", help="pack each micro-batch's samples end to end (no compute on padding; "
         "same samples and loss) or pad them [default: padding-free where the models' attention allows it]"),
-    pack_tokens: Optional[int] = typer.Option(None, help=f"longest packed row in tokens [default: {TRAIN['pack_tokens']}]"),
+    pack_tokens: Optional[int] = typer.Option(None, help=f"longest packed row in tokens, sdpa and eager attention (flash-attention packs one row) [default: {TRAIN['pack_tokens']}]"),
     max_seq_len: Optional[int] = typer.Option(
         None, help="longest prompt + response in tokens; a limit below a scheduled row's length is refused "
         "[default: the limit the table was scored with]"),

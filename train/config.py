@@ -30,7 +30,7 @@ class TrainConfig:
     scheduler: str = "cosine"
     micro_batch_size: int = 8
     padding_free: bool = True  # pack each micro-batch's samples end to end (same samples, same loss, no padding)
-    pack_tokens: int = 512  # longest packed row, or the longest sample if longer (docs/benchmarks.md)
+    pack_tokens: int = 512  # longest packed row (or sample) under sdpa/eager; flash-attention packs one row
     grad_accum: int = 1
     max_seq_len: int | None = None  # default: the table's scoring limit (rows are never cut differently than scored)
     max_grad_norm: float = 1.0

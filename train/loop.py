@@ -20,7 +20,7 @@ import torch
 from syllabus.core.io import atomic_write_json
 from syllabus.core.logits import checked_logit_head
 from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model
-from syllabus.core.packing import packing_is_exact
+from syllabus.core.packing import packing_is_exact, row_budget
 from syllabus.core.schedule import ScheduledEpoch, read_schedule
 from syllabus.core.table import read_table
 from syllabus.core.workdir import claim_output
@@ -100,16 +100,18 @@ def setup(config: TrainConfig) -> Run:
 
 
 def packing_tokens(config: TrainConfig, models: dict[str, Any]) -> int | None:
-    """The packed-row budget for padding-free batches, or None for padded ones (asked for, or where packing would let
-    attention cross samples: said once)."""
+    """The packed-row budget for padding-free batches (`core.packing.row_budget`: rows of `pack_tokens`, or one row
+    with flash-attention), or None for padded ones (asked for, or where packing would let attention cross samples:
+    said once)."""
     if not config.padding_free:
         return None
-    wrong = [name for name, model in models.items() if not packing_is_exact(model)]
+    budget = row_budget(list(models.values()), config.pack_tokens)
+    wrong = [name for name, model in models.items() if not packing_is_exact(model, budget)]
     if wrong:
         warnings.warn(f"the {' and '.join(wrong)} attend across packed samples (their attention does not read "
                       "position_ids as sample boundaries): training on padded batches", stacklevel=2)
         return None
-    return config.pack_tokens
+    return budget
 
 
 def load_student(ref: ModelRef, disable_dropout: bool) -> Any:

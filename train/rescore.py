@@ -51,8 +51,8 @@ def rescore_epoch(run: Run, epoch: int, model: Any) -> list[str]:
         enc = run.store.encoded(sid)
         requests.append(ScoringRequest(enc.ids, len(enc.prompt_ids)))
     student = run.accelerator.unwrap_model(model).model
-    # Packed where the training batches are and attention is varlen; padded, length-sorted batches elsewhere, as
-    # fast on CPU (`hf_engine.scoring_pack_tokens`). run.pack_tokens is None with --padded or non-exact packing.
+    # Packed where the training batches are and attention is varlen; padded, length-sorted batches elsewhere,
+    # faster on CPU (`hf_engine.scoring_pack_tokens`). run.pack_tokens is None with --padded or non-exact packing.
     pack_tokens = run.pack_tokens if run.pack_tokens is not None and attention_is_varlen(student) else None
     was_training = student.training
     student.eval()

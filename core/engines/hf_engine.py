@@ -12,18 +12,12 @@ from typing import Any, Iterator
 import torch
 
 from syllabus.core.logits import checked_logit_head, logit_head
-from syllabus.core.packing import (
-    attention_is_varlen,
-    best_fit_rows,
-    lay_out,
-    packing_is_exact,
-    pad_sequences,
-    scored_positions,
-)
+from syllabus.core.packing import (attention_is_varlen, best_fit_rows, lay_out, packing_is_exact, pad_sequences,
+                                   row_budget, scored_positions)
 
 from .base import Generation, GenerationParams, ScoringRequest
 
-SCORING_PACK_TOKENS = 1024  # packed CE rows: 1% padding on Dolly at the GPU budget (docs/benchmarks.md)
+SCORING_PACK_TOKENS = 512  # packed CE rows under sdpa/eager (the fastest packed layout on CPU, docs/benchmarks.md)
 LOGIT_CHUNK_TOKENS = 1024  # at most one (chunk, V) fp32 tensor alive while reducing logits to log-probs
 GENERATION_BATCH = 16
 
@@ -74,18 +68,20 @@ def token_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor) -> t
 def scoring_pack_tokens(model: Any, padding_free: bool | None, pack_tokens: int) -> int | None:
     """The packed-row budget of a CE pass over `model`, or None for padded, length-sorted batches.
 
-    `padding_free` None (auto) packs where attention is varlen (flash-attention), and pads elsewhere: sdpa and eager
-    attend over each packed row's whole square, and a CE pass's length-sorted batches have little padding to remove
-    (5% in parts of 256 Dolly rows at the CPU budget), so on CPU packing measured no faster (docs/benchmarks.md).
-    A model whose attention would cross packed samples (`packing_is_exact`) is always scored padded.
+    `padding_free` None (auto) packs where attention is varlen (flash-attention, one row per forward: `row_budget`),
+    and pads elsewhere: sdpa and eager attend over each packed row's whole square, and a CE pass's length-sorted
+    batches have little padding to remove (5% in parts of 256 Dolly rows at the CPU budget): on CPU packed passes
+    measured 0.95x of padded at rows of 512 tokens, 0.8x at 1,024 (docs/benchmarks.md). A model whose attention
+    would cross packed samples (`packing_is_exact`) is always scored padded.
     """
     if not (attention_is_varlen(model) if padding_free is None else padding_free):
         return None
-    if not packing_is_exact(model):
+    budget = row_budget([model], pack_tokens)
+    if not packing_is_exact(model, budget):
         warnings.warn("the model attends across packed samples (its attention does not read packed position ids): "
                       "scoring with padded batches instead", stacklevel=2)
         return None
-    return pack_tokens
+    return budget
 
 
 def scoring_forwards(
@@ -95,7 +91,8 @@ def scoring_forwards(
 
     Padded (`pack_tokens` None): length-sorted batches of at most `batch_tokens` padded tokens, a row per sequence.
     Packed: sequences end to end in rows of at most `pack_tokens` (`best_fit_rows`), as many rows per forward as
-    fit in `batch_tokens`.
+    fit in `batch_tokens`; with `pack_tokens >= batch_tokens` (flash-attention's layout, `core.packing.row_budget`),
+    one row of at most `batch_tokens` per forward.
     """
     lengths = [len(s) for s in sequences]
     if pack_tokens is None:
@@ -105,11 +102,12 @@ def scoring_forwards(
                                          list(range(len(batch))), [0] * len(batch))
             yield batch, {"input_ids": ids, "attention_mask": mask}, positions
         return
-    rows = best_fit_rows(lengths, pack_tokens)  # fullest first: a forward's width is its first row's fill
+    one_row = pack_tokens >= batch_tokens
+    rows = best_fit_rows(lengths, min(pack_tokens, batch_tokens))  # fullest first: a forward is as wide as its first
     start = 0
     while start < len(rows):
         width = sum(lengths[i] for i in rows[start])
-        end = start + max(1, batch_tokens // width)
+        end = start + (1 if one_row else max(1, batch_tokens // width))
         batch = [i for row in rows[start:end] for i in row]
         local = {i: k for k, i in enumerate(batch)}
         packed = lay_out([sequences[i] for i in batch], [[local[i] for i in row] for row in rows[start:end]], pad_id)
