@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     import polars as pl
@@ -16,6 +18,36 @@ if TYPE_CHECKING:
 
 class JSONFileError(ValueError):
     """A JSON file that does not parse; the message names the file, and the line and column where there is one."""
+
+
+class WriteError(OSError):
+    """An output could not be written (disk full, no permission): the message names it, the space left there and
+    what to do."""
+
+
+@contextmanager
+def writing(path: Path, what: str, cleanup: bool = False) -> Iterator[None]:
+    """Turn a failed write inside the block into a `WriteError` that names `what` and `path`.
+
+    torch's serializer reports a full disk as a RuntimeError ("PytorchStreamWriter failed writing file", "unexpected
+    pos"), so RuntimeErrors count too: use this only around code that writes already-built data.
+
+    Args:
+        path: what the block writes (a file, or a temporary directory).
+        what: its name for the message.
+        cleanup: remove `path` (a temporary directory) after a failure, so that a full disk gets its space back.
+    """
+    try:
+        yield
+    except WriteError:
+        raise
+    except (OSError, RuntimeError) as exc:
+        if cleanup:
+            shutil.rmtree(path, ignore_errors=True)
+        where = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+        free = shutil.disk_usage(where).free / 2**20
+        raise WriteError(f"cannot write the {what} to {path} ({exc}); {free:,.0f} MiB free there. Free some space "
+                         "(or fix the permissions) and run the same command again: finished work is kept") from exc
 
 
 def read_json(path: Path) -> Any:
@@ -36,17 +68,18 @@ def read_json(path: Path) -> Any:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temp file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path, "file"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -60,12 +93,13 @@ def atomic_write_parquet(frame: pl.DataFrame, path: Path, metadata: dict[str, st
     arrow = frame.to_arrow()
     if metadata:
         arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **metadata})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(arrow, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path, "Parquet file"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            pq.write_table(arrow, tmp, compression="zstd")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -83,6 +83,7 @@ def score(
     quiet: bool = typer.Option(False, help="no progress bars"),
 ) -> None:
     """Score a dataset into a Parquet difficulty table (student/teacher CE, DDS, student output, ROUGE-L)."""
+    from syllabus.core.io import WriteError
     from syllabus.core.models import ModelError
     from syllabus.core.workdir import RunDirError
 
@@ -106,7 +107,7 @@ def score(
             gpu_memory_utilization=gpu_memory_utilization, keep_every=keep_every, overwrite=overwrite,
         )
         table = run_score(config, progress=not quiet)
-    except (DataError, ModelError, ScoreError, RunDirError, ValueError) as exc:
+    except (DataError, ModelError, ScoreError, RunDirError, ValueError, WriteError) as exc:
         fail(str(exc))
     typer.echo(summarize_table(table))
     rejects = out / "rejects.jsonl"

@@ -309,3 +309,21 @@ def test_a_different_schedule_names_the_differing_settings(tmp_path):
     result = run("schedule", other.path, "--method", "full", "--epochs", 3, "--out", tmp_path / "s")
     assert result.exit_code == 2
     assert f"table.fingerprint: '{table.fingerprint[:16]}' -> '{other.fingerprint[:16]}'" in said(result)
+
+
+def test_a_part_that_cannot_be_written_is_named_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import errno
+
+    import pyarrow.parquet as pq
+
+    from syllabus.core.io import WriteError, atomic_write_parquet
+
+    def disk_full(table, where, **kwargs):
+        Path(where).write_bytes(b"PAR1 half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", disk_full)
+    target = tmp_path / "_work" / "part-00000.parquet"
+    with pytest.raises(WriteError, match=r"cannot write the Parquet file to .*part-00000.parquet.*MiB free there"):
+        atomic_write_parquet(pl.DataFrame({"a": [1]}), target)
+    assert list(target.parent.iterdir()) == []  # no temp file left to fill the disk further

@@ -405,3 +405,32 @@ def test_the_trainers_adamw_makes_torchs_reference_update():
             optimizer.step()
     for a, b in zip(ours, reference):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_full_disk_names_the_snapshot_and_keeps_the_last_one(table, tmp_path, tiny_model, tiny_teacher,
+                                                               monkeypatch):
+    """A write that fails mid-snapshot (torch reports a full disk as a RuntimeError) stops the run with a message
+    naming the snapshot and what to do; the previous snapshot stays whole and the run resumes from it."""
+    import safetensors.torch
+
+    sched = schedule(table, tmp_path, "full", epochs=2, loss="kld")
+    out = tmp_path / "run"
+    real_save, calls = safetensors.torch.save_file, []
+
+    def fails_the_second_time(tensors, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"partial")
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fails_the_second_time)
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--save-every-steps", "2"))
+    assert result.exit_code == 2  # an error message, not a traceback
+    assert "cannot write the training snapshot" in result.output and "run the same command again" in result.output
+    assert not (out / "state.tmp").exists()  # the partial snapshot is removed, its space given back
+    assert json.loads((out / "state" / "progress.json").read_text())["global_step"] == 2
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    again = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--save-every-steps", "2", "--resume"))
+    assert again.exit_code == 0, again.output
+    assert [r["step"] for r in metrics(out)] == list(range(1, 7))

@@ -65,6 +65,7 @@ def run(
 ) -> None:
     """Train the student on the schedule's epochs, with the manifest's loss, temperature and kd_weight per epoch."""
     from syllabus.core.config import ConfigError, parse_pairs
+    from syllabus.core.io import WriteError
     from syllabus.core.models import ModelError
     from syllabus.core.schedule import ScheduleError
     from syllabus.core.table import TableError
@@ -90,6 +91,6 @@ def run(
         from .loop import train
 
         final = train(cfg)
-    except (ConfigError, ScheduleError, TableError, ModelError, DataError, ValueError) as exc:
+    except (ConfigError, ScheduleError, TableError, ModelError, DataError, ValueError, WriteError) as exc:
         fail(str(exc))
     typer.echo(f"final checkpoint: {final}")

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from syllabus.core.io import atomic_write_json
+from syllabus.core.io import atomic_write_json, writing
 
 from .run import Progress, Run
 from .student import DistillStudent
@@ -50,9 +50,6 @@ def save(run: Run, model: Any, optimizer: Any, scheduler: Any) -> None:
     acc = run.accelerator
     acc.wait_for_everyone()
     if acc.is_main_process:
-        tmp = run.out / f"{STATE}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         from safetensors.torch import save_file
 
         weights = {k: v.detach().cpu().contiguous() for k, v in _unwrapped(run, model).state_dict().items()}
@@ -64,21 +61,25 @@ def save(run: Run, model: Any, optimizer: Any, scheduler: Any) -> None:
             if ptr not in seen:
                 seen[ptr] = k
                 unique[k] = v
-        save_file(unique, tmp / "student.safetensors")
         # the generators dropout draws from, so that a resumed run draws the same masks
         rng = {"torch_rng": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda_rng"] = torch.cuda.get_rng_state_all()
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **rng},
-                   tmp / "optimizer.pt")
-        atomic_write_json(tmp / "progress.json", asdict(run.progress))
-        final = run.out / STATE
-        old = run.out / f"{STATE}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        tmp = run.out / f"{STATE}.tmp"
+        with writing(tmp, "training snapshot", cleanup=True):  # the last whole snapshot stays until this one is
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file(unique, tmp / "student.safetensors")
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **rng},
+                       tmp / "optimizer.pt")
+            atomic_write_json(tmp / "progress.json", asdict(run.progress))
+            final = run.out / STATE
+            old = run.out / f"{STATE}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
 
 
@@ -133,18 +134,19 @@ def save_checkpoint(run: Run, model: Any, name: str) -> Path:
     acc.wait_for_everyone()
     if acc.is_main_process:
         tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        _unwrapped(run, model).save_pretrained(tmp, safe_serialization=True)
-        run.tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "syllabus_train.json", {
-            "global_step": run.progress.global_step,
-            "epoch": run.progress.epoch,
-            "manifest_fingerprint": run.manifest_fingerprint,
-            "table_fingerprint": run.table.fingerprint,
-            "method": run.schedule.method,
-        })
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+        with writing(tmp, "checkpoint", cleanup=True):
+            shutil.rmtree(tmp, ignore_errors=True)
+            _unwrapped(run, model).save_pretrained(tmp, safe_serialization=True)
+            run.tokenizer.save_pretrained(tmp)
+            atomic_write_json(tmp / "syllabus_train.json", {
+                "global_step": run.progress.global_step,
+                "epoch": run.progress.epoch,
+                "manifest_fingerprint": run.manifest_fingerprint,
+                "table_fingerprint": run.table.fingerprint,
+                "method": run.schedule.method,
+            })
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
     acc.wait_for_everyone()
     return path
 
