@@ -12,8 +12,15 @@ from typing import Any, Iterator
 import torch
 
 from syllabus.core.logits import checked_logit_head, logit_head
-from syllabus.core.packing import (attention_is_varlen, best_fit_rows, lay_out, packing_is_exact, pad_sequences,
-                                   row_budget, scored_positions)
+from syllabus.core.packing import (
+    attention_is_varlen,
+    best_fit_rows,
+    lay_out,
+    packing_is_exact,
+    pad_sequences,
+    row_budget,
+    scored_positions,
+)
 
 from .base import Generation, GenerationParams, ScoringRequest
 
