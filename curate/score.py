@@ -177,7 +177,8 @@ def check_context(prep: Prepared, ce_kind: str) -> None:
 
 
 def check_out_holds_no_input(config: ScoreConfig, prep: Prepared) -> None:
-    """Refuse an --out that is or holds an input: replacing it (--overwrite, or a different run) would delete it.
+    """Refuse an --out that is or holds an input (replacing it, with --overwrite or a different run, would delete
+    it), or that lies inside a directory input (its parts would become input rows).
 
     Raises:
         ScoreError: naming the input and --out.
@@ -194,6 +195,12 @@ def check_out_holds_no_input(config: ScoreConfig, prep: Prepared) -> None:
             raise ScoreError(
                 f"the {role} {path} lies in --out {config.out}: writing the table there would delete it. "
                 "Pick an --out outside the inputs"
+            )
+        if role == "data" and path.is_dir() and path in out.parents:  # a directory input is read recursively
+            raise ScoreError(
+                f"--out {config.out} lies inside the input directory {path}: the table's Parquet parts would be "
+                "read as input rows by the next run (a directory input reads every file under it). Pick an --out "
+                f"outside {path}"
             )
 
 

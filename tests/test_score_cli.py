@@ -291,6 +291,9 @@ def test_an_out_that_holds_an_input_is_refused_before_anything_is_deleted(tmp_pa
     shutil.copytree(tiny_model, model_copy)
     result = invoke(score_args(small_dolly, tmp_path / "models", model_copy, tiny_model, "--overwrite"))
     assert result.exit_code == 2 and "the student" in result.output and (model_copy / "config.json").exists()
+    inside = invoke(score_args(data_dir, data_dir / "table", tiny_model, tiny_model))  # parts would become input
+    assert inside.exit_code == 2 and "inside the input directory" in inside.output, inside.output
+    assert not (data_dir / "table").exists()
 
 
 def test_a_part_that_does_not_read_back_is_computed_again(tmp_path, small_dolly, tiny_model, tiny_teacher, scored):
