@@ -86,6 +86,19 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def read_parquet(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """Read a Parquet file, checking each data page against its CRC where the writer stored one (every file of
+    `atomic_write_parquet`): a flipped byte in a page decodes into wrong values without a word otherwise.
+
+    Raises:
+        OSError, pyarrow.ArrowException: unreadable, or a page whose checksum does not match.
+    """
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    return pl.from_arrow(pq.read_table(path, columns=columns, page_checksum_verification=True))
+
+
 def atomic_write_parquet(frame: pl.DataFrame, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a polars frame as one Parquet file, atomically, with optional key-value metadata."""
     import pyarrow.parquet as pq
@@ -98,7 +111,7 @@ def atomic_write_parquet(frame: pl.DataFrame, path: Path, metadata: dict[str, st
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            pq.write_table(arrow, tmp, compression="zstd")
+            pq.write_table(arrow, tmp, compression="zstd", write_page_checksum=True)  # see read_parquet
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -25,7 +25,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .io import JSONFileError, atomic_write_json, atomic_write_parquet, read_json
+from .io import JSONFileError, atomic_write_json, atomic_write_parquet, read_json, read_parquet
 from .schedule import MANIFEST_FILE
 
 METADATA_FILE = "metadata.json"
@@ -276,8 +276,8 @@ def _read_part(part: Path, columns: list[str] | None, hint: str) -> pl.DataFrame
         schema = pl.read_parquet_schema(part)
         absent = [c for c in columns or [] if c not in schema]
         if not absent:
-            return pl.read_parquet(part, columns=columns)
-    except (pl.exceptions.PolarsError, OSError) as err:
+            return read_parquet(part, columns)
+    except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as err:
         raise TableError(_unreadable(part, err, hint)) from None
     raise TableError(f"{part}: no column(s) {', '.join(absent)}; its columns: {', '.join(schema)}")
 
@@ -287,7 +287,7 @@ def _read_one_part_table(p: Path, columns: list[str] | None) -> tuple[pl.DataFra
     try:
         schema = pq.read_schema(p)
         absent = [c for c in columns or [] if c not in schema.names]
-        arrow = None if absent else pq.read_table(p, columns=columns)
+        arrow = None if absent else pq.read_table(p, columns=columns, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as err:
         raise TableError(_unreadable(p, err, _rewrite_hint(None))) from None
     if arrow is None:

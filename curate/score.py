@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from syllabus.core.engines.base import ScoringRequest, request_seed
-from syllabus.core.io import atomic_write_parquet
+from syllabus.core.io import atomic_write_parquet, read_parquet
 from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
 from syllabus.core.rouge import rouge_l
 from syllabus.core.table import Table, read_table, write_table
@@ -250,18 +250,19 @@ def run_pass(
     seconds = time.perf_counter() - start
     stats[name] = {"rows": total_rows - done_rows, "tokens": tokens, "seconds": round(seconds, 3),
                    "tokens_per_second": round(tokens / seconds, 1) if tokens else 0.0}
-    frames = [pl.read_parquet(pass_dir / f"part-{k:05d}.parquet") for k in range(len(parts))]
+    frames = [read_parquet(pass_dir / f"part-{k:05d}.parquet") for k in range(len(parts))]
     return pl.concat(frames).drop("_tokens") if frames else pl.DataFrame()
 
 
 def part_reads_back(path: Path, rows: int) -> bool:
-    """A finished part is one whose Parquet footer reads and holds `rows` rows; a file cut short (a full disk, an
-    interrupted copy) is not, and is computed again."""
+    """A finished part is one that reads whole (every page matching its checksum) and holds `rows` rows; a file cut
+    short (a full disk, an interrupted copy) or damaged is not, and is computed again."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
+    if not path.exists():
+        return False
     try:
-        return pq.read_metadata(path).num_rows == rows
+        return read_parquet(path).height == rows
     except (OSError, ValueError, pa.ArrowException):
         return False
 

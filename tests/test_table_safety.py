@@ -327,3 +327,19 @@ def test_a_part_that_cannot_be_written_is_named_and_leaves_nothing_behind(tmp_pa
     with pytest.raises(WriteError, match=r"cannot write the Parquet file to .*part-00000.parquet.*MiB free there"):
         atomic_write_parquet(pl.DataFrame({"a": [1]}), target)
     assert list(target.parent.iterdir()) == []  # no temp file left to fill the disk further
+
+
+def test_a_flipped_byte_in_a_data_page_is_caught_by_its_checksum(tmp_path):
+    """Without page checksums the damaged page decodes into other numbers, silently."""
+    import pyarrow.parquet as pq
+
+    table = write_table(make_frame(200), tmp_path / "t", {})
+    part = table.path / "part-00000.parquet"
+    meta = pq.ParquetFile(part).metadata
+    column = next(meta.row_group(0).column(i) for i in range(meta.num_columns)
+                  if meta.row_group(0).column(i).path_in_schema == "student_ce")
+    data = bytearray(part.read_bytes())
+    data[column.data_page_offset + column.total_compressed_size // 2] ^= 0xFF  # inside the page's values
+    part.write_bytes(bytes(data))
+    with pytest.raises(TableError, match=f"{part}: not a readable Parquet file .*(CRC|checksum)"):
+        read_table(table.path)
