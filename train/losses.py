@@ -185,6 +185,35 @@ _DIVERGENCE_GRADS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] =
 _KWARGS = {"lambda": "lam"}  # `lambda` (DA-KD's symbol, the manifest's key) is a Python keyword
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# K+1 bins: a teacher known only by its top-K ids and log-probs and the mass outside them (a top-K cache). The
+# divergence is taken between the two distributions coarsened to those bins: the teacher's K ids, then one tail bin
+# for every other id. Exact for that coarsened pair; how close it comes to the full-vocabulary divergence, and how
+# the teacher's bins are softened at a temperature other than the cache's, are the cache's to measure.
+
+
+def student_bins(log_q: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log q over the K+1 bins: (c, V) log-probs and the teacher's (c, K) top ids -> (c, K+1), the tail last.
+
+    The tail is a log-sum-exp over the other ids (not log(1 - sum q_k), which loses every digit when the top K hold
+    nearly all the mass).
+    """
+    tail = log_q.scatter(1, ids, LOGIT_FLOOR).logsumexp(-1, keepdim=True)
+    return torch.cat([log_q.gather(1, ids), tail], dim=1)
+
+
+def vocab_grad(bin_grad: torch.Tensor, log_q: torch.Tensor, log_q_bins: torch.Tensor,
+               ids: torch.Tensor) -> torch.Tensor:
+    """q * dD/dq over the vocabulary (c, V) from q * dD/dq over the bins (c, K+1), what `divergence_grad` returns.
+
+    log q_T = log sum_{j in tail} q_j, so an id of the tail gets the tail bin's gradient in proportion to its share
+    of the tail (q_j / q_T) and an id of the top K gets its own bin's; the softmax step of the full-vocabulary path
+    then applies unchanged (their sum over the vocabulary equals the sum over the bins).
+    """
+    grad = (log_q - log_q_bins[:, -1:]).exp_().mul_(bin_grad[:, -1:])
+    return grad.scatter_(1, ids, bin_grad[:, :-1])
+
+
 def _capped_logits(hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None,
                    softcap: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """fp32 logits softcap(hidden @ head.T + bias) and, with a soft-cap, its derivative 1 - tanh^2 (c, V)."""

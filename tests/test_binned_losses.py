@@ -1,0 +1,51 @@
+"""K+1-bin divergences (a teacher known by its top-K log-probs and tail mass): value and gradient against autograd
+through the same divergence on the coarsened distributions, in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from syllabus.core.loss_params import LOSSES
+from syllabus.train.losses import Objective, student_bins, vocab_grad
+from syllabus.train.losses_reference import _DIVERGENCES, _KWARGS
+
+
+def coarsened(log_probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The reference binning, written the plain way: top-K log-probs, then log(sum of the rest's probabilities)."""
+    probs = log_probs.exp()
+    rest = probs.sum(-1) - probs.gather(1, ids).sum(-1)
+    return torch.cat([log_probs.gather(1, ids), rest.log()[:, None]], dim=1)
+
+
+@pytest.mark.parametrize("loss", [name for name in LOSSES if name != "sft"])
+@pytest.mark.parametrize("k", [1, 4, 16])
+def test_binned_divergence_and_gradient_equal_autograd_on_the_coarsened_distributions(loss, k):
+    generator = torch.Generator().manual_seed(k)
+    tokens, vocab, tau = 6, 40, 1.5
+    teacher = torch.randn(tokens, vocab, generator=generator, dtype=torch.float64) * 3
+    logits = torch.randn(tokens, vocab, generator=generator, dtype=torch.float64, requires_grad=True)
+    ids = teacher.topk(k, dim=-1).indices
+    log_p_bins = coarsened(torch.log_softmax(teacher / tau, -1), ids)
+    objective = Objective(loss, temperature=tau, kd_weight=1.0)
+    kwargs = {_KWARGS.get(key, key): v for key, v in objective.params.items()}
+
+    want = _DIVERGENCES[loss](log_p_bins, coarsened(torch.log_softmax(logits / tau, -1), ids), **kwargs)
+    (want_grad,) = torch.autograd.grad(want.sum(), logits)
+
+    log_q = torch.log_softmax(logits.detach() / tau, -1)
+    log_q_bins = student_bins(log_q, ids)
+    value, bin_grad = objective.divergence_grad(log_p_bins, log_q_bins)
+    grad = vocab_grad(bin_grad, log_q, log_q_bins, ids)
+    grad = (grad - log_q.exp() * grad.sum(-1, keepdim=True)) / tau  # the softmax step, as the chunked loss takes it
+    torch.testing.assert_close(value, want.detach(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-7, atol=1e-10)
+
+
+def test_the_student_tail_keeps_its_digits_when_the_top_ids_hold_nearly_everything():
+    logits = torch.full((1, 1000), -40.0, dtype=torch.float32)
+    logits[0, :3] = torch.tensor([30.0, 29.0, 28.0])
+    log_q = torch.log_softmax(logits, -1)
+    bins = student_bins(log_q, torch.tensor([[0, 1, 2]]))
+    want = torch.logsumexp(log_q[0, 3:].double(), 0)  # about -70: 1 - sum(top 3) is 0 in fp32
+    assert torch.isfinite(bins[0, -1]) and abs(bins[0, -1].item() - want.item()) < 1e-3
