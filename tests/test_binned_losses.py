@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from syllabus.core.loss_params import LOSSES
-from syllabus.train.losses import Objective, student_bins, vocab_grad
+from syllabus.train.losses import Objective, TeacherBins, chunked_loss_sums, soften_bins, student_bins, vocab_grad
 from syllabus.train.losses_reference import _DIVERGENCES, _KWARGS
 
 
@@ -49,3 +49,46 @@ def test_the_student_tail_keeps_its_digits_when_the_top_ids_hold_nearly_everythi
     bins = student_bins(log_q, torch.tensor([[0, 1, 2]]))
     want = torch.logsumexp(log_q[0, 3:].double(), 0)  # about -70: 1 - sum(top 3) is 0 in fp32
     assert torch.isfinite(bins[0, -1]) and abs(bins[0, -1].item() - want.item()) < 1e-3
+
+
+@pytest.mark.parametrize("loss", [name for name in LOSSES if name != "sft"])
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_the_chunked_loss_takes_a_teacher_as_its_top_k(loss, tau):
+    """chunked_loss_sums(teacher_bins=...) against autograd on float64 full logits coarsened to the same bins."""
+    generator = torch.Generator().manual_seed(7)
+    tokens, hidden_size, vocab, k, kd_weight = 11, 8, 50, 6, 0.7
+    hidden = torch.randn(tokens, hidden_size, generator=generator, dtype=torch.float64)
+    head = torch.randn(vocab, hidden_size, generator=generator, dtype=torch.float64)
+    targets = torch.randint(0, vocab, (tokens,), generator=generator)
+    teacher = torch.log_softmax(torch.randn(tokens, vocab, generator=generator, dtype=torch.float64) * 2, -1)
+    ids = teacher.topk(k, dim=-1).indices
+    bins = TeacherBins(ids, teacher.gather(1, ids).float(), coarsened(teacher, ids)[:, -1].float())
+    objective = Objective(loss, temperature=tau, kd_weight=kd_weight)
+    kwargs = {_KWARGS.get(key, key): v for key, v in objective.params.items()}
+
+    x, w = hidden.clone().requires_grad_(), head.clone().requires_grad_()
+    logits = x @ w.T
+    sft = -torch.log_softmax(logits, -1).gather(1, targets[:, None]).sum()
+    log_p = soften_bins(bins.log_probs.double(), bins.log_tail.double(), tau, vocab).double()
+    kd = _DIVERGENCES[loss](log_p, coarsened(torch.log_softmax(logits / tau, -1), ids), **kwargs).sum() * tau**2
+    want = (1 - kd_weight) * sft + kd_weight * kd
+    want.backward()
+
+    x32, w32 = hidden.float().requires_grad_(), head.float().requires_grad_()
+    got = chunked_loss_sums(x32, w32, targets, objective=objective, teacher_bins=bins, chunk_tokens=4)
+    got.loss_sum.backward()
+    torch.testing.assert_close(got.loss_sum.double(), want.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.kd_sum.double(), kd.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x32.grad.double(), x.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(w32.grad.double(), w.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_softened_bins_spread_the_tail_evenly_and_are_exact_at_temperature_one():
+    log_probs, log_tail = torch.tensor([[-0.5, -1.5]]), torch.tensor([-2.0])
+    at_one = soften_bins(log_probs, log_tail, 1.0, vocab=12)
+    total = torch.cat([log_probs, log_tail[:, None]], 1).logsumexp(-1, keepdim=True)
+    torch.testing.assert_close(at_one, torch.cat([log_probs, log_tail[:, None]], 1) - total)
+    at_two = soften_bins(log_probs, log_tail, 2.0, vocab=12).exp()
+    even = 10 * (torch.tensor(-2.0).exp() / 10) ** 0.5  # the tail's mass spread over its 10 ids, each softened
+    want = torch.tensor([(-0.25), (-0.75)]).exp()
+    torch.testing.assert_close(at_two[0], torch.cat([want, even[None]]) / (want.sum() + even))

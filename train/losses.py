@@ -214,6 +214,29 @@ def vocab_grad(bin_grad: torch.Tensor, log_q: torch.Tensor, log_q_bins: torch.Te
     return grad.scatter_(1, ids, bin_grad[:, :-1])
 
 
+class TeacherBins(NamedTuple):
+    """A teacher known by its top K, per scored token, at temperature 1: what a top-K cache stores."""
+
+    ids: torch.Tensor  # (N, K) token ids, within the student's vocabulary
+    log_probs: torch.Tensor  # (N, K) their log-probabilities
+    log_tail: torch.Tensor  # (N,) log of the probability of every other id
+
+    def index_select(self, index: torch.Tensor) -> TeacherBins:
+        return TeacherBins(*(t.index_select(0, index) for t in self))
+
+
+def soften_bins(log_probs: torch.Tensor, log_tail: torch.Tensor, tau: float, vocab: int) -> torch.Tensor:
+    """The teacher's K+1 bins at temperature tau, as fp32 log-probs (c, K+1), the tail last.
+
+    The top K soften exactly (p_k^(1/tau)); the tail's softened mass is taken as if its probability were spread
+    evenly over its vocab - K ids, (vocab - K)^(1 - 1/tau) p_T^(1/tau): the closer of the two closed forms measured
+    (docs/methods.md, "K+1 bins"), exact at tau = 1.
+    """
+    alpha = 1.0 / tau
+    tail = log_tail.float() * alpha + (1.0 - alpha) * math.log(max(vocab - log_probs.shape[-1], 1))
+    return torch.log_softmax(torch.cat([log_probs.float() * alpha, tail[:, None]], dim=1), dim=-1)
+
+
 def _capped_logits(hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None,
                    softcap: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """fp32 logits softcap(hidden @ head.T + bias) and, with a soft-cap, its derivative 1 - tanh^2 (c, V)."""
@@ -228,6 +251,7 @@ def _chunk_sums_and_grad(
     hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None, softcap: float | None,
     teacher_hidden: torch.Tensor | None, teacher_head: torch.Tensor | None, teacher_bias: torch.Tensor | None,
     teacher_softcap: float | None, targets: torch.Tensor, objective: Objective, needs_grad: bool,
+    teacher_bins: TeacherBins | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk: its sums (loss, sft, kd) and the gradient of its loss sum for the student's pre-cap logits.
 
@@ -237,6 +261,8 @@ def _chunk_sums_and_grad(
         head, bias, teacher_head, teacher_bias: (V, H), (V,), (V', H'), (V',); biases may be None.
         softcap, teacher_softcap: final-logit soft-caps (logits = cap * tanh(z / cap)), or None.
         targets: (c,) next-token ids.
+        teacher_bins: the teacher as its top K (a cache) in place of teacher_hidden and teacher_head: the divergence
+            is then taken over K+1 bins (`student_bins`, `soften_bins`, `vocab_grad`).
 
     Returns:
         (3,) fp32 sums and the (c, V) fp32 gradient with respect to `hidden @ head.T + bias` (None unless
@@ -254,13 +280,22 @@ def _chunk_sums_and_grad(
     del log_q1
     kd = sft.new_zeros(())
     if objective.uses_teacher:
-        teacher_logits, _ = _capped_logits(teacher_hidden, teacher_head, teacher_bias, teacher_softcap)  # (c, V')
-        vocab = min(logits.shape[-1], teacher_logits.shape[-1])
-        log_q = torch.log_softmax(logits[:, :vocab].div_(tau), dim=-1)
-        del logits
-        log_p = torch.log_softmax(teacher_logits[:, :vocab].div_(tau), dim=-1)
-        del teacher_logits
-        kd_tokens, q_grad = objective.divergence_grad(log_p, log_q)
+        if teacher_bins is not None:  # the teacher as its top K: the divergence over K+1 bins
+            vocab = logits.shape[-1]
+            log_q = torch.log_softmax(logits.div_(tau), dim=-1)
+            del logits
+            log_q_bins = student_bins(log_q, teacher_bins.ids)
+            log_p = soften_bins(teacher_bins.log_probs, teacher_bins.log_tail, tau, vocab)
+            kd_tokens, bin_grad = objective.divergence_grad(log_p, log_q_bins)
+            q_grad = vocab_grad(bin_grad, log_q, log_q_bins, teacher_bins.ids) if needs_grad else None
+        else:
+            teacher_logits, _ = _capped_logits(teacher_hidden, teacher_head, teacher_bias, teacher_softcap)  # (c, V')
+            vocab = min(logits.shape[-1], teacher_logits.shape[-1])
+            log_q = torch.log_softmax(logits[:, :vocab].div_(tau), dim=-1)
+            del logits
+            log_p = torch.log_softmax(teacher_logits[:, :vocab].div_(tau), dim=-1)
+            del teacher_logits
+            kd_tokens, q_grad = objective.divergence_grad(log_p, log_q)
         kd = kd_tokens.sum() * tau**2
         del log_p
         if needs_grad:
@@ -292,7 +327,7 @@ class _ChunkedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_hidden, student_head, student_bias, teacher_hidden, teacher_head, teacher_bias,
-                targets, rows, objective, softcaps, chunk_tokens, grad_enabled):
+                targets, rows, objective, softcaps, chunk_tokens, grad_enabled, teacher_bins):
         # needs_input_grad ignores torch.no_grad(), under which forward always runs: hence grad_enabled.
         needs_hidden, needs_head, needs_bias = (grad_enabled and needs for needs in ctx.needs_input_grad[:3])
         needs_grad = needs_hidden or needs_head or needs_bias
@@ -301,7 +336,8 @@ class _ChunkedLoss(torch.autograd.Function):
         # Cast the weights once for the matmuls (bf16 under autocast); all the rest is fp32, autocast or not.
         dtype = _matmul_dtype(student_head)
         head, bias = student_head.to(dtype), None if student_bias is None else student_bias.to(dtype)
-        if objective.uses_teacher:
+        live_teacher = objective.uses_teacher and teacher_bins is None
+        if live_teacher:
             teacher_dtype = _matmul_dtype(teacher_head)
             teacher_head = teacher_head.to(teacher_dtype)
             teacher_bias = None if teacher_bias is None else teacher_bias.to(teacher_dtype)
@@ -315,12 +351,14 @@ class _ChunkedLoss(torch.autograd.Function):
             for start in range(0, rows.numel(), chunk_tokens):
                 index = rows[start:start + chunk_tokens]
                 hidden = student_hidden.index_select(0, index).to(dtype)  # (c, H)
-                teacher_chunk = None
-                if objective.uses_teacher:
+                teacher_chunk = bins_chunk = None
+                if live_teacher:
                     teacher_chunk = teacher_hidden.index_select(0, index).to(teacher_head.dtype)  # (c, H')
+                elif objective.uses_teacher:
+                    bins_chunk = teacher_bins.index_select(index)
                 sums, grad_logits = _chunk_sums_and_grad(hidden, head, bias, softcaps[0], teacher_chunk, teacher_head,
                                                          teacher_bias, softcaps[1], targets.index_select(0, index),
-                                                         objective, needs_grad)
+                                                         objective, needs_grad, bins_chunk)
                 totals += sums
                 if not needs_grad:
                     continue
@@ -344,7 +382,7 @@ class _ChunkedLoss(torch.autograd.Function):
     def backward(ctx, grad_loss, *_unused):
         grads = tuple(None if g is None else (g * grad_loss).to(dtype)
                       for g, dtype in zip(ctx.saved_tensors, ctx.input_dtypes))
-        return (*grads, None, None, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None, None)
 
 
 def _valid_rows(valid_mask: torch.Tensor | None, num_rows: int, device: torch.device) -> torch.Tensor:
@@ -371,6 +409,7 @@ def chunked_loss_sums(
     student_softcap: float | None = None,
     teacher_softcap: float | None = None,
     chunk_tokens: int = 1024,
+    teacher_bins: TeacherBins | None = None,
 ) -> LossSums:
     """SFT + KD loss sums from final hidden states, computing logits `chunk_tokens` tokens at a time.
 
@@ -390,6 +429,8 @@ def chunked_loss_sums(
         student_bias, teacher_bias: optional (V,) and (V',) lm_head biases.
         student_softcap, teacher_softcap: final-logit soft-caps, or None.
         chunk_tokens: tokens per chunk (>= 1); peak memory grows linearly with it.
+        teacher_bins: the teacher as its top K at the N positions (a top-K cache), in place of teacher_hidden and
+            teacher_head: each divergence is then taken over K+1 bins (docs/methods.md, "K+1 bins").
 
     Returns:
         LossSums; only loss_sum has a gradient. Zero valid tokens give zeros (and zero gradients), never NaN.
@@ -397,9 +438,10 @@ def chunked_loss_sums(
     Raises:
         ValueError: a bad chunk size, shapes that do not match, or a teacher missing where the objective needs one.
     """
-    if objective.uses_teacher and (teacher_hidden is None or teacher_head is None):
+    if objective.uses_teacher and teacher_bins is None and (teacher_hidden is None or teacher_head is None):
         raise ValueError(f"loss {objective.loss!r} with kd_weight {objective.kd_weight} needs teacher_hidden and "
-                         "teacher_head; pass them, or use kd_weight 0 / loss 'sft' to train without a teacher")
+                         "teacher_head (or teacher_bins); pass them, or use kd_weight 0 / loss 'sft' to train "
+                         "without a teacher")
     if not (isinstance(chunk_tokens, int) and chunk_tokens >= 1):
         raise ValueError(f"chunk_tokens must be an integer >= 1, got {chunk_tokens!r}")
     hidden = student_hidden.reshape(-1, student_hidden.shape[-1])
@@ -408,7 +450,14 @@ def chunked_loss_sums(
         raise ValueError(f"shapes do not match: student_hidden {tuple(student_hidden.shape)}, targets "
                          f"{tuple(targets.shape)}, student_head {tuple(student_head.shape)}")
     teacher = None
-    if objective.uses_teacher:
+    if objective.uses_teacher and teacher_bins is not None:
+        if teacher_bins.ids.shape[0] != hidden.shape[0]:
+            raise ValueError(f"teacher_bins hold {teacher_bins.ids.shape[0]} positions, student_hidden "
+                             f"{hidden.shape[0]}")
+        if teacher_bins.ids.numel() and int(teacher_bins.ids.max()) >= student_head.shape[0]:
+            raise ValueError(f"teacher_bins name token id {int(teacher_bins.ids.max())}, past the student's "
+                             f"vocabulary of {student_head.shape[0]}")
+    elif objective.uses_teacher:
         teacher = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
         if teacher.shape[0] != hidden.shape[0]:
             raise ValueError(f"teacher_hidden {tuple(teacher_hidden.shape)} does not match student_hidden "
@@ -418,5 +467,6 @@ def chunked_loss_sums(
     teacher_bias = None if teacher is None or teacher_bias is None else teacher_bias.detach()
     loss_sum, sft_sum, kd_sum = _ChunkedLoss.apply(
         hidden, student_head, student_bias, teacher, teacher_head, teacher_bias, flat_targets, rows, objective,
-        (student_softcap, teacher_softcap), chunk_tokens, torch.is_grad_enabled())
+        (student_softcap, teacher_softcap), chunk_tokens, torch.is_grad_enabled(),
+        None if teacher_bins is None else TeacherBins(*(t.detach() for t in teacher_bins)))
     return LossSums(loss_sum, sft_sum, kd_sum, int(rows.numel()))
