@@ -7,7 +7,7 @@ uses it for the CE passes there by default.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import torch
 
@@ -58,18 +58,48 @@ def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
+class TopK(NamedTuple):
+    """A model's distribution at scored positions reduced to its top K: what a top-K teacher cache keeps."""
+
+    ids: torch.Tensor  # (N, K) int32 token ids, most probable first
+    log_probs: torch.Tensor  # (N, K) fp32
+    log_tail: torch.Tensor  # (N,) fp32, log of the probability of every other id
+
+
 def token_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log q(target | prefix) for (N, H) final hidden states, in token chunks with an fp32 log-softmax.
 
     The logits are the model's own (bias, logit scale and soft-cap included: `core.logits`), as in training.
     """
+    return token_scores(model, hidden, targets)[0]
+
+
+def token_scores(model: Any, hidden: torch.Tensor, targets: torch.Tensor,
+                 topk: int = 0) -> tuple[torch.Tensor, TopK | None]:
+    """`token_logprobs`, and with `topk` > 0 also the top-K of each position from the same logits (one head pass).
+
+    The tail is a log-sum-exp over the other ids, not log(1 - top-K mass), which loses every digit when the top K
+    hold nearly all of it.
+    """
     head = logit_head(model)
-    out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
-    for start in range(0, targets.shape[0], LOGIT_CHUNK_TOKENS):
+    n = targets.shape[0]
+    out = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    top = None
+    if topk:
+        top = TopK(torch.empty((n, topk), dtype=torch.int32, device=hidden.device),
+                   torch.empty((n, topk), dtype=torch.float32, device=hidden.device),
+                   torch.empty(n, dtype=torch.float32, device=hidden.device))
+    for start in range(0, n, LOGIT_CHUNK_TOKENS):
         end = start + LOGIT_CHUNK_TOKENS
         logits = head.logits(hidden[start:end])  # (chunk, V) fp32
-        out[start:end] = logits.gather(1, targets[start:end, None]).squeeze(1) - logits.logsumexp(-1)
-    return out
+        log_z = logits.logsumexp(-1)
+        out[start:end] = logits.gather(1, targets[start:end, None]).squeeze(1) - log_z
+        if top is not None:
+            values, ids = logits.topk(topk, dim=-1)
+            top.ids[start:end] = ids
+            top.log_probs[start:end] = values - log_z[:, None]
+            top.log_tail[start:end] = logits.scatter_(1, ids, -torch.inf).logsumexp(-1) - log_z
+    return out, top
 
 
 def scoring_pack_tokens(model: Any, padding_free: bool | None, pack_tokens: int) -> int | None:
@@ -124,7 +154,6 @@ def scoring_forwards(
         start = end
 
 
-@torch.inference_mode()
 def response_nll(
     model: Any, requests: list[ScoringRequest], batch_tokens: int, pad_id: int, pack_tokens: int | None = None
 ) -> list[float]:
@@ -134,6 +163,16 @@ def response_nll(
     Shared by the scoring engine and the trainer's DA-KD re-scoring (which passes its in-memory student). Packed
     forwards need a model whose attention reads packed position ids (`core.packing.packing_is_exact`).
     """
+    return response_scores(model, requests, batch_tokens, pad_id, pack_tokens)[0]
+
+
+@torch.inference_mode()
+def response_scores(
+    model: Any, requests: list[ScoringRequest], batch_tokens: int, pad_id: int, pack_tokens: int | None = None,
+    topk: int = 0,
+) -> tuple[list[float], list[TopK] | None]:
+    """`response_nll`, and with `topk` > 0 each request's top-K at its response tokens (one `TopK` per request, on
+    the CPU), from the same forward and head pass."""
     for r in requests:  # position prompt_len - 1 predicts the first response token: it must exist
         if not 0 < r.prompt_len < len(r.ids):
             raise ValueError(f"a scoring request needs a prompt and a response (prompt_len {r.prompt_len} of "
@@ -141,17 +180,22 @@ def response_nll(
     device = next(model.parameters()).device
     sequences, prompt_lens = [r.ids for r in requests], [r.prompt_len for r in requests]
     result = [0.0] * len(requests)
+    tops: list[TopK | None] = [None] * len(requests)
     backbone = model.get_decoder()
     for batch, inputs, (rows, cols, targets) in scoring_forwards(sequences, prompt_lens, batch_tokens, pad_id,
                                                                  pack_tokens):
         hidden = backbone(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False).last_hidden_state
-        logprobs = token_logprobs(model, hidden[rows, cols], targets.to(device))
+        logprobs, top = token_scores(model, hidden[rows, cols], targets.to(device), topk)
         counts = torch.tensor([len(sequences[i]) - prompt_lens[i] for i in batch])
         owners = torch.repeat_interleave(torch.arange(len(batch)), counts)
         sums = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, owners, logprobs.double().cpu())
         for k, i in enumerate(batch):
             result[i] = -sums[k].item() / counts[k].item()
-    return result
+        if top is not None:  # scored positions run request by request, in batch order
+            split = [t.cpu().split(counts.tolist()) for t in top]
+            for k, i in enumerate(batch):
+                tops[i] = TopK(*(parts[k] for parts in split))
+    return result, (tops if topk else None)
 
 
 class HFEngine:
