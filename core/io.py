@@ -39,11 +39,11 @@ def writing(path: Path, what: str, cleanup: bool = False) -> Iterator[None]:
     """
     try:
         yield
-    except WriteError:
-        raise
     except (OSError, RuntimeError) as exc:
         if cleanup:
             shutil.rmtree(path, ignore_errors=True)
+        if isinstance(exc, WriteError):  # named already, by a write inside the block
+            raise
         where = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
         free = shutil.disk_usage(where).free / 2**20
         raise WriteError(f"cannot write the {what} to {path} ({exc}); {free:,.0f} MiB free there. Free some space "

@@ -343,3 +343,23 @@ def test_a_flipped_byte_in_a_data_page_is_caught_by_its_checksum(tmp_path):
     part.write_bytes(bytes(data))
     with pytest.raises(TableError, match=f"{part}: not a readable Parquet file .*(CRC|checksum)"):
         read_table(table.path)
+
+
+def test_a_failed_write_inside_a_snapshot_still_removes_the_partial_snapshot(tmp_path, monkeypatch):
+    """An atomic write that fails inside `writing(..., cleanup=True)` is named by the inner write, and the outer
+    block still gives the space of its partial directory back."""
+    import errno
+
+    from syllabus.core import io
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    snapshot = tmp_path / "state.tmp"
+    monkeypatch.setattr(io.os, "fsync", disk_full)
+    with pytest.raises(io.WriteError, match="progress.json"):
+        with io.writing(snapshot, "training snapshot", cleanup=True):
+            snapshot.mkdir()
+            (snapshot / "student.safetensors").write_bytes(b"weights")
+            io.atomic_write_json(snapshot / "progress.json", {"global_step": 2})
+    assert not snapshot.exists()
