@@ -66,20 +66,29 @@ def read_json(path: Path) -> Any:
         raise JSONFileError(f"{path}, line {err.lineno} column {err.colno}: not valid JSON ({err.msg})") from None
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same directory and an atomic rename."""
-    with writing(path, "file"):
+@contextmanager
+def _replaced(path: Path, what: str) -> Iterator[Path]:
+    """A temporary file beside `path` for the block to write: renamed onto `path` when the block succeeds, removed
+    when it fails. A failed write raises `WriteError` (`writing`)."""
+    with writing(path, what):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            yield tmp
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same directory and an atomic rename."""
+    with _replaced(path, "file") as tmp, tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -106,13 +115,5 @@ def atomic_write_parquet(frame: pl.DataFrame, path: Path, metadata: dict[str, st
     arrow = frame.to_arrow()
     if metadata:
         arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **metadata})
-    with writing(path, "Parquet file"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(arrow, tmp, compression="zstd", write_page_checksum=True)  # see read_parquet
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    with _replaced(path, "Parquet file") as tmp:
+        pq.write_table(arrow, tmp, compression="zstd", write_page_checksum=True)  # see read_parquet
