@@ -134,8 +134,9 @@ def scoring_forwards(
     lengths = [len(s) for s in sequences]
     if pack_tokens is None:
         for batch in length_batches(lengths, batch_tokens):
-            ids, mask = pad_sequences([sequences[i] for i in batch], pad_id)
-            positions = scored_positions([sequences[i] for i in batch], [prompt_lens[i] for i in batch],
+            batch_sequences = [sequences[i] for i in batch]
+            ids, mask = pad_sequences(batch_sequences, pad_id)
+            positions = scored_positions(batch_sequences, [prompt_lens[i] for i in batch],
                                          list(range(len(batch))), [0] * len(batch))
             yield batch, {"input_ids": ids, "attention_mask": mask}, positions
         return
@@ -146,10 +147,10 @@ def scoring_forwards(
         width = sum(lengths[i] for i in rows[start])
         end = start + (1 if one_row else max(1, batch_tokens // width))
         batch = [i for row in rows[start:end] for i in row]
+        batch_sequences = [sequences[i] for i in batch]
         local = {i: k for k, i in enumerate(batch)}
-        packed = lay_out([sequences[i] for i in batch], [[local[i] for i in row] for row in rows[start:end]], pad_id)
-        positions = scored_positions([sequences[i] for i in batch], [prompt_lens[i] for i in batch],
-                                     packed.rows, packed.offsets)
+        packed = lay_out(batch_sequences, [[local[i] for i in row] for row in rows[start:end]], pad_id)
+        positions = scored_positions(batch_sequences, [prompt_lens[i] for i in batch], packed.rows, packed.offsets)
         yield batch, {"input_ids": packed.input_ids, "position_ids": packed.position_ids}, positions
         start = end
 
