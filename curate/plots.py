@@ -50,11 +50,11 @@ def ranked_values(frame: pl.DataFrame, column: str, ce_reduction: str, where: st
     Raises:
         ValueError: a sum is asked for but the table lacks the CE's token count.
     """
-    from .schedules.common import CE_TOKEN_COUNTS, reduce_ce
+    from .schedules.common import CE_TOKEN_COUNTS, is_summed, reduce_ce
 
-    count = CE_TOKEN_COUNTS.get(column)
-    if ce_reduction != "sum" or count is None:
+    if not is_summed(column, ce_reduction):
         return frame, False
+    count = CE_TOKEN_COUNTS[column]
     if count not in frame.columns:
         raise ValueError(f"{where}: summing {column} over its tokens needs the column {count}, which the table "
                          "lacks; pass --ce-reduction mean")

@@ -142,10 +142,14 @@ def difficulty_of(column: str, values: pl.Series) -> pl.Series:
     return 1.0 - values if column in HIGHER_IS_EASIER else values
 
 
+def is_summed(column: str, reduction: str) -> bool:
+    """Whether ranking by `column` under `reduction` sums a CE over its tokens (a CE column, reduction "sum")."""
+    return reduction == "sum" and column in CE_TOKEN_COUNTS
+
+
 def ce_columns(column: str, reduction: str) -> list[str]:
     """The table columns a ranking by `column` reads: the column, and its token count when a CE is summed."""
-    count = CE_TOKEN_COUNTS.get(column)
-    return [column, count] if reduction == "sum" and count else [column]
+    return [column, CE_TOKEN_COUNTS[column]] if is_summed(column, reduction) else [column]
 
 
 def reduce_ce(frame: pl.DataFrame, column: str, reduction: str) -> pl.DataFrame:
@@ -157,7 +161,6 @@ def reduce_ce(frame: pl.DataFrame, column: str, reduction: str) -> pl.DataFrame:
     (docs/methods.md). rouge_l and dds, and every column under "mean", pass unchanged (DDS is a ratio of two CEs
     over the same tokens: the same either way).
     """
-    count = CE_TOKEN_COUNTS.get(column)
-    if reduction == "mean" or count is None:
+    if not is_summed(column, reduction):
         return frame
-    return frame.with_columns(pl.col(column).cast(pl.Float64) * pl.col(count).cast(pl.Float64))
+    return frame.with_columns(pl.col(column).cast(pl.Float64) * pl.col(CE_TOKEN_COUNTS[column]).cast(pl.Float64))

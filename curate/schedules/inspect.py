@@ -9,7 +9,7 @@ import polars as pl
 from syllabus.core.schedule import ScheduleError, read_schedule
 from syllabus.core.table import TableError, check_numeric_column, read_schema, read_table
 
-from .common import CE_TOKEN_COUNTS, ce_columns, reduce_ce
+from .common import ce_columns, is_summed, reduce_ce
 
 
 def _scores(table_path: str, column: str, ce_reduction: str) -> pl.DataFrame | None:
@@ -91,7 +91,7 @@ def summarize_schedule(path: Path, column: str = "student_ce", ce_reduction: str
     manifest = schedule.manifest
     table = manifest["table"]
     profile = epoch_profile(path, column, ce_reduction)
-    shown_column = f"{column}{' sum' if column in CE_TOKEN_COUNTS and ce_reduction == 'sum' else ''}"
+    shown_column = f"{column}{' sum' if is_summed(column, ce_reduction) else ''}"
     usable = table.get("usable_rows") or 1
     total = int(profile["num_samples"].sum())
     params = ", ".join(f"{k}={v}" for k, v in sorted(manifest["params"].items()) if v not in (None, {}))
@@ -151,7 +151,6 @@ def inspect_schedule(paths: list[Path], plots_dir: Path | None, column: str = "s
         from ..plots import plot_curricula
 
         profiles = {label: epoch_profile(p, column, ce_reduction) for label, p in zip(_labels(paths), paths)}
-        summed = column in CE_TOKEN_COUNTS and ce_reduction == "sum"
-        png = plot_curricula(profiles, Path(plots_dir) / "curricula.png", column, summed)
+        png = plot_curricula(profiles, Path(plots_dir) / "curricula.png", column, is_summed(column, ce_reduction))
         text += f"\n  wrote {png}"
     return text
