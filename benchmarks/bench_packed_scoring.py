@@ -18,10 +18,11 @@ padded pass's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
+
+from common import embedded_dolly, write_result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -48,19 +49,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from syllabus.core.engines.base import ScoringRequest
     from syllabus.core.engines.hf_engine import response_nll
-    from syllabus.core.models import prepare_default_models
-    from syllabus.core.tokens import encode_pair
-    from syllabus.curate.data import EMBEDDED, PRESETS, load_samples
 
-    teacher_dir, student_dir = prepare_default_models()
-    tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    samples = load_samples(str(EMBEDDED["dolly_dev_1000"]), PRESETS["minillm"], "alpaca", tokenizer, "train").samples
-    encoded = [encode_pair(tokenizer, s.prompt, s.response, 1024) for s in samples]
-    requests = [ScoringRequest(e.ids, len(e.prompt_ids)) for e in encoded if e.status == "ok"]
+    teacher_dir, student_dir, tokenizer, encoded = embedded_dolly()
+    requests = [ScoringRequest(e.ids, len(e.prompt_ids)) for e in encoded.values()]
     lengths = [len(r.ids) for r in requests]
     variants = {"padded": None, **{f"packed-{n}": n for n in args.pack_tokens}}
     result: dict = {
@@ -98,11 +93,7 @@ def main() -> None:
                          for name, s in seconds.items()}
         load.append(os.getloadavg()[0])
     result["load_average_during"] = [round(x, 2) for x in load]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ step each, and its ratio to the padded variant.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 from pathlib import Path
+
+from common import embedded_dolly, write_result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PARTS = ("teacher_forward", "student_forward_and_loss", "backward", "optimizer")
@@ -36,23 +37,16 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from syllabus.core.logits import logit_head
-    from syllabus.core.models import prepare_default_models
-    from syllabus.core.tokens import encode_pair
-    from syllabus.curate.data import EMBEDDED, PRESETS, load_samples
     from syllabus.train.data import collate, epoch_micro_batches
     from syllabus.train.loop import adamw
     from syllabus.train.losses import Objective
     from syllabus.train.student import DistillStudent
 
     torch.manual_seed(0)
-    teacher_dir, student_dir = prepare_default_models()
-    tokenizer = AutoTokenizer.from_pretrained(student_dir)
-    samples = load_samples(str(EMBEDDED["dolly_dev_1000"]), PRESETS["minillm"], "alpaca", tokenizer, "train").samples
-    encoded = {s.sample_id: encode_pair(tokenizer, s.prompt, s.response, 1024) for s in samples[: args.rows]}
-    encoded = {k: v for k, v in encoded.items() if v.status == "ok"}
+    teacher_dir, student_dir, tokenizer, encoded = embedded_dolly(args.rows)
     batches = epoch_micro_batches(list(encoded), seed=0, epoch=0, micro_batch_size=args.micro_batch)
     pad = tokenizer.pad_token_id
     real = sum(len(e.ids) for e in encoded.values())
@@ -105,11 +99,7 @@ def main() -> None:
     for variant in variants:
         result[variant]["speedup_over_padded"] = round(
             result[variant]["median_useful_tokens_per_second"] / result["padded"]["median_useful_tokens_per_second"], 2)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

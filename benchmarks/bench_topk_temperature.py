@@ -15,10 +15,11 @@ approximation's, per K and tau (median and 90th percentile over tokens).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from pathlib import Path
+
+from common import embedded_dolly, write_result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,22 +33,16 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from syllabus.core.logits import logit_head
-    from syllabus.core.models import prepare_default_models
-    from syllabus.core.tokens import encode_pair
-    from syllabus.curate.data import EMBEDDED, PRESETS, load_samples
 
-    teacher_dir, _ = prepare_default_models()
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    samples = load_samples(str(EMBEDDED["dolly_dev_1000"]), PRESETS["minillm"], "alpaca", tokenizer, "train").samples
+    teacher_dir, _, _, encoded = embedded_dolly(args.rows)
     model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.bfloat16).eval()
     head = logit_head(model)
     log_probs = []
     with torch.inference_mode():
-        for sample in samples[: args.rows]:
-            enc = encode_pair(tokenizer, sample.prompt, sample.response, 1024)
+        for enc in encoded.values():
             hidden = model.get_decoder()(input_ids=torch.tensor([enc.ids])).last_hidden_state[0]
             positions = range(len(enc.prompt_ids) - 1, len(enc.ids) - 1)
             log_probs.append(torch.log_softmax(head.logits(hidden[list(positions)]).double(), -1))
@@ -75,11 +70,7 @@ def main() -> None:
                              "kl_true_vs_approx_p90": float(f"{kl.quantile(0.9).item():.3g}")}
             row["true_tail_prob_median"] = round(bins["true"][:, -1].exp().median().item(), 5)
             result[f"K={k}, tau={tau}"] = row
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":
