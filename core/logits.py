@@ -17,12 +17,25 @@ embedding that is not a linear layer: such logits cannot be computed chunk by ch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .models import ModelError
+
+
+class TopK(NamedTuple):
+    """A model's next-token distributions at N positions reduced to their top K: what the CE pass captures
+    (`hf_engine.token_scores`), what a top-K teacher cache keeps, and how the loss takes such a teacher
+    (`train.losses.chunked_loss_sums(teacher_bins=...)`)."""
+
+    ids: torch.Tensor  # (N, K) token ids, most probable first
+    log_probs: torch.Tensor  # (N, K) their log-probabilities, fp32
+    log_tail: torch.Tensor  # (N,) log of the probability of every other id, fp32
+
+    def index_select(self, index: torch.Tensor) -> TopK:
+        return TopK(*(t.index_select(0, index) for t in self))
 
 
 @dataclass(frozen=True)

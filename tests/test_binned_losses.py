@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from syllabus.core.logits import TopK
 from syllabus.core.loss_params import LOSSES
-from syllabus.train.losses import Objective, TeacherBins, chunked_loss_sums, soften_bins, student_bins, vocab_grad
+from syllabus.train.losses import Objective, chunked_loss_sums, soften_bins, student_bins, vocab_grad
 from syllabus.train.losses_reference import _DIVERGENCES, _KWARGS
 
 
@@ -62,7 +63,8 @@ def test_the_chunked_loss_takes_a_teacher_as_its_top_k(loss, tau):
     targets = torch.randint(0, vocab, (tokens,), generator=generator)
     teacher = torch.log_softmax(torch.randn(tokens, vocab, generator=generator, dtype=torch.float64) * 2, -1)
     ids = teacher.topk(k, dim=-1).indices
-    bins = TeacherBins(ids, teacher.gather(1, ids).float(), coarsened(teacher, ids)[:, -1].float())
+    # int32 ids, as the CE pass captures them (`hf_engine.token_scores`)
+    bins = TopK(ids.to(torch.int32), teacher.gather(1, ids).float(), coarsened(teacher, ids)[:, -1].float())
     objective = Objective(loss, temperature=tau, kd_weight=kd_weight)
     kwargs = {_KWARGS.get(key, key): v for key, v in objective.params.items()}
 

@@ -34,6 +34,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from syllabus.core.logits import TopK
 from syllabus.core.loss_params import check_kd_weight, check_temperature, resolve_loss_params
 
 # -inf logits (a masked vocabulary) make 0 * log 0 and log-space mixtures of two -inf produce NaN gradients. A finite
@@ -214,17 +215,6 @@ def vocab_grad(bin_grad: torch.Tensor, log_q: torch.Tensor, log_q_bins: torch.Te
     return grad.scatter_(1, ids, bin_grad[:, :-1])
 
 
-class TeacherBins(NamedTuple):
-    """A teacher known by its top K, per scored token, at temperature 1: what a top-K cache stores."""
-
-    ids: torch.Tensor  # (N, K) token ids, within the student's vocabulary
-    log_probs: torch.Tensor  # (N, K) their log-probabilities
-    log_tail: torch.Tensor  # (N,) log of the probability of every other id
-
-    def index_select(self, index: torch.Tensor) -> TeacherBins:
-        return TeacherBins(*(t.index_select(0, index) for t in self))
-
-
 def soften_bins(log_probs: torch.Tensor, log_tail: torch.Tensor, tau: float, vocab: int) -> torch.Tensor:
     """The teacher's K+1 bins at temperature tau, as fp32 log-probs (c, K+1), the tail last.
 
@@ -251,7 +241,7 @@ def _chunk_sums_and_grad(
     hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None, softcap: float | None,
     teacher_hidden: torch.Tensor | None, teacher_head: torch.Tensor | None, teacher_bias: torch.Tensor | None,
     teacher_softcap: float | None, targets: torch.Tensor, objective: Objective, needs_grad: bool,
-    teacher_bins: TeacherBins | None = None,
+    teacher_bins: TopK | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk: its sums (loss, sft, kd) and the gradient of its loss sum for the student's pre-cap logits.
 
@@ -409,7 +399,7 @@ def chunked_loss_sums(
     student_softcap: float | None = None,
     teacher_softcap: float | None = None,
     chunk_tokens: int = 1024,
-    teacher_bins: TeacherBins | None = None,
+    teacher_bins: TopK | None = None,
 ) -> LossSums:
     """SFT + KD loss sums from final hidden states, computing logits `chunk_tokens` tokens at a time.
 
@@ -429,8 +419,9 @@ def chunked_loss_sums(
         student_bias, teacher_bias: optional (V,) and (V',) lm_head biases.
         student_softcap, teacher_softcap: final-logit soft-caps, or None.
         chunk_tokens: tokens per chunk (>= 1); peak memory grows linearly with it.
-        teacher_bins: the teacher as its top K at the N positions (a top-K cache), in place of teacher_hidden and
-            teacher_head: each divergence is then taken over K+1 bins (docs/methods.md, "K+1 bins").
+        teacher_bins: the teacher as its top K at the N positions, at temperature 1 (`core.logits.TopK`, what the CE
+            pass captures), in place of teacher_hidden and teacher_head: each divergence is then taken over K+1 bins
+            (docs/methods.md, "K+1 bins").
 
     Returns:
         LossSums; only loss_sum has a gradient. Zero valid tokens give zeros (and zero gradients), never NaN.
@@ -468,5 +459,5 @@ def chunked_loss_sums(
     loss_sum, sft_sum, kd_sum = _ChunkedLoss.apply(
         hidden, student_head, student_bias, teacher, teacher_head, teacher_bias, flat_targets, rows, objective,
         (student_softcap, teacher_softcap), chunk_tokens, torch.is_grad_enabled(),
-        None if teacher_bins is None else TeacherBins(*(t.detach() for t in teacher_bins)))
+        None if teacher_bins is None else TopK(teacher_bins.ids.long(), *(t.detach() for t in teacher_bins[1:])))
     return LossSums(loss_sum, sft_sum, kd_sum, int(rows.numel()))

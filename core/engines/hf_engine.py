@@ -7,11 +7,11 @@ uses it for the CE passes there by default.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator
 
 import torch
 
-from syllabus.core.logits import checked_logit_head, logit_head
+from syllabus.core.logits import TopK, checked_logit_head, logit_head
 from syllabus.core.packing import (
     attention_is_varlen,
     best_fit_rows,
@@ -56,14 +56,6 @@ def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     if current:
         batches.append(current)
     return batches
-
-
-class TopK(NamedTuple):
-    """A model's distribution at scored positions reduced to its top K: what a top-K teacher cache keeps."""
-
-    ids: torch.Tensor  # (N, K) int32 token ids, most probable first
-    log_probs: torch.Tensor  # (N, K) fp32
-    log_tail: torch.Tensor  # (N,) fp32, log of the probability of every other id
 
 
 def token_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
