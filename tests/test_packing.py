@@ -189,21 +189,22 @@ def test_the_ce_pass_keeps_each_tokens_top_k_from_the_same_logits(models, uneven
     """What a top-K teacher cache stores, against the model's own full distribution, request by request."""
     student, _, tokenizer = models
     requests = [ScoringRequest(r.ids, len(r.prompt_ids)) for r in uneven_rows]
-    nll, tops = response_scores(student.eval(), requests, batch_tokens=2048, pad_id=tokenizer.pad_token_id, topk=5)
-    _, packed_tops = response_scores(student, requests, batch_tokens=1400, pad_id=tokenizer.pad_token_id,
-                                     pack_tokens=700, topk=5)
-    student.train()
-    assert nll == response_nll(student.eval(), requests, 2048, tokenizer.pad_token_id)
-    student.train()
-    for request, top, packed in zip(requests, tops, packed_tops):
-        with torch.no_grad():
-            logits = student.eval()(input_ids=torch.tensor([request.ids])).logits[0].float()
+    student.eval()
+    try:
+        nll, tops = response_scores(student, requests, batch_tokens=2048, pad_id=tokenizer.pad_token_id, topk=5)
+        _, packed_tops = response_scores(student, requests, batch_tokens=1400, pad_id=tokenizer.pad_token_id,
+                                         pack_tokens=700, topk=5)
+        assert nll == response_nll(student, requests, 2048, tokenizer.pad_token_id)
+        for request, top, packed in zip(requests, tops, packed_tops):
+            with torch.no_grad():
+                logits = student(input_ids=torch.tensor([request.ids])).logits[0].float()
+            log_probs = torch.log_softmax(logits[request.prompt_len - 1 : len(request.ids) - 1], -1)
+            want_values, want_ids = log_probs.topk(5, dim=-1)
+            assert top.ids.shape == (len(request.ids) - request.prompt_len, 5) and top.ids.dtype == torch.int32
+            assert torch.equal(top.ids.long(), want_ids)
+            torch.testing.assert_close(top.log_probs, want_values, rtol=1e-4, atol=1e-5)
+            rest = log_probs.scatter(1, want_ids, -torch.inf).logsumexp(-1)
+            torch.testing.assert_close(top.log_tail, rest, rtol=1e-4, atol=1e-5)
+            assert torch.equal(packed.ids, top.ids)  # the packed pass keeps the same top K
+    finally:
         student.train()
-        log_probs = torch.log_softmax(logits[request.prompt_len - 1 : len(request.ids) - 1], -1)
-        want_values, want_ids = log_probs.topk(5, dim=-1)
-        assert top.ids.shape == (len(request.ids) - request.prompt_len, 5) and top.ids.dtype == torch.int32
-        assert torch.equal(top.ids.long(), want_ids)
-        torch.testing.assert_close(top.log_probs, want_values, rtol=1e-4, atol=1e-5)
-        rest = log_probs.scatter(1, want_ids, -torch.inf).logsumexp(-1)
-        torch.testing.assert_close(top.log_tail, rest, rtol=1e-4, atol=1e-5)
-        assert torch.equal(packed.ids, top.ids)  # the packed pass keeps the same top K
