@@ -108,12 +108,27 @@ def read_parquet(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
     return pl.from_arrow(pq.read_table(path, columns=columns, page_checksum_verification=True))
 
 
-def atomic_write_parquet(frame: pl.DataFrame, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a polars frame as one Parquet file, atomically, with optional key-value metadata."""
+def atomic_write_parquet(frame: pl.DataFrame, path: Path, metadata: dict[str, str] | None = None,
+                         row_group_size: int | None = None, byte_stream_split: tuple[str, ...] = ()) -> None:
+    """Write a polars frame as one Parquet file, atomically, with optional key-value metadata.
+
+    Args:
+        row_group_size: rows per row group (the unit a reader can fetch alone); None: pyarrow's default.
+        byte_stream_split: float columns (or lists of floats) to write byte-stream-split, which zstd compresses
+            better: their exponent bytes, stored together, repeat.
+    """
     import pyarrow.parquet as pq
 
     arrow = frame.to_arrow()
     if metadata:
         arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **metadata})
+    split = [f"{name}.list.element" if _is_list(arrow.schema.field(name).type) else name for name in byte_stream_split]
     with _replaced(path, "Parquet file") as tmp:
-        pq.write_table(arrow, tmp, compression="zstd", write_page_checksum=True)  # see read_parquet
+        pq.write_table(arrow, tmp, compression="zstd", write_page_checksum=True,  # see read_parquet
+                       row_group_size=row_group_size, use_byte_stream_split=split or False)
+
+
+def _is_list(data_type: Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(data_type) or pa.types.is_large_list(data_type)

@@ -31,6 +31,8 @@ from .schedule import MANIFEST_FILE
 METADATA_FILE = "metadata.json"
 PART_GLOB = "part-*.parquet"
 TABLE_FILES = (METADATA_FILE, PART_GLOB, "rejects.jsonl")  # every name a table's writers put in its directory
+TOPK_CACHE_DIR = "teacher-topk"  # the teacher's top-K cache (core/topk_cache.py)
+TABLE_DIRS = (TOPK_CACHE_DIR,)  # the subdirectories a table's writers make
 SCORE_COLUMNS = ("student_ce", "teacher_ce", "dds", "rouge_l", "output_ce")
 # Columns that define a table's content for its fingerprint (text columns are covered by sample_id).
 # output_tokens too: summed CEs (the schedules' default) multiply output_ce by it.
@@ -56,16 +58,19 @@ class Table:
         return self.metadata["table_fingerprint"]
 
 
-def table_fingerprint(frame: pl.DataFrame) -> str:
+def table_fingerprint(frame: pl.DataFrame, cache: str | None = None) -> str:
     """A content hash of a table, independent of row order and of how it is split into parts.
 
     Covers sample ids, status, token counts and every score column present; floats are hashed through their
-    exact repr, so any change of a score changes the fingerprint.
+    exact repr, so any change of a score changes the fingerprint. A table with a teacher top-K cache covers the
+    cache's fingerprint too (`cache`): schedules then name the cache they were built beside.
     """
     cols = [c for c in FINGERPRINT_COLUMNS if c in frame.columns]
     canon = frame.select(cols).sort("sample_id")
     h = hashlib.sha256()
     h.update(json.dumps(cols).encode())
+    if cache:
+        h.update(cache.encode())
     for row in canon.iter_rows():
         h.update(repr(row).encode())
     return h.hexdigest()
@@ -107,7 +112,7 @@ def write_table(
         "num_rows": frame.height,
         "columns": frame.columns,
         "parts": {name: part.height for name, part in parts.items()},
-        "table_fingerprint": table_fingerprint(frame),
+        "table_fingerprint": table_fingerprint(frame, (metadata.get("teacher_topk") or {}).get("cache_fingerprint")),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / METADATA_FILE).unlink(missing_ok=True)  # the table is incomplete until the new metadata lands

@@ -7,7 +7,7 @@ Kinds and how a directory shows its kind:
 - a run started through `claim_output` (scoring, training, evaluation): `OUT/_work/run.json`, written first, records
   the kind and the run identity;
 - a difficulty table or a schedule: every entry is a file its writer makes (`TABLE_FILES`, `SCHEDULE_FILES`, and the
-  temporary files of an atomic write), so an unfinished one counts too. A scoring run's directory is a table.
+  temporary files of an atomic write) or a subdirectory it makes (`TABLE_DIRS`), so an unfinished one counts too. A scoring run's directory is a table.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from typing import Any
 
 from .io import JSONFileError, atomic_write_json, read_json
 from .schedule import SCHEDULE_FILES
-from .table import TABLE_FILES
+from .table import TABLE_DIRS, TABLE_FILES
 
 WORK_DIR = "_work"
 RUN_FILE = "run.json"
 TABLE = "difficulty table"
 SCHEDULE = "schedule"
 _FILES_OF = {TABLE: TABLE_FILES, SCHEDULE: SCHEDULE_FILES}
+_DIRS_OF = {TABLE: TABLE_DIRS}
 _OUTPUT_OF_RUN = {"scoring run": TABLE}  # what a run leaves behind, where it has another name than the run
 _SHOWN = 5
 
@@ -115,7 +116,8 @@ def held_output(out: Path) -> str | None:
     entries = list(out.iterdir())
     for kind, patterns in _FILES_OF.items():
         patterns = (*patterns, *(f".{p}.*.tmp" for p in patterns))  # an atomic write's temporary file
-        if all(e.is_file() and any(fnmatch(e.name, p) for p in patterns) for e in entries):
+        dirs = _DIRS_OF.get(kind, ())
+        if all(e.name in dirs if e.is_dir() else any(fnmatch(e.name, p) for p in patterns) for e in entries):
             return kind
     return None
 

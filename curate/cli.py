@@ -49,7 +49,8 @@ def score(
         SCORE['student'], help="student: local HF directory, hub id, `default` (pruned SmolLM2), or `none` (teacher-only table)"
     ),
     teacher: Optional[str] = typer.Option(SCORE['teacher'], help="teacher: local HF directory, hub id, or `default` (ignored with --teacher-from)"),
-    teacher_from: Optional[Path] = typer.Option(None, help="reuse teacher_ce from this table instead of running the teacher"),
+    teacher_from: Optional[Path] = typer.Option(None, help="reuse teacher_ce (and, with --teacher-topk, the top-K cache) from this table instead of running the teacher"),
+    teacher_topk: int = typer.Option(SCORE['teacher_topk'], help="also keep the teacher's top K log-probs at every response token beside the table, so that `train run --teacher-cache` needs no teacher (0: no cache; 32 costs about 260 bytes per token)"),
     preset: Preset = typer.Option(SCORE['preset'], help="field preset: minillm (prompt/instruction/input/output) or dolly"),
     instruction_field: Optional[str] = typer.Option(None, help="override the preset's instruction field"),
     input_field: Optional[str] = typer.Option(None, help="override the preset's input/context field"),
@@ -102,7 +103,7 @@ def score(
             truncate=truncate,
             generation=GenerationParams(temperature, top_p, max_new_tokens, num_samples, seed),
             gen_engine=choice_value(gen_engine), ce_engine=choice_value(ce_engine), dtype=dtype, part_size=part_size, batch_tokens=batch_tokens,
-            padding_free=padding_free, pack_tokens=pack_tokens,
+            padding_free=padding_free, pack_tokens=pack_tokens, teacher_topk=teacher_topk,
             num_shards=num_shards, shard_index=shard_index, tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization, keep_every=keep_every, overwrite=overwrite,
         )

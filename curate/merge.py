@@ -72,6 +72,23 @@ def merge_tables(shard_paths: list[str | Path], out: str | Path, overwrite: bool
             replace_output(out, TABLE)
         except RunDirError as err:
             raise TableError(str(err)) from None
+    if first.get("teacher_topk"):  # the shards' caches, as one (each shard's parts, linked, in shard order)
+        from syllabus.core.topk_cache import (
+            CACHE_DIR,
+            CacheError,
+            cache_info,
+            cache_parts,
+            read_cache_record,
+            write_cache,
+        )
+
+        ordered = [t for _, t in sorted(zip(indices, tables), key=lambda pair: pair[0])]
+        sources = [t.path / CACHE_DIR for t in ordered]
+        try:
+            parts = [part for source in sources for part in cache_parts(source)]
+            metadata["teacher_topk"] = write_cache(parts, out / CACHE_DIR, cache_info(read_cache_record(sources[0])))
+        except CacheError as err:
+            raise TableError(f"{err}; the shards were scored with --teacher-topk, so their caches are merged too") from None
     return write_table(frame, out, metadata)
 
 

@@ -29,8 +29,19 @@ from syllabus.core.engines.base import ScoringRequest, request_seed
 from syllabus.core.io import atomic_write_parquet, read_parquet
 from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
 from syllabus.core.rouge import rouge_l
-from syllabus.core.table import Table, read_table, write_table
+from syllabus.core.table import METADATA_FILE, Table, read_table, write_table
 from syllabus.core.tokens import Encoded, encode_pair
+from syllabus.core.topk_cache import (
+    CACHE_DIR,
+    FLOAT_COLUMNS,
+    ROW_GROUP_ROWS,
+    cache_info,
+    cache_parts,
+    read_cache_record,
+    topk_columns,
+    write_cache,
+)
+from syllabus.core.topk_cache import COLUMNS as TOPK_COLUMNS
 from syllabus.core.versions import versions
 from syllabus.core.workdir import claim_output
 
@@ -94,6 +105,13 @@ def prepare(config: ScoreConfig) -> Prepared:
         teacher_table = read_table(config.teacher_from)
         if "teacher_ce" not in teacher_table.frame.columns:
             raise ScoreError(f"{config.teacher_from}: --teacher-from table has no teacher_ce column")
+    if teacher_table is not None and config.teacher_topk:
+        cached = (teacher_table.metadata.get("teacher_topk") or {}).get("k")
+        if cached != config.teacher_topk:
+            has = f"a top-{cached} cache" if cached else "no top-K cache"
+            raise ScoreError(f"--teacher-topk {config.teacher_topk} with --teacher-from {config.teacher_from}: that "
+                             f"table has {has}, and with --teacher-from no teacher runs. Pass --teacher-topk "
+                             f"{cached or 0}, or score the teacher table with --teacher-topk {config.teacher_topk}")
     tokenizer = load_tokenizer(student or teacher)
     tok_hash = check_same_tokenizer(student, teacher) if student and teacher else tokenizer_fingerprint(tokenizer)
     if teacher_table is not None and teacher_table.metadata.get("tokenizer_sha256") != tok_hash:
@@ -222,10 +240,13 @@ def run_pass(
     compute: Callable[[list[int]], pl.DataFrame],
     progress: bool,
     stats: dict[str, dict[str, float]],
+    keep: tuple[str, ...] = (),
 ) -> pl.DataFrame:
     """Run one pass part by part, skipping parts already on disk; return all parts concatenated.
 
     `stats[name]` receives rows, tokens and seconds of the work done by this invocation (engine start included).
+    `keep`: columns that stay in the parts only (a teacher top-K cache): written in row groups of
+    `topk_cache.ROW_GROUP_ROWS` samples, and not read back here.
     """
     from tqdm.auto import tqdm
 
@@ -242,7 +263,8 @@ def run_pass(
     tokens, start = 0, time.perf_counter()
     for k in todo:
         frame = compute(parts[k])
-        atomic_write_parquet(frame, pass_dir / f"part-{k:05d}.parquet")
+        layout = {"row_group_size": ROW_GROUP_ROWS, "byte_stream_split": FLOAT_COLUMNS} if keep else {}
+        atomic_write_parquet(frame, pass_dir / f"part-{k:05d}.parquet", **layout)
         tokens += int(frame["_tokens"].sum())
         bar.update(len(parts[k]))
         bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
@@ -251,7 +273,7 @@ def run_pass(
     stats[name] = {"rows": total_rows - done_rows, "tokens": tokens, "seconds": round(seconds, 3),
                    "tokens_per_second": round(tokens / seconds, 1) if tokens else 0.0}
     frames = [read_parquet(pass_dir / f"part-{k:05d}.parquet") for k in range(len(parts))]
-    return pl.concat(frames).drop("_tokens") if frames else pl.DataFrame()
+    return pl.concat([f.drop(keep) for f in frames]).drop("_tokens") if frames else pl.DataFrame()
 
 
 def part_reads_back(path: Path, rows: int) -> bool:
@@ -274,6 +296,7 @@ def engine_options(config: ScoreConfig, kind: str) -> dict[str, Any]:
             "gpu_memory_utilization": config.gpu_memory_utilization,
             "enforce_eager": config.enforce_eager,
             "seed": config.generation.seed,
+            "max_logprobs": max(1, config.teacher_topk),
         }
     from syllabus.core.engines.hf_engine import default_batch_tokens
 
@@ -317,20 +340,24 @@ def student_gen_pass(prep: Prepared, kind: str) -> Callable[[list[int]], pl.Data
     return compute
 
 
-def ce_pass(prep: Prepared, model: ModelRef, kind: str, column: str) -> Callable[[list[int]], pl.DataFrame]:
+def ce_pass(prep: Prepared, model: ModelRef, kind: str, column: str,
+            topk: int = 0) -> Callable[[list[int]], pl.DataFrame]:
+    """A teacher-forcing pass: each part's mean response NLL in `column`, and with `topk` the top-K cache columns
+    (`core.topk_cache`) from the same forward."""
     from syllabus.core.engines import open_engine
 
     def compute(indices: list[int]) -> pl.DataFrame:
         engine = open_engine(kind, str(model.path), **engine_options(prep.config, kind))
         requests = [ScoringRequest(prep.encoded[i].ids, len(prep.encoded[i].prompt_ids)) for i in indices]
-        nll = engine.response_nll(requests)
-        return pl.DataFrame(
+        nll, tops = engine.response_scores(requests, topk)
+        frame = pl.DataFrame(
             {
                 "sample_id": [prep.samples[i].sample_id for i in indices],
                 column: nll,
                 "_tokens": [len(r.ids) for r in requests],
             }
         )
+        return frame.with_columns(**{k: pl.from_arrow(v) for k, v in topk_columns(tops).items()}) if topk else frame
 
     return compute
 
@@ -428,14 +455,26 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
         student_gen = pl.DataFrame(schema={"sample_id": pl.String, "student_output": pl.String, "rouge_l": pl.Float64,
                                            "output_ce": pl.Float64, "output_tokens": pl.Int64})
         student_ce = pl.DataFrame(schema={"sample_id": pl.String, "student_ce": pl.Float64})
+    topk = config.teacher_topk
     if prep.teacher_table is not None:
         teacher_ce = teacher_from_table(prep)
     else:
-        teacher_ce = run_pass("teacher-ce", work, prep, ce_pass(prep, prep.teacher, ce_kind, "teacher_ce"), progress, stats)
+        teacher_ce = run_pass("teacher-ce", work, prep, ce_pass(prep, prep.teacher, ce_kind, "teacher_ce", topk),
+                              progress, stats, keep=TOPK_COLUMNS if topk else ())
     from syllabus.core.engines import close_engine
 
     close_engine()
     frame = assemble(prep, student_gen, student_ce, teacher_ce)
+    (out / METADATA_FILE).unlink(missing_ok=True)  # the table is incomplete while its cache is rewritten
+    cache = None
+    if topk and prep.teacher_table is not None:  # the other table's cache, linked
+        source = prep.teacher_table.path / CACHE_DIR
+        cache = write_cache(cache_parts(source), out / CACHE_DIR, cache_info(read_cache_record(source)))
+    elif topk:
+        parts = [work / "teacher-ce" / f"part-{k:05d}.parquet" for k in range(len(prep.parts()))]
+        cache = write_cache(parts, out / CACHE_DIR, {"k": topk, "teacher": prep.teacher.identity(),
+                                                     "tokenizer_sha256": prep.tokenizer_hash,
+                                                     "dataset_fingerprint": identity["dataset_fingerprint"]})
     metadata = {
         "kind": "difficulty_table",
         "schema_version": 1,
@@ -455,6 +494,7 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
         if prep.teacher_table
         else None,
         "tokenizer_sha256": prep.tokenizer_hash,
+        "teacher_topk": cache,  # the top-K cache's K, teacher and fingerprint (core/topk_cache.py), or None
         "template": config.template,
         "fields": dataclasses.asdict(config.fields()),
         "generation": dataclasses.asdict(config.generation),

@@ -43,6 +43,7 @@ class ScoreConfig:
     batch_tokens: int | None = None  # transformers CE batches; None: 2048 on CPU (cache-friendly), 16384 on GPU
     padding_free: bool | None = None  # transformers CE pass packed; None: where attention is flash-attention
     pack_tokens: int = 512  # packed CE rows under sdpa/eager (hf_engine.SCORING_PACK_TOKENS); flash: one per forward
+    teacher_topk: int = 0  # keep the teacher's top K at every response token (core/topk_cache.py); 0: no cache
     num_shards: int = 1
     shard_index: int = 0
     tensor_parallel_size: int = 1
@@ -68,6 +69,8 @@ class ScoreConfig:
             raise ScoreError("give a --teacher, or --teacher-from TABLE to reuse the teacher scores of another table")
         if self.student is None and self.teacher is None:
             raise ScoreError("a teacher-only table (--student none) needs a --teacher")
+        if self.teacher_topk < 0:
+            raise ScoreError(f"--teacher-topk must be >= 0 (0: no cache), got {self.teacher_topk}")
         if self.limit is not None and self.limit < 1:
             raise ScoreError(f"--limit must be >= 1, got {self.limit}")
 
@@ -89,4 +92,6 @@ class ScoreConfig:
         ident = dataclasses.asdict(self)
         for key in ("out", "overwrite"):
             ident.pop(key)
+        if not self.teacher_topk:  # absent when unused: runs scored before the cache existed keep their identity
+            ident.pop("teacher_topk")
         return ident

@@ -20,7 +20,7 @@ from syllabus.curate.cli import app
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.skipif(not vllm_available(), reason="vllm is not installed")]
 
 
-MAX_SEQ_LEN, MAX_NEW_TOKENS = 512, 12
+MAX_SEQ_LEN, MAX_NEW_TOKENS, TOPK = 512, 12, 5
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,8 @@ def vllm_engine(tiny_model):
     from syllabus.core.engines.base import GenerationParams
     from syllabus.curate.score import ScoreConfig, engine_options
 
-    config = ScoreConfig(data="-", out="-", generation=GenerationParams(max_new_tokens=MAX_NEW_TOKENS), max_seq_len=MAX_SEQ_LEN)
+    config = ScoreConfig(data="-", out="-", generation=GenerationParams(max_new_tokens=MAX_NEW_TOKENS),
+                         max_seq_len=MAX_SEQ_LEN, teacher_topk=TOPK)
     return open_engine("vllm", str(tiny_model), **engine_options(config, "vllm"))
 
 
@@ -67,7 +68,7 @@ def vllm_table(vllm_engine, tmp_path_factory, tiny_model, dolly_rows):
     result = CliRunner().invoke(app, [
         "score", str(data), "--out", str(out), "--student", str(tiny_model), "--teacher", str(tiny_model),
         "--gen-engine", "vllm", "--ce-engine", "vllm", "--max-new-tokens", str(MAX_NEW_TOKENS),
-        "--max-seq-len", str(MAX_SEQ_LEN),
+        "--max-seq-len", str(MAX_SEQ_LEN), "--teacher-topk", str(TOPK),
         "--part-size", "8", "--quiet",
     ])
     assert result.exit_code == 0, result.output
@@ -100,6 +101,31 @@ def test_vllm_and_transformers_agree_on_ce(vllm_table, tiny_model):
     assert abs(sum(got) - sum(reference)) / sum(reference) < 0.01
 
 
+
+def test_vllm_prompt_logprobs_fill_the_top_k_cache(vllm_table, tiny_model):
+    """The cache vLLM writes (prompt log-probs, top K by rank, tail = 1 - their mass) against a transformers fp32
+    forward: each cached id's log-prob is that id's, the top id is the top id, the tail is the rest's mass."""
+    from transformers import AutoTokenizer
+
+    from syllabus.core.topk_cache import CACHE_DIR, TopKCache
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    frame = vllm_table.frame
+    bins = TopKCache(vllm_table.path / CACHE_DIR).bins(frame["sample_id"].to_list())
+    agree = total = 0
+    for prompt, response, top in zip(frame["prompt"], frame["response"], bins):
+        enc = encode_pair(tok, prompt, response, max_seq_len=MAX_SEQ_LEN)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([enc.ids])).logits[0, len(enc.prompt_ids) - 1 : -1]
+        log_p = logits.double().log_softmax(-1)
+        assert top.ids.shape == (len(enc.response_ids), TOPK)
+        torch.testing.assert_close(log_p.gather(1, top.ids.long()).float(), top.log_probs, atol=0.05, rtol=0.02)
+        tail = log_p.scatter(1, top.ids.long(), -torch.inf).logsumexp(-1)
+        assert (tail.exp() - top.log_tail.double().exp()).abs().max() < 0.01
+        agree += int((top.ids[:, 0].long() == log_p.argmax(-1)).sum())
+        total += len(enc.response_ids)
+    assert agree / total > 0.95  # bf16 against fp32: near ties may swap
 
 
 @pytest.fixture(scope="module")

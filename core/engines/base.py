@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from syllabus.core.logits import TopK
 
 
 def request_seed(seed: int, key: str) -> int:
@@ -52,6 +55,10 @@ class Engine(Protocol):
 
     def response_nll(self, requests: list[ScoringRequest]) -> list[float]:
         """Mean NLL (nats) of ids[prompt_len:] given everything before, teacher-forced, temperature 1."""
+
+    def response_scores(self, requests: list[ScoringRequest], topk: int = 0) -> tuple[list[float], list[TopK] | None]:
+        """`response_nll`, and with `topk` > 0 each request's top K at its response tokens (`core.logits.TopK`,
+        (T, K) on the CPU, temperature 1), from the same forward."""
 
     def generate(self, prompts: list[list[int]], params: GenerationParams, seeds: list[int]) -> list[list[Generation]]:
         """`params.num_samples` generations per prompt; `seeds[i]` seeds prompt i where the engine allows it."""

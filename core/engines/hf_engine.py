@@ -222,6 +222,9 @@ class HFEngine:
     def response_nll(self, requests: list[ScoringRequest]) -> list[float]:
         return response_nll(self.model, requests, self.batch_tokens, self.pad_id, self.pack_tokens)
 
+    def response_scores(self, requests: list[ScoringRequest], topk: int = 0) -> tuple[list[float], list[TopK] | None]:
+        return response_scores(self.model, requests, self.batch_tokens, self.pad_id, self.pack_tokens, topk)
+
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], params: GenerationParams, seeds: list[int]) -> list[list[Generation]]:
         """Batched sampling. One seed per call (transformers has no per-row generators), so outputs depend on

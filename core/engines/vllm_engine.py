@@ -7,16 +7,22 @@ Settings that matter (docs/methods.md, "Scoring"):
 - On CPU, `gpu_memory_utilization` is the KV-cache share of RAM (about 0.5 is safe) and `enforce_eager=True`
   starts in about 35 s instead of about 100 s for the compiled graph.
 - Log-probs are vLLM's default "raw" mode: computed from the model's logits before temperature or top-p.
+- Top-K prompt log-probs (a teacher cache) need `max_logprobs` >= K at engine start (vLLM refuses more per request).
 - `no_repeat_ngram_size` (evaluation protocol) is a logits processor of ours (`ngram.py`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import Generation, GenerationParams, ScoringRequest
 from .ngram import EXTRA_ARG, PROCESSOR_FQCN
 from .watchdog import guard_children
+
+if TYPE_CHECKING:
+    from syllabus.core.logits import TopK
+
+TAIL_FLOOR = 1e-12  # the smallest tail probability 1 - (top-K mass) reports; fp32 log-probs resolve about 1e-7
 
 
 def _on_cpu() -> bool:
@@ -37,6 +43,7 @@ class VLLMEngine:
         gpu_memory_utilization: float | None = None,
         enforce_eager: bool | None = None,
         seed: int = 0,
+        max_logprobs: int = 1,
         **_: Any,
     ) -> None:
         import os
@@ -58,7 +65,7 @@ class VLLMEngine:
             enable_chunked_prefill=False,
             max_num_batched_tokens=max(max_model_len, 8192),
             seed=seed,
-            max_logprobs=1,
+            max_logprobs=max_logprobs,
             logits_processors=[PROCESSOR_FQCN],  # no_repeat_ngram_size, for requests that ask for it
         )
 
@@ -70,17 +77,33 @@ class VLLMEngine:
         del self.llm
 
     def response_nll(self, requests: list[ScoringRequest]) -> list[float]:
+        return self.response_scores(requests)[0]
+
+    def response_scores(self, requests: list[ScoringRequest], topk: int = 0) -> tuple[list[float], list[TopK] | None]:
+        """Mean response NLL from prompt log-probs, and with `topk` each response token's top K (vLLM returns the
+        top K by rank, plus the token itself when it ranks lower). vLLM gives no tail: it is 1 minus the top-K mass,
+        in float64 from fp32 log-probs, floored at `TAIL_FLOOR` (a tail that small weighs nothing in any loss)."""
+        import torch
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        from syllabus.core.logits import TopK
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=topk, detokenize=False)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=r.ids) for r in requests], params, use_tqdm=False)
-        result = []
+        nlls, tops = [], []
         for request, out in zip(requests, outputs):
             # prompt_logprobs[t] is {token_id: Logprob} for token t given tokens < t (entry 0 is None).
-            nll = [-out.prompt_logprobs[t][request.ids[t]].logprob for t in range(request.prompt_len, len(request.ids))]
-            result.append(sum(nll) / len(nll))
-        return result
+            positions = [out.prompt_logprobs[t] for t in range(request.prompt_len, len(request.ids))]
+            nll = [-entry[token].logprob for entry, token in zip(positions, request.ids[request.prompt_len:])]
+            nlls.append(sum(nll) / len(nll))
+            if topk:
+                ranked = [sorted(entry.items(), key=lambda item: item[1].rank)[:topk] for entry in positions]
+                log_probs = torch.tensor([[lp.logprob for _, lp in top] for top in ranked], dtype=torch.float64)
+                mass = log_probs.exp().sum(-1)
+                tops.append(TopK(torch.tensor([[token for token, _ in top] for top in ranked], dtype=torch.int32),
+                                 log_probs.float(), (1 - mass).clamp_min(TAIL_FLOOR).log().float()))
+        return nlls, (tops if topk else None)
 
     def generate(self, prompts: list[list[int]], params: GenerationParams, seeds: list[int]) -> list[list[Generation]]:
         from vllm import SamplingParams
