@@ -34,7 +34,7 @@ def run(
     manifest: Optional[Path] = typer.Option(None, help="schedule directory (manifest.json + epoch shards)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory"),
     student: Optional[str] = typer.Option(None, help=f"student: directory, hub id or `default` (pruned SmolLM2) [default: {TRAIN['student']}]"),
-    teacher: Optional[str] = typer.Option(None, help=f"teacher: directory, hub id or `default` [default: {TRAIN['teacher']}]"),
+    teacher: Optional[str] = typer.Option(None, help=f"teacher: directory, hub id, `default`, or `cached`: no model, the table's top-K cache (`curate score --teacher-topk K`) [default: {TRAIN['teacher']}]"),
     table: Optional[Path] = typer.Option(None, help="difficulty table (default: the one the schedule names)"),
     config: Optional[Path] = typer.Option(None, help="YAML with any of these settings (flags win)"),
     loss: Optional[LossName] = typer.Option(None, help="override every epoch's loss (loss ablations)"),

@@ -11,6 +11,7 @@ from syllabus.core.config import ConfigError, read_yaml, typed_fields
 from syllabus.core.loss_params import resolve_loss_params
 
 SCHEDULERS = ("cosine", "linear", "constant")
+CACHED = "cached"  # `teacher`: no model, the table's top-K cache (`curate score --teacher-topk K`)
 PRECISIONS = ("bf16", "fp32")
 
 
@@ -19,7 +20,7 @@ class TrainConfig:
     manifest: str
     out: str
     student: str = "default"
-    teacher: str = "default"
+    teacher: str = "default"  # a model, or CACHED
     table: str | None = None  # default: the table the schedule was built from (manifest's table path)
     loss: str | None = None  # override every epoch's loss (loss ablations over one schedule)
     loss_params: dict[str, float] = field(default_factory=dict)

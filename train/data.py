@@ -15,9 +15,11 @@ import numpy as np
 import polars as pl
 import torch
 
+from syllabus.core.logits import TopK
 from syllabus.core.packing import pack_sequences, pad_sequences, scored_positions
 from syllabus.core.table import Table
 from syllabus.core.tokens import Encoded, encode_pair
+from syllabus.core.topk_cache import TopKCache
 
 
 class DataError(ValueError):
@@ -34,6 +36,7 @@ class Batch:
     rows: torch.Tensor  # (N,) batch row of each scored position
     cols: torch.Tensor  # (N,) position whose output predicts a response token (prompt_len-1 .. len-2 of its sample)
     targets: torch.Tensor  # (N,) the response token predicted there (EOS included)
+    teacher_bins: TopK | None = None  # (N, K) the teacher's cached top K at those positions (`--teacher cached`)
 
     @property
     def num_tokens(self) -> int:
@@ -47,8 +50,10 @@ class Batch:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "use_cache": False}
 
     def to(self, device: Any) -> Batch:
-        return Batch(*(None if t is None else t.to(device) for t in (
-            self.input_ids, self.attention_mask, self.position_ids, self.rows, self.cols, self.targets)))
+        moved = (None if t is None else t.to(device) for t in (
+            self.input_ids, self.attention_mask, self.position_ids, self.rows, self.cols, self.targets))
+        bins = None if self.teacher_bins is None else TopK(*(t.to(device) for t in self.teacher_bins))
+        return Batch(*moved, teacher_bins=bins)
 
 
 @dataclass(frozen=True)
@@ -187,3 +192,17 @@ def collate(encoded: list[Encoded], pad_id: int, pack_tokens: int | None = None)
     input_ids, attention_mask = pad_sequences(sequences, pad_id)
     n = len(sequences)
     return Batch(input_ids, attention_mask, None, *scored_positions(sequences, prompt_lens, list(range(n)), [0] * n))
+
+
+def cached_bins(cache: TopKCache, sample_ids: list[str], encoded: list[Encoded]) -> TopK:
+    """The teacher's cached top K at a micro-batch's scored positions: sample by sample, as `collate` orders them.
+
+    Raises:
+        DataError: a sample whose cached tokens are not its response tokens (the cache was built from other rows).
+    """
+    bins = cache.bins(sample_ids)
+    for sid, enc, top in zip(sample_ids, encoded, bins):
+        if top.log_tail.numel() != len(enc.response_ids):
+            raise DataError(f"sample {sid}: the teacher cache {cache.path} holds {top.log_tail.numel()} response "
+                            f"tokens, training tokenises {len(enc.response_ids)}: the cache was built from other rows")
+    return TopK(*(torch.cat(parts) for parts in zip(*bins)))

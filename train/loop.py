@@ -19,15 +19,16 @@ import torch
 
 from syllabus.core.io import atomic_write_json
 from syllabus.core.logits import checked_logit_head
-from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model
+from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
 from syllabus.core.packing import packing_is_exact, row_budget
 from syllabus.core.schedule import ScheduledEpoch, read_schedule
-from syllabus.core.table import read_table
+from syllabus.core.table import Table, read_table
+from syllabus.core.topk_cache import TopKCache
 from syllabus.core.workdir import claim_output
 
 from . import state as state_io
-from .config import TrainConfig
-from .data import Batch, SampleStore, collate, epoch_micro_batches, length_limit, read_shard
+from .config import CACHED, TrainConfig
+from .data import Batch, SampleStore, cached_bins, collate, epoch_micro_batches, length_limit, read_shard
 from .losses import Objective
 from .rescore import check_rescore_params, rescore_epoch, rescore_pool
 from .run import Run
@@ -59,19 +60,23 @@ def setup(config: TrainConfig) -> Run:
             f"{table_path} has {table.fingerprint[:16]}: rebuild the schedule from this table, or pass the right --table"
         )
     student_ref = resolve_model(config.student, "student", config.keep_every)
-    teacher_ref = resolve_model(config.teacher, "teacher", config.keep_every)
-    check_same_tokenizer(student_ref, teacher_ref)
+    cache = open_teacher_cache(table) if config.teacher == CACHED else None
+    teacher_ref = None if cache else resolve_model(config.teacher, "teacher", config.keep_every)
+    if teacher_ref is not None:
+        check_same_tokenizer(student_ref, teacher_ref)
     cpu = not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=cpu)
     torch.manual_seed(config.seed)
     model = load_student(student_ref, config.disable_dropout)
-    teacher = AutoModelForCausalLM.from_pretrained(
-        teacher_ref.path, dtype=torch.bfloat16 if config.precision == "bf16" else torch.float32
-    ).to(accelerator.device)
-    teacher.eval().requires_grad_(False)
     checked_logit_head(model, f"student {student_ref.name}")  # refuse, before training, logits we cannot reproduce
-    teacher_head = checked_logit_head(teacher, f"teacher {teacher_ref.name}")
-    pack_tokens = packing_tokens(config, {"student": model, "teacher": teacher})
+    teacher = teacher_head = None
+    if teacher_ref is not None:
+        teacher = AutoModelForCausalLM.from_pretrained(
+            teacher_ref.path, dtype=torch.bfloat16 if config.precision == "bf16" else torch.float32
+        ).to(accelerator.device)
+        teacher.eval().requires_grad_(False)
+        teacher_head = checked_logit_head(teacher, f"teacher {teacher_ref.name}")
+    pack_tokens = packing_tokens(config, {"student": model, **({"teacher": teacher} if teacher is not None else {})})
     tokenizer = load_tokenizer(student_ref)
     chat = table.metadata.get("template") == "chat"
     shards = [read_shard(epoch.shard) for epoch in schedule.epochs]
@@ -81,6 +86,8 @@ def setup(config: TrainConfig) -> Run:
     store = SampleStore(table.frame, tokenizer, length_limit(table, config.max_seq_len, run_ids), chat)
     for epoch, shard_ids in zip(schedule.epochs, shards):
         store.check(shard_ids, str(epoch.shard))
+    if cache is not None:
+        check_teacher_cache(cache, tokenizer, run_ids, objectives)
     identity = {
         # stopping and snapshot settings do not change what a step computes, so a resumed run may change them
         "config": {k: v for k, v in config.as_dict().items()
@@ -88,15 +95,65 @@ def setup(config: TrainConfig) -> Run:
         "manifest_fingerprint": state_io.fingerprint_manifest(schedule.path),
         "table_fingerprint": table.fingerprint,
         "student": student_ref.identity(),
-        "teacher": teacher_ref.identity(),
+        "teacher": teacher_ref.identity() if teacher_ref is not None else
+        {"cached": cache.fingerprint, "k": cache.k, "model": cache.record.get("teacher")},
     }
     out = Path(config.out)
     # --overwrite alone starts over; with --resume it replaces only another run's directory; never anything but a run
     claim_output(out, identity, config.overwrite, what="training run", restart=not config.resume)
     atomic_write_json(out / "config.json", {**identity, "schedule": schedule.manifest})
     return Run(config, out, schedule, table, accelerator, DistillStudent(model, config.loss_chunk_tokens), teacher,
-               teacher_head, tokenizer, store, pack_tokens, identity["manifest_fingerprint"], objectives,
+               teacher_head, cache, tokenizer, store, pack_tokens, identity["manifest_fingerprint"], objectives,
                on_stage_end=evaluate_stage if config.eval_sets else None)
+
+
+def open_teacher_cache(table: Table) -> TopKCache:
+    """The top-K cache the table was scored with (`--teacher cached`), checked to be that very cache.
+
+    Raises:
+        TrainError: the table has no cache, or the cache in its directory is not the one it records (another
+            teacher, tokenizer or rows: named).
+        CacheError: the cache is unfinished or its parts are not the ones it lists.
+    """
+    recorded = table.metadata.get("teacher_topk")
+    if not recorded:
+        raise TrainError(f"--teacher cached: {table.path} has no teacher top-K cache. Score the data with "
+                         "`curate score ... --teacher-topk 32` (or give --teacher a model to run live)")
+    cache = TopKCache(table.path / recorded["path"])
+    if cache.fingerprint != recorded["cache_fingerprint"]:
+        theirs, ours = cache.record.get("teacher") or {}, recorded.get("teacher") or {}
+        if theirs.get("weights_sha256") != ours.get("weights_sha256"):
+            what = f"another teacher ({theirs.get('name')}, not {ours.get('name')})"
+        elif cache.k != recorded["k"]:
+            what = f"another K ({cache.k}, not {recorded['k']})"
+        else:
+            what = "other rows or another tokenizer"
+        raise TrainError(f"{cache.path} is not the cache {table.path} was scored with: it holds the top K of {what}. "
+                         "Score the table again with --teacher-topk, or copy the table and its cache together")
+    return cache
+
+
+def check_teacher_cache(cache: TopKCache, tokenizer: Any, sample_ids: set[str],
+                        objectives: tuple[Objective, ...]) -> None:
+    """Refuse a cache that cannot stand in for the teacher here: made under another tokenizer than the student's
+    (its ids would mean other tokens), or missing a row the run trains on (named). Warn once where the cache is an
+    approximation beyond its K + 1 bins: a temperature other than 1 (docs/methods.md, "K+1 bins").
+
+    Raises:
+        TrainError: as above.
+    """
+    if cache.record.get("tokenizer_sha256") != tokenizer_fingerprint(tokenizer):
+        raise TrainError(f"{cache.path} was made under another tokenizer than the student's: its token ids would "
+                         "mean other tokens. Score the data with this student's tokenizer family")
+    missing = cache.missing(sorted(sample_ids))
+    if missing:
+        raise TrainError(f"{cache.path} has no row for {len(missing)} sample(s) this run trains on (first: "
+                         f"{missing[0]}). Score those rows with --teacher-topk, or train with a teacher model")
+    softened = sorted({o.temperature for o in objectives if o.uses_teacher and o.temperature != 1.0})
+    if softened:
+        warnings.warn(f"epochs at temperature {', '.join(f'{t:g}' for t in softened)} soften the cached teacher's "
+                      "tail bin approximately (its mass as if spread evenly over the other ids: docs/methods.md, "
+                      "\"K+1 bins\"); temperature 1 is exact for the K + 1 bins", stacklevel=2)
 
 
 def packing_tokens(config: TrainConfig, models: dict[str, Any]) -> int | None:
@@ -196,7 +253,7 @@ def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, o
     for k, batch in enumerate(group):
         batch = batch.to(acc.device)
         teacher_hidden = teacher_head = None
-        if objective.uses_teacher:  # the teacher runs only for batches that need it
+        if objective.uses_teacher and run.teacher is not None:  # it runs only for batches that need it (else cached)
             with torch.no_grad(), acc.autocast():
                 hidden = run.teacher.get_decoder()(**batch.model_inputs()).last_hidden_state
             teacher_hidden, teacher_head = hidden[batch.rows, batch.cols], run.teacher_head
@@ -249,8 +306,7 @@ def fit(run: Run) -> Path:
         groups = [micro[i : i + config.grad_accum] for i in range(0, len(micro), config.grad_accum)]
         for step_in_epoch in range(progress.step_in_epoch, len(groups)):
             t0 = time.perf_counter()
-            batches = [collate([run.store.encoded(s) for s in ids], run.tokenizer.pad_token_id, run.pack_tokens)
-                       for ids in groups[step_in_epoch]]
+            batches = [micro_batch(run, ids, objective) for ids in groups[step_in_epoch]]
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             stats = train_step(run, model, batches, objective, optimizer, scheduler)
             progress.advance()
@@ -277,6 +333,15 @@ def fit(run: Run) -> Path:
     bar.close()
     state_io.save(run, model, optimizer, scheduler)
     return state_io.save_checkpoint(run, model, "final")
+
+
+def micro_batch(run: Run, sample_ids: list[str], objective: Objective) -> Batch:
+    """The collated micro-batch of these samples, with the teacher's cached top K when the teacher is a cache."""
+    encoded = [run.store.encoded(s) for s in sample_ids]
+    batch = collate(encoded, run.tokenizer.pad_token_id, run.pack_tokens)
+    if run.cache is not None and objective.uses_teacher:
+        batch.teacher_bins = cached_bins(run.cache, sample_ids, encoded)
+    return batch
 
 
 def evaluate_stage(run: Run, checkpoint: Path, stage: int) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from syllabus.core.logits import LogitHead
 from syllabus.core.schedule import Schedule
 from syllabus.core.table import Table
+from syllabus.core.topk_cache import TopKCache
 
 from .config import TrainConfig
 from .data import SampleStore
@@ -52,8 +53,9 @@ class Run:
     table: Table
     accelerator: Any  # accelerate.Accelerator
     student: DistillStudent
-    teacher: Any  # a transformers causal LM, frozen
-    teacher_head: LogitHead  # how the teacher's logits come from its hidden states (checked at setup)
+    teacher: Any  # a transformers causal LM, frozen; None when the teacher is a top-K cache
+    teacher_head: LogitHead | None  # how the teacher's logits come from its hidden states (checked at setup)
+    cache: TopKCache | None  # the teacher's top K per response token (`--teacher cached`), in place of a model
     tokenizer: Any
     store: SampleStore
     pack_tokens: int | None  # padding-free rows of at most this many tokens; None: padded batches

@@ -30,12 +30,15 @@ class DistillStudent(torch.nn.Module):
             objective: the epoch's loss.
             teacher_hidden: (N, H') teacher final hidden states at the scored positions, or None when the objective
                 does not use the teacher.
-            teacher_head: the teacher's `LogitHead`, or None likewise.
+            teacher_head: the teacher's `LogitHead`, or None likewise; without one, a teacher the objective uses
+                comes from the batch's cached top K (`batch.teacher_bins`).
         """
         hidden = self.model.get_decoder()(**batch.model_inputs()).last_hidden_state  # (R, T, H)
         head = logit_head(self.model)  # read here, inside forward, so that DDP and FSDP see the lm_head used
         teacher_kwargs = {}
-        if teacher_head is not None:
+        if teacher_head is None and objective.uses_teacher:
+            teacher_kwargs = {"teacher_bins": batch.teacher_bins}
+        elif teacher_head is not None:
             teacher_kwargs = {"teacher_hidden": scaled(teacher_hidden, teacher_head.scale),
                               "teacher_head": teacher_head.weight, "teacher_softcap": teacher_head.softcap,
                               "teacher_bias": scaled(teacher_head.bias, teacher_head.scale)}
