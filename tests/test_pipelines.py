@@ -105,6 +105,16 @@ def test_every_schedule_stage_of_a_shipped_recipe_builds(recipe, tmp_path):
         assert result.exit_code == 0, f"{stage.name}: {result.output}"
 
 
+def test_the_loss_ablation_runs_its_teacher_once(tmp_path):
+    """Scoring keeps the teacher's top K; every training reads that cache instead of loading the teacher."""
+    recipe = Path(__file__).resolve().parents[1] / "pipelines" / "loss-ablation.yaml"
+    pipeline = load_pipeline(recipe, {"workdir_root": str(tmp_path), "teacher": "/models/the-teacher"})
+    uses_teacher = [s for s in pipeline.stages if "/models/the-teacher" in s.argv]
+    assert [s.name for s in uses_teacher] == ["score"] and "--teacher-topk" in uses_teacher[0].argv
+    trains = [s for s in pipeline.stages if s.argv[:2] == ("train", "run")]
+    assert len(trains) == 8 and all(s.argv[s.argv.index("--teacher") + 1] == "cached" for s in trains)
+
+
 def write_recipe(path: Path, data: Path, model: Path, workdir: Path, max_new_tokens: int = 4,
                  bad: bool = False) -> Path:
     score = (f"curate score {data} --out ${{workdir}}/table --student {model} --teacher {model} --gen-engine hf "
