@@ -194,6 +194,25 @@ def check_context(prep: Prepared, ce_kind: str) -> None:
         )
 
 
+def check_topk(prep: Prepared) -> None:
+    """Refuse a --teacher-topk larger than the teacher's vocabulary (from its config.json), before any engine starts.
+
+    Raises:
+        ScoreError: K, the vocabulary size and the largest K to pass.
+    """
+    k, teacher = prep.config.teacher_topk, prep.teacher
+    if not k or teacher is None:
+        return
+    try:
+        config = json.loads((teacher.path / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    vocab = (config.get("text_config") or config).get("vocab_size")
+    if isinstance(vocab, int) and k > vocab:
+        raise ScoreError(f"--teacher-topk {k} is more than the {vocab} ids of the teacher {teacher.name}'s vocabulary; "
+                         f"pass --teacher-topk {vocab} or less (the whole vocabulary makes the cache exact, and large)")
+
+
 def check_out_holds_no_input(config: ScoreConfig, prep: Prepared) -> None:
     """Refuse an --out that is or holds an input (replacing it, with --overwrite or a different run, would delete
     it), or that lies inside a directory input (its parts would become input rows).
@@ -438,6 +457,7 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
     gen_kind, ce_kind = default_engines(config)
     check_out_holds_no_input(config, prep)
     check_context(prep, ce_kind)
+    check_topk(prep)
     identity = run_identity(prep)
     work = claim_output(out, identity, config.overwrite)
     if prep.loaded.rejects:

@@ -94,3 +94,23 @@ def test_softened_bins_spread_the_tail_evenly_and_are_exact_at_temperature_one()
     even = 10 * (torch.tensor(-2.0).exp() / 10) ** 0.5  # the tail's mass spread over its 10 ids, each softened
     want = torch.tensor([(-0.25), (-0.75)]).exp()
     torch.testing.assert_close(at_two[0], torch.cat([want, even[None]]) / (want.sum() + even))
+
+
+@pytest.mark.parametrize("loss", [name for name in LOSSES if name != "sft"])
+def test_a_cache_of_the_whole_vocabulary_is_the_live_teacher(loss):
+    """K = V leaves the tail empty (log 0 = -inf): the loss stays finite and equals the full-vocabulary loss."""
+    generator = torch.Generator().manual_seed(3)
+    tokens, hidden_size, vocab = 5, 8, 30
+    hidden, head = torch.randn(tokens, hidden_size, generator=generator), torch.randn(vocab, hidden_size, generator=generator)
+    teacher_hidden = torch.randn(tokens, hidden_size, generator=generator)
+    teacher_head = torch.randn(vocab, hidden_size, generator=generator)
+    targets = torch.randint(0, vocab, (tokens,), generator=generator)
+    log_p = torch.log_softmax(teacher_hidden @ teacher_head.T, -1)
+    values, ids = log_p.topk(vocab, dim=-1)
+    bins = TopK(ids.to(torch.int32), values, torch.full((tokens,), -torch.inf))
+    objective = Objective(loss, temperature=1.0, kd_weight=1.0)
+    got = chunked_loss_sums(hidden, head, targets, objective=objective, teacher_bins=bins)
+    want = chunked_loss_sums(hidden, head, targets, objective=objective, teacher_hidden=teacher_hidden,
+                             teacher_head=teacher_head)
+    assert torch.isfinite(got.loss_sum)
+    torch.testing.assert_close(got.loss_sum, want.loss_sum, rtol=1e-4, atol=1e-5)

@@ -139,6 +139,12 @@ def test_teacher_from_reuses_the_cache(tmp_path, data, tiny_model, teacher_only)
     assert other_k.exit_code == 2 and "has a top-4 cache" in other_k.output
 
 
+def test_a_k_beyond_the_vocabulary_is_refused_before_the_teacher_runs(tmp_path, data, tiny_teacher):
+    result = runner.invoke(curate_app, score(data, tmp_path / "t", "none", tiny_teacher, "--teacher-topk", "100000"))
+    assert result.exit_code == 2 and "more than the 49152 ids" in result.output
+    assert not (tmp_path / "t" / "_work" / "teacher-ce").exists()
+
+
 def schedule(table: Path, out: Path, *params: str) -> Path:
     invoke(curate_app, ["schedule", str(table), "--out", str(out), "--method", "full", "-p", "epochs=1", *params])
     return out

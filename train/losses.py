@@ -223,7 +223,8 @@ def soften_bins(log_probs: torch.Tensor, log_tail: torch.Tensor, tau: float, voc
     (docs/methods.md, "K+1 bins"), exact at tau = 1.
     """
     alpha = 1.0 / tau
-    tail = log_tail.float() * alpha + (1.0 - alpha) * math.log(max(vocab - log_probs.shape[-1], 1))
+    log_tail = log_tail.float().clamp_min(LOGIT_FLOOR)  # an empty tail (K = V) is -inf: 0 log 0 would be NaN
+    tail = log_tail * alpha + (1.0 - alpha) * math.log(max(vocab - log_probs.shape[-1], 1))
     return torch.log_softmax(torch.cat([log_probs.float() * alpha, tail[:, None]], dim=1), dim=-1)
 
 
