@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from .io import JSONFileError, atomic_write_json, read_json
+from .io import JSONFileError, atomic_write_json, read_json, writing
 from .logits import TopK
 from .table import TOPK_CACHE_DIR as CACHE_DIR
 
@@ -56,21 +56,16 @@ class CacheError(ValueError):
 
 def topk_columns(tops: list[TopK]) -> dict[str, pa.Array]:
     """The cache columns of a part: one list per sample, from each sample's (T, K) `TopK`."""
-    counts = np.array([t.log_tail.numel() for t in tops], dtype=np.int64)
     k = tops[0].ids.shape[1] if tops else 0
-    token_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    token_offsets = np.concatenate([[0], np.cumsum([t.log_tail.numel() for t in tops])]).astype(np.int64)
 
-    def flat(parts: list[torch.Tensor], dtype: Any) -> np.ndarray:
-        return torch.cat([p.reshape(-1) for p in parts]).numpy().astype(dtype, copy=False) if parts else \
-            np.empty(0, dtype)
+    def flat(tensors: list[torch.Tensor], dtype: Any) -> pa.Array:
+        return pa.array(np.concatenate([t.numpy().reshape(-1) for t in tensors] or [np.empty(0)]).astype(dtype))
 
-    ids = flat([t.ids for t in tops], np.int32)
-    log_probs = flat([t.log_probs for t in tops], np.float32)
-    log_tail = flat([t.log_tail for t in tops], np.float32)
     return {
-        "topk_ids": pa.ListArray.from_arrays(pa.array(token_offsets * k), pa.array(ids)),
-        "topk_log_probs": pa.ListArray.from_arrays(pa.array(token_offsets * k), pa.array(log_probs)),
-        "topk_log_tail": pa.ListArray.from_arrays(pa.array(token_offsets), pa.array(log_tail)),
+        "topk_ids": pa.LargeListArray.from_arrays(token_offsets * k, flat([t.ids for t in tops], np.int32)),
+        "topk_log_probs": pa.LargeListArray.from_arrays(token_offsets * k, flat([t.log_probs for t in tops], np.float32)),
+        "topk_log_tail": pa.LargeListArray.from_arrays(token_offsets, flat([t.log_tail for t in tops], np.float32)),
     }
 
 
@@ -131,10 +126,11 @@ def write_cache(parts: list[Path], out: Path, info: dict[str, Any]) -> dict[str,
     tokens = 0
     for k, part in enumerate(parts):
         name = f"part-{k:05d}.parquet"
-        try:
-            os.link(part, out / name)
-        except OSError:  # another file system, or no hard links there
-            shutil.copyfile(part, out / name)
+        with writing(out / name, "teacher top-K cache part"):
+            try:
+                os.link(part, out / name)
+            except OSError:  # another file system, or no hard links there
+                shutil.copyfile(part, out / name)
         frame = pq.read_table(out / name, columns=["sample_id", "teacher_ce", "topk_log_tail"])
         lengths = pc.list_value_length(frame["topk_log_tail"]).to_pylist()
         rows += zip(frame["sample_id"].to_pylist(), lengths, frame["teacher_ce"].to_pylist())
