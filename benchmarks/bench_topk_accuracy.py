@@ -102,7 +102,7 @@ def main() -> None:
         hidden = student.get_decoder()(**batch.model_inputs()).last_hidden_state  # (R, T, H), kept for every backward
         head = logit_head(student)
 
-        def loss_and_grad(objective: Objective, **teacher_kwargs: Any) -> tuple[float, torch.Tensor]:
+        def loss_and_grad(objective: Objective, hidden: torch.Tensor, **teacher_kwargs: Any) -> tuple[float, torch.Tensor]:
             """The per-token mean loss and its gradient over every student parameter, flattened."""
             mean = chunked_loss_sums(scaled(hidden[batch.rows, batch.cols], head.scale), head.weight, batch.targets,
                                      objective=objective, student_bias=scaled(head.bias, head.scale),
@@ -111,10 +111,10 @@ def main() -> None:
             return mean.item(), torch.cat([g.reshape(-1) for g in grads])
 
         for name, objective in objectives.items():
-            live_loss, live_grad = loss_and_grad(objective, **live_teacher)
+            live_loss, live_grad = loss_and_grad(objective, hidden, **live_teacher)
             live_losses[name].append(live_loss)
             for k, cache in caches.items():
-                cached_loss, cached_grad = loss_and_grad(objective, teacher_bins=cache)
+                cached_loss, cached_grad = loss_and_grad(objective, hidden, teacher_bins=cache)
                 errors[name, k].append({"value": abs(cached_loss - live_loss) / abs(live_loss),
                                         **grad_comparison(cached_grad, live_grad)})
         del hidden  # free this micro-batch's graph before the next forward

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from syllabus.core.io import atomic_write_json
-from syllabus.core.logits import checked_logit_head
+from syllabus.core.logits import LogitHead, checked_logit_head
 from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
 from syllabus.core.packing import packing_is_exact, row_budget
 from syllabus.core.schedule import ScheduledEpoch, read_schedule
@@ -41,7 +41,6 @@ class TrainError(ValueError):
 
 def setup(config: TrainConfig) -> Run:
     from accelerate import Accelerator
-    from transformers import AutoModelForCausalLM
 
     schedule = read_schedule(config.manifest)
     objectives = tuple(epoch_objective(epoch, config) for epoch in schedule.epochs)  # before any model loads
@@ -69,13 +68,7 @@ def setup(config: TrainConfig) -> Run:
     torch.manual_seed(config.seed)
     model = load_student(student_ref, config.disable_dropout)
     checked_logit_head(model, f"student {student_ref.name}")  # refuse, before training, logits we cannot reproduce
-    teacher = teacher_head = None
-    if teacher_ref is not None:
-        teacher = AutoModelForCausalLM.from_pretrained(
-            teacher_ref.path, dtype=torch.bfloat16 if config.precision == "bf16" else torch.float32
-        ).to(accelerator.device)
-        teacher.eval().requires_grad_(False)
-        teacher_head = checked_logit_head(teacher, f"teacher {teacher_ref.name}")
+    teacher, teacher_head = load_teacher(teacher_ref, config.precision, accelerator.device) if teacher_ref else (None, None)
     pack_tokens = packing_tokens(config, {"student": model, **({"teacher": teacher} if teacher is not None else {})})
     tokenizer = load_tokenizer(student_ref)
     chat = table.metadata.get("template") == "chat"
@@ -105,6 +98,15 @@ def setup(config: TrainConfig) -> Run:
     return Run(config, out, schedule, table, accelerator, DistillStudent(model, config.loss_chunk_tokens), teacher,
                teacher_head, cache, tokenizer, store, pack_tokens, identity["manifest_fingerprint"], objectives,
                on_stage_end=evaluate_stage if config.eval_sets else None)
+
+
+def load_teacher(ref: ModelRef, precision: str, device: Any) -> tuple[Any, LogitHead]:
+    """The teacher, frozen (bf16 under bf16 training, else fp32), and how its logits come from its hidden states."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    teacher = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype).to(device).eval().requires_grad_(False)
+    return teacher, checked_logit_head(teacher, f"teacher {ref.name}")
 
 
 def open_teacher_cache(table: Table) -> TopKCache:
