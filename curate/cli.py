@@ -50,7 +50,7 @@ def score(
     ),
     teacher: Optional[str] = typer.Option(SCORE['teacher'], help="teacher: local HF directory, hub id, or `default` (ignored with --teacher-from)"),
     teacher_from: Optional[Path] = typer.Option(None, help="reuse teacher_ce (and, with --teacher-topk, the top-K cache) from this table instead of running the teacher"),
-    teacher_topk: int = typer.Option(SCORE['teacher_topk'], help="also keep the teacher's top K log-probs at every response token beside the table, so that `train run --teacher-cache` needs no teacher (0: no cache; 32 costs about 260 bytes per token)"),
+    teacher_topk: int = typer.Option(SCORE['teacher_topk'], help="also keep the teacher's top K log-probs at every response token beside the table, so that `train run --teacher cached` needs no teacher (0: no cache; 128, the measured choice, costs about 1 KB per response token: docs/methods.md, 'K+1 bins')"),
     preset: Preset = typer.Option(SCORE['preset'], help="field preset: minillm (prompt/instruction/input/output) or dolly"),
     instruction_field: Optional[str] = typer.Option(None, help="override the preset's instruction field"),
     input_field: Optional[str] = typer.Option(None, help="override the preset's input/context field"),

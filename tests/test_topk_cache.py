@@ -239,4 +239,12 @@ def test_training_names_the_first_sample_the_cache_lacks(cached, tiny_model):
     cache = TopKCache(cached / CACHE_DIR)
     ids = set(read_table(cached).frame["sample_id"]) | {"not-a-scored-sample"}
     with pytest.raises(TrainError, match="no row for 1 sample.*first: not-a-scored-sample"):
-        check_teacher_cache(cache, AutoTokenizer.from_pretrained(tiny_model), ids, ())
+        check_teacher_cache(cache, AutoTokenizer.from_pretrained(tiny_model), ids, (), "manifest")
+
+
+def test_training_refuses_a_cached_teacher_at_another_temperature(tmp_path, cached, tiny_model):
+    manifest = tmp_path / "s"
+    invoke(curate_app, ["schedule", str(cached), "--out", str(manifest), "--method", "srd"])  # tau 1 -> 2
+    result = train(manifest, tmp_path / "run", tiny_model, "cached")
+    assert result.exit_code == 2 and "at temperature" in result.output and "serves temperature 1 only" in result.output
+    assert "epoch 1 " not in result.output  # SRD's first stage is at temperature 1: the first refused is a later one

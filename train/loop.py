@@ -80,7 +80,7 @@ def setup(config: TrainConfig) -> Run:
     for epoch, shard_ids in zip(schedule.epochs, shards):
         store.check(shard_ids, str(epoch.shard))
     if cache is not None:
-        check_teacher_cache(cache, tokenizer, run_ids, objectives)
+        check_teacher_cache(cache, tokenizer, run_ids, objectives, config.manifest)
     identity = {
         # stopping and snapshot settings do not change what a step computes, so a resumed run may change them
         "config": {k: v for k, v in config.as_dict().items()
@@ -120,7 +120,7 @@ def open_teacher_cache(table: Table) -> TopKCache:
     recorded = table.metadata.get("teacher_topk")
     if not recorded:
         raise TrainError(f"--teacher cached: {table.path} has no teacher top-K cache. Score the data with "
-                         "`curate score ... --teacher-topk 32` (or give --teacher a model to run live)")
+                         "`curate score ... --teacher-topk 128` (or give --teacher a model to run live)")
     cache = TopKCache(table.path / recorded["path"])
     if cache.fingerprint != recorded["cache_fingerprint"]:
         theirs, ours = cache.record.get("teacher") or {}, recorded.get("teacher") or {}
@@ -135,14 +135,16 @@ def open_teacher_cache(table: Table) -> TopKCache:
     return cache
 
 
-def check_teacher_cache(cache: TopKCache, tokenizer: Any, sample_ids: set[str],
-                        objectives: tuple[Objective, ...]) -> None:
+def check_teacher_cache(cache: TopKCache, tokenizer: Any, sample_ids: set[str], objectives: tuple[Objective, ...],
+                        manifest: str) -> None:
     """Refuse a cache that cannot stand in for the teacher here: made under another tokenizer than the student's
-    (its ids would mean other tokens), or missing a row the run trains on (named). Warn once where the cache is an
-    approximation beyond its K + 1 bins: a temperature other than 1 (docs/methods.md, "K+1 bins").
+    (its ids would mean other tokens), missing a row the run trains on (named), or asked for a KD epoch at a
+    temperature other than 1, which a top-K cache cannot serve: the tail's softened mass depends on how the tail is
+    split, which the cache does not keep, and the closest closed form measured turns the gradient against the live
+    teacher's (cosine -0.74 for kld at tau 2, K 128: docs/methods.md, "K+1 bins").
 
     Raises:
-        TrainError: as above.
+        TrainError: as above, naming the first epoch at another temperature.
     """
     if cache.record.get("tokenizer_sha256") != tokenizer_fingerprint(tokenizer):
         raise TrainError(f"{cache.path} was made under another tokenizer than the student's: its token ids would "
@@ -151,11 +153,15 @@ def check_teacher_cache(cache: TopKCache, tokenizer: Any, sample_ids: set[str],
     if missing:
         raise TrainError(f"{cache.path} has no row for {len(missing)} sample(s) this run trains on (first: "
                          f"{missing[0]}). Score those rows with --teacher-topk, or train with a teacher model")
-    softened = sorted({o.temperature for o in objectives if o.uses_teacher and o.temperature != 1.0})
+    softened = [(i, o.temperature) for i, o in enumerate(objectives) if o.uses_teacher and o.temperature != 1.0]
     if softened:
-        warnings.warn(f"epochs at temperature {', '.join(f'{t:g}' for t in softened)} soften the cached teacher's "
-                      "tail bin approximately (its mass as if spread evenly over the other ids: docs/methods.md, "
-                      "\"K+1 bins\"); temperature 1 is exact for the K + 1 bins", stacklevel=2)
+        epoch, tau = softened[0]
+        raise TrainError(
+            f"{manifest}: epoch {epoch + 1} distils at temperature {tau:g} ({len(softened)} epoch(s) at a temperature "
+            "other than 1), and a top-K cache serves temperature 1 only: it does not keep how the tail splits, which "
+            "decides the softened teacher (docs/methods.md, \"K+1 bins\"). Train with the teacher model (--teacher), "
+            "or build the schedule at temperature 1 (-p temperature_first=1 -p temperature_last=1 for SRD and "
+            "SpectrumKD)")
 
 
 def packing_tokens(config: TrainConfig, models: dict[str, Any]) -> int | None:
