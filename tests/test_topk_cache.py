@@ -151,8 +151,11 @@ def schedule(table: Path, out: Path, *params: str) -> Path:
 
 
 def train(manifest, out, student, teacher, *extra):
+    """`train run` in this process, in fp32 as every in-process run of the suite (accelerate keeps the first
+    precision a process asks for)."""
     return runner.invoke(train_app, ["run", "--manifest", str(manifest), "--out", str(out), "--student", str(student),
-                                     "--teacher", str(teacher), "--micro-batch-size", "4", "--lr", "1e-4", *extra])
+                                     "--teacher", str(teacher), "--micro-batch-size", "4", "--lr", "1e-4",
+                                     "--precision", "fp32", *extra])
 
 
 def metrics(run: Path) -> list[dict]:
@@ -171,7 +174,7 @@ def test_train_with_the_cached_teacher_loads_no_teacher(tmp_path, cached, tiny_m
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["teacher"]["cached"] == TopKCache(cached / CACHE_DIR).fingerprint
     run = setup(TrainConfig(manifest=str(manifest), out=str(tmp_path / "run2"), student=str(tiny_model),
-                            teacher="cached"))
+                            teacher="cached", precision="fp32"))
     assert run.teacher is None and run.cache is not None
 
 
@@ -190,11 +193,8 @@ def test_a_cache_of_all_but_one_id_trains_as_the_live_teacher(tmp_path, data, ti
         runs = {}
         for teacher in ("cached", tiny_teacher):
             runs[teacher] = tmp_path / f"run-{layout}-{Path(str(teacher)).name}"
-            args = ["run", "--manifest", str(manifest), "--out", str(runs[teacher]), "--student", str(tiny_model),
-                    "--teacher", str(teacher), "--micro-batch-size", "4", "--precision", "fp32", layout]
-            # a process of its own: accelerate keeps the first precision a process asks for
-            done = subprocess.run([sys.executable, "-m", "syllabus.train", *args], capture_output=True, text=True)
-            assert done.returncode == 0, done.stderr
+            result = train(manifest, runs[teacher], tiny_model, teacher, layout)
+            assert result.exit_code == 0, result.output
         cached_step, live_step = metrics(runs["cached"])[0], metrics(runs[tiny_teacher])[0]
         assert live_step["kd"] > 0
         assert cached_step["kd"] == pytest.approx(live_step["kd"], rel=1e-4)
