@@ -1,6 +1,6 @@
 """The teacher's top-K cache: what the teacher predicted at every ground-truth response token, kept beside the
 difficulty table so that training needs no teacher model (`curate score --teacher-topk K`, `train run
---teacher-cache`).
+--teacher cached`).
 
 A cache is a directory inside its table::
 
@@ -41,6 +41,7 @@ import torch
 from .io import JSONFileError, atomic_write_json, read_json, writing
 from .logits import TopK
 from .table import TOPK_CACHE_DIR as CACHE_DIR
+from .table import part_name
 
 CACHE_FILE = "cache.json"
 COLUMNS = ("topk_ids", "topk_log_probs", "topk_log_tail")
@@ -125,7 +126,7 @@ def write_cache(parts: list[Path], out: Path, info: dict[str, Any]) -> dict[str,
     rows: list[tuple] = []
     tokens = 0
     for k, part in enumerate(parts):
-        name = f"part-{k:05d}.parquet"
+        name = part_name(k)
         with writing(out / name, "teacher top-K cache part"):
             try:
                 os.link(part, out / name)

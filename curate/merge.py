@@ -53,8 +53,8 @@ def merge_tables(shard_paths: list[str | Path], out: str | Path, overwrite: bool
             f"a run with {num_shards} shards needs each shard once; missing {missing or 'none'}, "
             f"repeated {repeated or 'none'}"
         )
-    in_order = [t.frame for _, t in sorted(zip(indices, tables), key=lambda pair: pair[0])]
-    frame = pl.concat(in_order, how="diagonal_relaxed")
+    ordered = [t for _, t in sorted(zip(indices, tables), key=lambda pair: pair[0])]  # in shard order
+    frame = pl.concat([t.frame for t in ordered], how="diagonal_relaxed")
     if {"source_file", "source_line"} <= set(frame.columns):
         frame = frame.sort(["source_file", "source_line"])  # back to input order
     repeated_ids = frame.filter(frame["sample_id"].is_duplicated())["sample_id"].unique(maintain_order=True)
@@ -82,7 +82,6 @@ def merge_tables(shard_paths: list[str | Path], out: str | Path, overwrite: bool
             write_cache,
         )
 
-        ordered = [t for _, t in sorted(zip(indices, tables), key=lambda pair: pair[0])]
         sources = [t.path / CACHE_DIR for t in ordered]
         try:
             parts = [part for source in sources for part in cache_parts(source)]

@@ -29,7 +29,7 @@ from syllabus.core.engines.base import ScoringRequest, request_seed
 from syllabus.core.io import atomic_write_parquet, read_parquet
 from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
 from syllabus.core.rouge import rouge_l
-from syllabus.core.table import METADATA_FILE, Table, read_table, write_table
+from syllabus.core.table import METADATA_FILE, Table, part_name, read_table, write_table
 from syllabus.core.tokens import Encoded, encode_pair
 from syllabus.core.topk_cache import (
     CACHE_DIR,
@@ -141,17 +141,25 @@ def prepare(config: ScoreConfig) -> Prepared:
     return Prepared(config, loaded, samples, encoded, student, teacher, tokenizer, tok_hash, teacher_table)
 
 
+def text_config(model: ModelRef) -> dict[str, Any] | None:
+    """A model's config.json (its `text_config` for a multimodal wrapper), read without loading weights; None when
+    it is missing or not JSON."""
+    try:
+        config = json.loads((model.path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("text_config") or config
+
+
 def model_context(model: ModelRef) -> int | None:
     """The longest sequence `model` takes, from its config.json (no weights loaded); None when it states none.
 
     As vLLM derives it: the smallest of `CONTEXT_KEYS` (of `text_config` for a multimodal wrapper), times the RoPE
     scaling factor unless the RoPE type already counts it in.
     """
-    try:
-        config = json.loads((model.path / "config.json").read_text())
-    except (OSError, ValueError):
+    config = text_config(model)
+    if config is None:
         return None
-    config = config.get("text_config") or config
     lengths = [config[k] for k in CONTEXT_KEYS if isinstance(config.get(k), int)]
     if not lengths:
         return None
@@ -201,13 +209,8 @@ def check_topk(prep: Prepared) -> None:
         ScoreError: K, the vocabulary size and the largest K to pass.
     """
     k, teacher = prep.config.teacher_topk, prep.teacher
-    if not k or teacher is None:
-        return
-    try:
-        config = json.loads((teacher.path / "config.json").read_text())
-    except (OSError, ValueError):
-        return
-    vocab = (config.get("text_config") or config).get("vocab_size")
+    config = text_config(teacher) if k and teacher is not None else None
+    vocab = (config or {}).get("vocab_size")
     if isinstance(vocab, int) and k > vocab:
         raise ScoreError(f"--teacher-topk {k} is more than the {vocab} ids of the teacher {teacher.name}'s vocabulary; "
                          f"pass --teacher-topk {vocab} or less (the whole vocabulary makes the cache exact, and large)")
@@ -271,8 +274,8 @@ def run_pass(
 
     parts = prep.parts()
     pass_dir = work / name
-    todo = [k for k in range(len(parts)) if not part_reads_back(pass_dir / f"part-{k:05d}.parquet", len(parts[k]))]
-    broken = [f"part-{k:05d}.parquet" for k in todo if (pass_dir / f"part-{k:05d}.parquet").exists()]
+    todo = [k for k in range(len(parts)) if not part_reads_back(pass_dir / part_name(k), len(parts[k]))]
+    broken = [part_name(k) for k in todo if (pass_dir / part_name(k)).exists()]
     if broken:
         print(f"{name}: {len(broken)} part(s) under {pass_dir} do not read back ({', '.join(broken)}); "
               "computing them again", file=sys.stderr)
@@ -283,7 +286,7 @@ def run_pass(
     for k in todo:
         frame = compute(parts[k])
         layout = {"row_group_size": ROW_GROUP_ROWS, "byte_stream_split": FLOAT_COLUMNS} if keep else {}
-        atomic_write_parquet(frame, pass_dir / f"part-{k:05d}.parquet", **layout)
+        atomic_write_parquet(frame, pass_dir / part_name(k), **layout)
         tokens += int(frame["_tokens"].sum())
         bar.update(len(parts[k]))
         bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
@@ -291,7 +294,7 @@ def run_pass(
     seconds = time.perf_counter() - start
     stats[name] = {"rows": total_rows - done_rows, "tokens": tokens, "seconds": round(seconds, 3),
                    "tokens_per_second": round(tokens / seconds, 1) if tokens else 0.0}
-    frames = [read_parquet(pass_dir / f"part-{k:05d}.parquet") for k in range(len(parts))]
+    frames = [read_parquet(pass_dir / part_name(k)) for k in range(len(parts))]
     return pl.concat([f.drop(keep) for f in frames]).drop("_tokens") if frames else pl.DataFrame()
 
 
@@ -491,7 +494,7 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
         source = prep.teacher_table.path / CACHE_DIR
         cache = write_cache(cache_parts(source), out / CACHE_DIR, cache_info(read_cache_record(source)))
     elif topk:
-        parts = [work / "teacher-ce" / f"part-{k:05d}.parquet" for k in range(len(prep.parts()))]
+        parts = [work / "teacher-ce" / part_name(k) for k in range(len(prep.parts()))]
         cache = write_cache(parts, out / CACHE_DIR, {"k": topk, "teacher": prep.teacher.identity(),
                                                      "tokenizer_sha256": prep.tokenizer_hash,
                                                      "dataset_fingerprint": identity["dataset_fingerprint"]})

@@ -58,20 +58,14 @@ def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
-def token_logprobs(model: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log q(target | prefix) for (N, H) final hidden states, in token chunks with an fp32 log-softmax.
-
-    The logits are the model's own (bias, logit scale and soft-cap included: `core.logits`), as in training.
-    """
-    return token_scores(model, hidden, targets)[0]
-
-
 def token_scores(model: Any, hidden: torch.Tensor, targets: torch.Tensor,
                  topk: int = 0) -> tuple[torch.Tensor, TopK | None]:
-    """`token_logprobs`, and with `topk` > 0 also the top-K of each position from the same logits (one head pass).
+    """log q(target | prefix) for (N, H) final hidden states, in token chunks with an fp32 log-softmax; with `topk`
+    > 0 also the top K of each position from the same logits (one head pass).
 
-    The tail is a log-sum-exp over the other ids, not log(1 - top-K mass), which loses every digit when the top K
-    hold nearly all of it.
+    The logits are the model's own (bias, logit scale and soft-cap included: `core.logits`), as in training. The
+    tail is a log-sum-exp over the other ids, not log(1 - top-K mass), which loses every digit when the top K hold
+    nearly all of it.
     """
     head = logit_head(model)
     n = targets.shape[0]
