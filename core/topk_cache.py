@@ -191,12 +191,10 @@ class TopKCache:
             if file.metadata.num_rows != count:
                 raise CacheError(f"{self.path / name}: {file.metadata.num_rows} rows, {CACHE_FILE} says {count}; "
                                  "score the table again with --teacher-topk")
+            ids = iter(file.read(columns=["sample_id"])["sample_id"].to_pylist())  # one read per part
             for group in range(file.num_row_groups):
-                ids = file.read_row_group(group, columns=["sample_id"])["sample_id"].to_pylist()
-                self._where.update((sid, _Where(name, group, row)) for row, sid in enumerate(ids))
-
-    def __contains__(self, sample_id: str) -> bool:
-        return sample_id in self._where
+                self._where.update((next(ids), _Where(name, group, row))
+                                   for row in range(file.metadata.row_group(group).num_rows))
 
     def missing(self, sample_ids: list[str]) -> list[str]:
         return [s for s in sample_ids if s not in self._where]

@@ -90,6 +90,36 @@ def test_cache_holds_the_teachers_top_k_of_every_response_token(cached, tiny_tea
     assert table.fingerprint != table_fingerprint(table.frame)  # the table's fingerprint covers its cache
 
 
+def test_the_reader_finds_every_sample_across_row_groups_and_parts(tmp_path):
+    """Parts of several row groups (as `curate score` writes them, smaller here): each sample reads back as written."""
+    import polars as pl
+
+    from syllabus.core.io import atomic_write_parquet
+    from syllabus.core.logits import TopK
+    from syllabus.core.topk_cache import FLOAT_COLUMNS, topk_columns, write_cache
+
+    generator = torch.Generator().manual_seed(0)
+    written, parts = {}, []
+    for part in range(2):
+        tops, ids = [], []
+        for row in range(5):
+            tokens = 1 + (part * 5 + row) % 4
+            tops.append(TopK(torch.randint(0, 100, (tokens, 3), generator=generator, dtype=torch.int32),
+                             torch.randn(tokens, 3, generator=generator), torch.randn(tokens, generator=generator)))
+            ids.append(f"s{part}{row}")
+        written.update(zip(ids, tops))
+        frame = pl.DataFrame({"sample_id": ids, "teacher_ce": [1.0] * 5}).with_columns(
+            **{k: pl.from_arrow(v) for k, v in topk_columns(tops).items()})
+        parts.append(tmp_path / f"p{part}.parquet")
+        atomic_write_parquet(frame, parts[-1], row_group_size=2, byte_stream_split=FLOAT_COLUMNS)
+    write_cache(parts, tmp_path / "cache", {"k": 3, "teacher": None, "tokenizer_sha256": "t", "dataset_fingerprint": "d"})
+    cache = TopKCache(tmp_path / "cache")
+    order = ["s13", "s00", "s04", "s12", "s02"]  # across parts and row groups, out of order
+    for sid, got in zip(order, cache.bins(order)):
+        assert all(torch.equal(a, b) for a, b in zip(got, written[sid])), sid
+    assert cache.missing(["s00", "nope"]) == ["nope"]
+
+
 @pytest.mark.slow
 def test_a_killed_cache_run_resumes_to_the_same_cache(tmp_path, data, tiny_teacher, teacher_only):
     out = tmp_path / "t"
