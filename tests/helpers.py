@@ -40,3 +40,32 @@ def weights_digest(model_dir: Path) -> str:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def scored_table(tmp_path, rows, max_seq_len, tokenizer_dir, truncate=False):
+    """A table as `curate score` writes it: token counts from the scoring tokenisation, the limit in its metadata;
+    the scores are random."""
+    import numpy as np
+    import polars as pl
+    from transformers import AutoTokenizer
+
+    from syllabus.core.table import write_table
+    from syllabus.core.tokens import encode_pair
+    from syllabus.curate.data import make_sample_id
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    encoded = [encode_pair(tok, r["prompt"], r["output"], max_seq_len, truncate) for r in rows]
+    rng = np.random.default_rng(0)
+    student_ce, teacher_ce = rng.uniform(1, 4, len(rows)), rng.uniform(0.5, 2, len(rows))
+    frame = pl.DataFrame({
+        "sample_id": [make_sample_id(r["prompt"], r["output"]) for r in rows],
+        "prompt": [r["prompt"] for r in rows], "response": [r["output"] for r in rows],
+        "prompt_tokens": [len(e.prompt_ids) for e in encoded],
+        "response_tokens": [len(e.response_ids) for e in encoded],
+        "student_ce": student_ce, "teacher_ce": teacher_ce, "dds": student_ce / teacher_ce,
+        "rouge_l": rng.uniform(0, 1, len(rows)), "output_ce": rng.uniform(0, 3, len(rows)),
+        "status": [e.status for e in encoded],
+    })
+    metadata = {"kind": "difficulty_table", "template": "alpaca", "config": {"max_seq_len": max_seq_len,
+                                                                             "truncate": truncate}}
+    return write_table(frame, tmp_path / f"table-{max_seq_len}-{truncate}", metadata)

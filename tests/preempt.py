@@ -2,6 +2,7 @@
 
     python tests/preempt.py train-step 5 syllabus.train run --manifest ...   # killed as step 5 is logged
     python tests/preempt.py score-part 1 syllabus.curate score ...           # killed once 1 part is on disk
+    PREEMPT_RANK=1 torchrun --nproc_per_node 2 tests/preempt.py train-step 5 syllabus.train run ...  # rank 1 only
 
 The kill point is set by wrapping one function of the command (the metrics log, the part writer) in this process
 only: the commands themselves carry no test hooks.
@@ -16,7 +17,9 @@ import sys
 
 
 def _kill() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+    """SIGKILL this process: under torchrun, only the rank PREEMPT_RANK names, when set."""
+    if os.environ.get("PREEMPT_RANK", os.environ.get("RANK")) == os.environ.get("RANK"):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def kill_at_train_step(step: int) -> None:

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from helpers import scored_table
 from syllabus.core.table import write_table
-from syllabus.curate.data import make_sample_id
 from syllabus.curate.schedules.build import build_schedule
 from syllabus.train.cli import app
 from syllabus.train.state import fingerprint_manifest
@@ -222,30 +222,6 @@ def test_student_trains_with_its_dropout_unless_disabled(table, tmp_path, real_t
     assert a != b and deterministic not in (a, b)  # attention dropout 0.5 is on while training
     a, b, deterministic = two_losses_and_eval(disable=True)
     assert a == b == pytest.approx(deterministic, rel=1e-6)
-
-
-def scored_table(tmp_path, rows, max_seq_len, tokenizer_dir, truncate=False):
-    """A table as `curate score` writes it: token counts from the scoring tokenisation, the limit in its metadata."""
-    from transformers import AutoTokenizer
-
-    from syllabus.core.tokens import encode_pair
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    encoded = [encode_pair(tok, r["prompt"], r["output"], max_seq_len, truncate) for r in rows]
-    rng = np.random.default_rng(0)
-    student_ce, teacher_ce = rng.uniform(1, 4, len(rows)), rng.uniform(0.5, 2, len(rows))
-    frame = pl.DataFrame({
-        "sample_id": [make_sample_id(r["prompt"], r["output"]) for r in rows],
-        "prompt": [r["prompt"] for r in rows], "response": [r["output"] for r in rows],
-        "prompt_tokens": [len(e.prompt_ids) for e in encoded],
-        "response_tokens": [len(e.response_ids) for e in encoded],
-        "student_ce": student_ce, "teacher_ce": teacher_ce, "dds": student_ce / teacher_ce,
-        "rouge_l": rng.uniform(0, 1, len(rows)), "output_ce": rng.uniform(0, 3, len(rows)),
-        "status": [e.status for e in encoded],
-    })
-    metadata = {"kind": "difficulty_table", "template": "alpaca", "config": {"max_seq_len": max_seq_len,
-                                                                             "truncate": truncate}}
-    return write_table(frame, tmp_path / f"table-{max_seq_len}-{truncate}", metadata)
 
 
 def test_training_takes_the_tables_length_limit_and_refuses_a_smaller_one(tmp_path, dolly_rows, real_tokenizer_dir,

@@ -72,6 +72,7 @@ def run(
 
     from .config import TrainConfig
     from .data import DataError
+    from .distributed import MainProcessError
 
     overrides = {
         "manifest": str(manifest) if manifest else None, "out": str(out) if out else None, "student": student,
@@ -91,6 +92,7 @@ def run(
         from .loop import train
 
         final = train(cfg)
-    except (ConfigError, ScheduleError, TableError, ModelError, DataError, ValueError, WriteError) as exc:
+    except (ConfigError, ScheduleError, TableError, ModelError, DataError, ValueError, WriteError,
+            MainProcessError) as exc:
         fail(str(exc))
     typer.echo(f"final checkpoint: {final}")

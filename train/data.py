@@ -162,18 +162,33 @@ def read_shard(path: Path) -> list[str]:
         raise DataError(f"{path}: cannot read the epoch shard ({exc})") from None
 
 
-def epoch_micro_batches(
-    sample_ids: list[str], seed: int, epoch: int, micro_batch_size: int, rank: int = 0, world_size: int = 1
-) -> list[list[str]]:
-    """Shuffle an epoch's ids with a generator seeded by (seed, epoch), cut into micro-batches, keep this rank's.
+def epoch_micro_batches(sample_ids: list[str], seed: int, epoch: int, micro_batch_size: int) -> list[list[str]]:
+    """Shuffle an epoch's ids with a generator seeded by (seed, epoch) and cut them into micro-batches.
 
     The shard's order is the curriculum *between* epochs; within an epoch the papers shuffle (as every trainer
-    does), so the order is a seeded permutation. Ranks take interleaved micro-batches.
+    does), so the order is a seeded permutation, the same whatever the number of processes.
     """
     order = np.random.default_rng([seed, epoch]).permutation(len(sample_ids))
     shuffled = [sample_ids[i] for i in order]
-    batches = [shuffled[i : i + micro_batch_size] for i in range(0, len(shuffled), micro_batch_size)]
-    return batches[rank::world_size]
+    return [shuffled[i : i + micro_batch_size] for i in range(0, len(shuffled), micro_batch_size)]
+
+
+def step_groups(micro: list[list[str]], grad_accum: int, rank: int = 0,
+                world_size: int = 1) -> list[tuple[list[list[str]], list[list[str]]]]:
+    """An epoch's optimizer steps, each as the global list of its micro-batches, and this rank's share of each.
+
+    Step s takes the next `grad_accum * world_size` micro-batches and rank r every `world_size`-th of them from the
+    r-th, so a step trains on the same samples whatever the split: 2 processes at grad_accum 1 take the steps 1
+    process takes at grad_accum 2. Every sample of the epoch is seen once, by one rank. In an epoch's last step a
+    rank may get no micro-batch (its share is empty): the loop then runs it on the step's first micro-batch at
+    weight 0, so that its gradients still meet the others'.
+
+    Returns:
+        one (step's micro-batches, this rank's micro-batches) pair per optimizer step.
+    """
+    per_step = grad_accum * world_size
+    steps = [micro[i : i + per_step] for i in range(0, len(micro), per_step)]
+    return [(step, step[rank::world_size]) for step in steps]
 
 
 def collate(encoded: list[Encoded], pad_id: int, pack_tokens: int | None = None) -> Batch:

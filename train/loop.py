@@ -28,7 +28,8 @@ from syllabus.core.workdir import claim_output
 
 from . import state as state_io
 from .config import CACHED, TrainConfig
-from .data import Batch, SampleStore, cached_bins, collate, epoch_micro_batches, length_limit, read_shard
+from .data import Batch, SampleStore, cached_bins, collate, epoch_micro_batches, length_limit, read_shard, step_groups
+from .distributed import on_main, rank_seed
 from .losses import Objective
 from .rescore import check_rescore_params, rescore_epoch, rescore_pool
 from .run import Run
@@ -65,7 +66,7 @@ def setup(config: TrainConfig) -> Run:
         check_same_tokenizer(student_ref, teacher_ref)
     cpu = not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=cpu)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(rank_seed(config.seed, accelerator.process_index))
     model = load_student(student_ref, config.disable_dropout)
     checked_logit_head(model, f"student {student_ref.name}")  # refuse, before training, logits we cannot reproduce
     teacher, teacher_head = load_teacher(teacher_ref, config.precision, accelerator.device) if teacher_ref else (None, None)
@@ -93,8 +94,12 @@ def setup(config: TrainConfig) -> Run:
     }
     out = Path(config.out)
     # --overwrite alone starts over; with --resume it replaces only another run's directory; never anything but a run
-    claim_output(out, identity, config.overwrite, what="training run", restart=not config.resume)
-    atomic_write_json(out / "config.json", {**identity, "schedule": schedule.manifest})
+
+    def claim() -> None:
+        claim_output(out, identity, config.overwrite, what="training run", restart=not config.resume)
+        atomic_write_json(out / "config.json", {**identity, "schedule": schedule.manifest})
+
+    on_main(accelerator, claim)
     return Run(config, out, schedule, table, accelerator, DistillStudent(model, config.loss_chunk_tokens), teacher,
                teacher_head, cache, tokenizer, store, pack_tokens, identity["manifest_fingerprint"], objectives,
                on_stage_end=evaluate_stage if config.eval_sets else None)
@@ -205,8 +210,7 @@ def load_student(ref: ModelRef, disable_dropout: bool) -> Any:
 
 def steps_in_epoch(epoch: ScheduledEpoch, config: TrainConfig, world_size: int) -> int:
     micro = math.ceil(epoch.num_samples / config.micro_batch_size)
-    per_rank = math.ceil(micro / world_size)
-    return math.ceil(per_rank / config.grad_accum)
+    return math.ceil(micro / (config.grad_accum * world_size))  # as `data.step_groups` cuts them
 
 
 def build_optimizer(run: Run, first_epoch: int) -> tuple[Any, Any]:
@@ -250,13 +254,19 @@ def epoch_objective(epoch: ScheduledEpoch, config: TrainConfig) -> Objective:
         raise TrainError(f"{config.manifest}, epoch {epoch.index + 1}: {err}") from None
 
 
-def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, optimizer: Any, scheduler: Any) -> dict:
-    """One optimizer step over a group of micro-batches, normalised by the global count of response tokens."""
+def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, optimizer: Any, scheduler: Any,
+               weight: float = 1.0) -> dict:
+    """One optimizer step over this rank's micro-batches, normalised by the step's token count over all ranks.
+
+    `weight` 0 makes the pass count for nothing: a rank with no micro-batch in an epoch's last step runs one anyway,
+    because every rank's backward pass has to meet the others' where gradients are all-reduced.
+    Returns the step's metrics, over all ranks.
+    """
     acc = run.accelerator
-    local_tokens = sum(b.num_tokens for b in group)
+    local_tokens = sum(b.num_tokens for b in group) if weight else 0
     global_tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), reduction="sum").item())
     # DDP averages gradients over ranks; scale so the result is the sum over all tokens / global token count.
-    scale = acc.num_processes / max(1, global_tokens)
+    scale = weight * acc.num_processes / max(1, global_tokens)
     loss_total = sft_total = kd_total = 0.0
     for k, batch in enumerate(group):
         batch = batch.to(acc.device)
@@ -270,16 +280,18 @@ def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, o
         with sync, acc.autocast():
             sums = model(batch, objective, teacher_hidden, teacher_head)
         acc.backward(sums.loss_sum * scale)
-        loss_total += sums.loss_sum.item()
-        sft_total += sums.sft_sum.item()
-        kd_total += sums.kd_sum.item()
+        loss_total += weight * sums.loss_sum.item()
+        sft_total += weight * sums.sft_sum.item()
+        kd_total += weight * sums.kd_sum.item()
     grad_norm = acc.clip_grad_norm_(model.parameters(), run.config.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    n = max(1, local_tokens)
+    totals = torch.tensor([loss_total, sft_total, kd_total], dtype=torch.float64, device=acc.device)
+    loss_total, sft_total, kd_total = acc.reduce(totals, reduction="sum").tolist()
+    n = max(1, global_tokens)
     return {"loss": loss_total / n, "ce": sft_total / n,  # cross-entropy of the ground truth (the SFT term)
-            "kd": kd_total / n, "kd_weight": objective.kd_weight, "loss_name": objective.loss, "tokens": local_tokens,
+            "kd": kd_total / n, "kd_weight": objective.kd_weight, "loss_name": objective.loss, "tokens": global_tokens,
             "grad_norm": float(grad_norm)}
 
 
@@ -293,11 +305,11 @@ def fit(run: Run) -> Path:
     # (accelerate's scheduler wrapper would step it once per process).
     optimizer, scheduler = build_optimizer(run, progress.optimizer_epoch)
     if progress.global_step > 0:
-        state_io.load_optimizer(run.out, optimizer, scheduler)
+        state_io.load_optimizer(run.out, optimizer, scheduler, acc.process_index)
     total_steps = sum(steps_in_epoch(p, config, acc.num_processes) for p in schedule.epochs)
     bar = tqdm(total=total_steps, initial=progress.global_step, desc="train", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
-    metrics = state_io.MetricsLog(run.out / "metrics.jsonl", progress.global_step)
+    metrics = state_io.MetricsLog(run.out / "metrics.jsonl", progress.global_step, acc.is_main_process)
     stage_ends = schedule.stage_ends()
     stopped = False
     for epoch in schedule.epochs[progress.epoch:]:
@@ -309,19 +321,19 @@ def fit(run: Run) -> Path:
         if plan.rescore and progress.epoch_ids is None:
             sample_ids = rescore_epoch(run, epoch.index, model)
         progress.epoch_ids = sample_ids
-        micro = epoch_micro_batches(sample_ids, config.seed, epoch.index, config.micro_batch_size,
-                                    acc.process_index, acc.num_processes)
-        groups = [micro[i : i + config.grad_accum] for i in range(0, len(micro), config.grad_accum)]
-        for step_in_epoch in range(progress.step_in_epoch, len(groups)):
+        micro = epoch_micro_batches(sample_ids, config.seed, epoch.index, config.micro_batch_size)
+        steps = step_groups(micro, config.grad_accum, acc.process_index, acc.num_processes)
+        for step_in_epoch in range(progress.step_in_epoch, len(steps)):
             t0 = time.perf_counter()
-            batches = [micro_batch(run, ids, objective) for ids in groups[step_in_epoch]]
+            step, mine = steps[step_in_epoch]
+            batches = [micro_batch(run, ids, objective) for ids in mine or step[:1]]
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            stats = train_step(run, model, batches, objective, optimizer, scheduler)
+            stats = train_step(run, model, batches, objective, optimizer, scheduler, weight=1.0 if mine else 0.0)
             progress.advance()
             elapsed = time.perf_counter() - t0
             record = {"step": progress.global_step, "epoch": epoch.index, "stage": plan.stage,
                       "temperature": plan.temperature, "lr": lr,
-                      "tokens_per_second": stats["tokens"] * acc.num_processes / elapsed, **stats}
+                      "tokens_per_second": stats["tokens"] / elapsed, **stats}
             metrics.write(record, acc.is_main_process)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", kd=f"{stats['kd']:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
@@ -374,7 +386,7 @@ def evaluate_stage(run: Run, checkpoint: Path, stage: int) -> None:
 def train(config: TrainConfig) -> Path:
     """Build, (resume,) fit. Returns the final checkpoint directory."""
     run = setup(config)
-    existing = state_io.load_progress(run.out)  # --resume on a fresh directory simply starts
+    existing = state_io.load_progress(run)  # --resume on a fresh directory simply starts
     if existing is not None and not config.resume:
         raise TrainError(
             f"{run.out} holds this run, stopped at step {existing.global_step}; pass --resume to continue it "

@@ -19,6 +19,7 @@ from syllabus.core.packing import attention_is_varlen
 from syllabus.core.table import Table
 from syllabus.curate.schedules import dakd
 
+from .distributed import on_main, rank_seed, split_map
 from .run import Run
 
 
@@ -43,7 +44,9 @@ def rescore_pool(table: Table) -> pl.DataFrame:
 
 
 def rescore_epoch(run: Run, epoch: int, model: Any) -> list[str]:
-    """Student CE of the whole pool under the current weights -> dds -> the sample ids of epoch `epoch` (0-based)."""
+    """Student CE of the whole pool under the current weights -> dds -> the sample ids of epoch `epoch` (0-based).
+
+    On many processes each rank scores its share of the pool and every rank selects from all of it, alike."""
     pool = rescore_pool(run.table)
     ids = pool["sample_id"].to_list()
     requests = []
@@ -56,9 +59,13 @@ def rescore_epoch(run: Run, epoch: int, model: Any) -> list[str]:
     pack_tokens = run.pack_tokens if run.pack_tokens is not None and attention_is_varlen(student) else None
     was_training = student.training
     student.eval()
-    with run.accelerator.autocast():
-        student_ce = response_nll(student, requests, run.config.rescore_batch_tokens or default_batch_tokens(),
-                                   run.tokenizer.pad_token_id, pack_tokens)
+    batch_tokens = run.config.rescore_batch_tokens or default_batch_tokens()
+
+    def score(part: list[ScoringRequest]) -> list[float]:
+        with run.accelerator.autocast():
+            return list(response_nll(student, part, batch_tokens, run.tokenizer.pad_token_id, pack_tokens))
+
+    student_ce = split_map(run.accelerator, requests, score)  # each rank scores its share; all get every CE
     student.train(was_training)
     scored = pool.with_columns(student_ce=pl.Series(student_ce)).with_columns(
         dds=pl.col("student_ce") / pl.col("teacher_ce")
@@ -66,9 +73,14 @@ def rescore_epoch(run: Run, epoch: int, model: Any) -> list[str]:
     params = run.schedule.params
     selected = dakd.select_epoch(scored.select("sample_id", "dds"), epoch=epoch,
                                  num_epochs=len(run.schedule.epochs), seed=run.schedule.seed, **dakd.selection_params(params))
-    if run.accelerator.is_main_process:
+    record = {"epoch": epoch, "pool": len(ids), "mean_student_ce": sum(student_ce) / len(student_ce),
+              "mean_dds": scored["dds"].mean(), "selected": len(selected)}
+
+    def log() -> None:
         with (run.out / "rescore.jsonl").open("a") as f:
-            f.write(json.dumps({"epoch": epoch, "pool": len(ids), "mean_student_ce": sum(student_ce) / len(student_ce),
-                                "mean_dds": scored["dds"].mean(), "selected": len(selected)}) + "\n")
-    torch.manual_seed(run.config.seed + epoch)  # keep later randomness independent of re-scoring
+            f.write(json.dumps(record) + "\n")
+
+    on_main(run.accelerator, log)
+    # keep later randomness independent of re-scoring
+    torch.manual_seed(rank_seed(run.config.seed + epoch, run.accelerator.process_index))
     return selected

@@ -28,6 +28,7 @@ class Progress:
     global_step: int = 0
     optimizer_epoch: int = 0  # epoch at which the current optimizer/LR schedule started
     epoch_ids: list[str] | None = None
+    num_processes: int = 1  # the ranks the position counts steps over (recorded at each snapshot)
 
     def advance(self) -> None:
         self.step_in_epoch += 1

@@ -2,10 +2,12 @@
 
     OUT/config.json              resolved config + manifest and table fingerprints (written at start)
     OUT/metrics.jsonl            one line per optimizer step
-    OUT/state/                   latest resumable snapshot: student weights, optimizer, scheduler, progress
+    OUT/state/                   latest resumable snapshot: student weights, optimizer, scheduler, progress, and
+                                 each rank's random generators (rng-<rank>.pt)
     OUT/checkpoints/<name>/      Hugging Face format (safetensors + tokenizer + config), at stage ends and "final"
 
 A snapshot is written to `state.tmp/` and swapped in with renames, so a crash never leaves a half-written state.
+On many processes the main process writes everything but the generators, which each rank writes for itself.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from syllabus.core.io import atomic_write_json, writing
 
+from .distributed import on_main
 from .run import Progress, Run
 from .student import DistillStudent
 
@@ -46,51 +49,81 @@ def _unwrapped(run: Run, model: Any) -> Any:
 
 
 def save(run: Run, model: Any, optimizer: Any, scheduler: Any) -> None:
-    """Snapshot everything resume needs (main process writes; all processes wait)."""
+    """Snapshot everything resume needs: each rank its generators, then the main process the rest, swapped in whole.
+
+    Raises (on every rank):
+        OSError: the snapshot cannot be written (the last whole one stays); MainProcessError on the other ranks.
+    """
     acc = run.accelerator
-    acc.wait_for_everyone()
-    if acc.is_main_process:
+    tmp, final, old = run.out / f"{STATE}.tmp", run.out / STATE, run.out / f"{STATE}.old"
+
+    def start() -> None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+
+    def finish() -> None:
         from safetensors.torch import save_file
 
-        weights = {k: v.detach().cpu().contiguous() for k, v in _unwrapped(run, model).state_dict().items()}
-        # tied embeddings share storage; safetensors refuses shared tensors, so keep one copy of each
-        seen: dict[int, str] = {}
-        unique = {}
-        for k, v in weights.items():
-            ptr = v.data_ptr()
-            if ptr not in seen:
-                seen[ptr] = k
-                unique[k] = v
-        # the generators dropout draws from, so that a resumed run draws the same masks
-        rng = {"torch_rng": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda_rng"] = torch.cuda.get_rng_state_all()
-        tmp = run.out / f"{STATE}.tmp"
         with writing(tmp, "training snapshot", cleanup=True):  # the last whole snapshot stays until this one is
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_file(unique, tmp / "student.safetensors")
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **rng},
-                       tmp / "optimizer.pt")
+            save_file(_unique_tensors(_unwrapped(run, model).state_dict()), tmp / "student.safetensors")
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+            run.progress.num_processes = acc.num_processes
             atomic_write_json(tmp / "progress.json", asdict(run.progress))
-            final = run.out / STATE
-            old = run.out / f"{STATE}.old"
             shutil.rmtree(old, ignore_errors=True)
             if final.exists():
                 os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
+
+    on_main(acc, start)
+    # the generators dropout draws from, so that a resumed run draws the same masks on every rank
+    rng = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda_rng"] = torch.cuda.get_rng_state_all()
+    with writing(tmp, "training snapshot", cleanup=False):
+        torch.save(rng, tmp / f"rng-{acc.process_index}.pt")
+    on_main(acc, finish)
 
 
-def load_progress(out: Path) -> Progress | None:
+def _unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict on the CPU with one entry per storage: tied embeddings share theirs, and safetensors refuses
+    shared tensors."""
+    seen: set[int] = set()
+    unique = {}
+    for k, v in state.items():
+        if v.data_ptr() not in seen:  # before the copy to the CPU, which would give tied weights two storages
+            seen.add(v.data_ptr())
+            unique[k] = v.detach().cpu().contiguous()
+    return unique
+
+
+def load_progress(run: Run) -> Progress | None:
+    """Where the run directory's snapshot stands, or None when it has none.
+
+    Raises:
+        StateError: the snapshot was taken on another number of processes: a position within an epoch counts
+            steps of micro_batch_size x grad_accum x processes samples, so it means another place in the data.
+    """
+    out, acc = run.out, run.accelerator
+
+    def recover() -> None:
+        old = out / f"{STATE}.old"  # a crash between the two renames of `save`
+        if not (out / STATE / "progress.json").exists() and (old / "progress.json").exists():
+            os.replace(old, out / STATE)
+
+    on_main(acc, recover)
     path = out / STATE / "progress.json"
     if not path.exists():
-        old = out / f"{STATE}.old" / "progress.json"  # a crash between the two renames of `save`
-        if not old.exists():
-            return None
-        os.replace(out / f"{STATE}.old", out / STATE)
-    return Progress(**json.loads((out / STATE / "progress.json").read_text()))
+        return None
+    progress = Progress(**json.loads(path.read_text()))
+    if progress.num_processes != acc.num_processes:
+        raise StateError(
+            f"{out} was snapshotted at step {progress.global_step} on {progress.num_processes} process(es) and is "
+            f"resumed on {acc.num_processes}: its position in the epoch would mean other samples. Resume it with "
+            f"--nproc_per_node {progress.num_processes} (torchrun) or --num_processes {progress.num_processes} "
+            "(accelerate launch)"
+        )
+    return progress
 
 
 def load_student(out: Path, student: DistillStudent) -> None:
@@ -103,8 +136,8 @@ def load_student(out: Path, student: DistillStudent) -> None:
         raise RuntimeError(f"resume: student snapshot does not fit the model (missing {missing}, unexpected {unexpected})")
 
 
-def load_optimizer(out: Path, optimizer: Any, scheduler: Any) -> None:
-    """Restore optimizer, LR schedule and random generators from a snapshot.
+def load_optimizer(out: Path, optimizer: Any, scheduler: Any, rank: int = 0) -> None:
+    """Restore optimizer, LR schedule and this rank's random generators from a snapshot.
 
     The file holds tensors and plain values only, and is read with `weights_only=True`: a run directory received
     from someone else cannot run code through a planted pickle.
@@ -112,27 +145,31 @@ def load_optimizer(out: Path, optimizer: Any, scheduler: Any) -> None:
     Raises:
         StateError: the file is not a snapshot of plain values (tampered with, or corrupt).
     """
-    path = out / STATE / "optimizer.pt"
+    saved = _plain_values(out / STATE / "optimizer.pt")
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    rng = _plain_values(out / STATE / f"rng-{rank}.pt")
+    torch.set_rng_state(rng["torch_rng"])
+    if "cuda_rng" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda_rng"])
+
+
+def _plain_values(path: Path) -> dict[str, Any]:
     try:
-        saved = torch.load(path, weights_only=True)
+        return torch.load(path, weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError for foreign objects; EOFError, RuntimeError when corrupt
         raise StateError(
             f"{path}: not a snapshot of plain values ({type(exc).__name__}); it was not written by `train run` or is "
             "corrupt. Start the run over with --overwrite, or restore the directory from where it came"
         ) from None
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["torch_rng"])
-    if "cuda_rng" in saved and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
 
 
 def save_checkpoint(run: Run, model: Any, name: str) -> Path:
-    """A Hugging Face checkpoint (safetensors + tokenizer + config) plus what produced it."""
-    acc = run.accelerator
+    """A Hugging Face checkpoint (safetensors + tokenizer + config) plus what produced it (written by the main
+    process; every rank returns its path)."""
     path = run.out / "checkpoints" / name
-    acc.wait_for_everyone()
-    if acc.is_main_process:
+
+    def write() -> None:
         tmp = path.with_name(path.name + ".tmp")
         with writing(tmp, "checkpoint", cleanup=True):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -147,7 +184,8 @@ def save_checkpoint(run: Run, model: Any, name: str) -> Path:
             })
             shutil.rmtree(path, ignore_errors=True)
             os.replace(tmp, path)
-    acc.wait_for_everyone()
+
+    on_main(run.accelerator, write)
     return path
 
 
@@ -155,9 +193,9 @@ class MetricsLog:
     """Append-only metrics; on resume, lines past the restored step are dropped so steps never repeat, and so is a
     line cut short by a crash in the middle of its append."""
 
-    def __init__(self, path: Path, resume_step: int) -> None:
+    def __init__(self, path: Path, resume_step: int, main_process: bool = True) -> None:
         self.path = path
-        if path.exists():
+        if main_process and path.exists():
             kept = [line for line in path.read_text(errors="replace").splitlines()
                     if (record := _record(line)) is not None and record["step"] <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))

@@ -1,0 +1,124 @@
+"""`train run` on many processes: `torchrun --nproc_per_node 2` on this CPU (gloo), against one process.
+
+Two processes at grad_accum 1 must train what one process trains at grad_accum 2 (the same samples per step, the
+loss normalised by the step's tokens over both ranks), and a run killed on one rank must resume, on two processes,
+to the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import scored_table, tiny_llama
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from syllabus.curate.schedules.build import build_schedule
+from syllabus.train.cli import app
+from syllabus.train.data import epoch_micro_batches, step_groups
+
+PREEMPT = str(Path(__file__).with_name("preempt.py"))
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("grad_accum", [1, 2])
+@pytest.mark.parametrize("num_samples", [1, 11, 12, 24])
+def test_ranks_split_each_step_and_together_see_the_epoch_once_in_order(world_size, grad_accum, num_samples):
+    ids = [f"s{i}" for i in range(num_samples)]
+    micro = epoch_micro_batches(ids, seed=3, epoch=1, micro_batch_size=4)
+    one = step_groups(micro, grad_accum * world_size)  # one process at the same global batch
+    ranks = [step_groups(micro, grad_accum, rank, world_size) for rank in range(world_size)]
+    assert all(len(r) == len(one) for r in ranks)  # every rank takes every optimizer step
+    for s, (step, mine) in enumerate(one):
+        assert mine == step and all(r[s][0] == step for r in ranks)
+        shares = [r[s][1] for r in ranks]
+        assert sorted(b for share in shares for b in share) == sorted(step)  # each micro-batch on exactly one rank
+        assert all(len(share) <= grad_accum for share in shares)
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    seen = [sid for step, _ in one for batch in step for sid in batch]
+    assert sorted(seen) == sorted(ids) and seen == [sid for batch in micro for sid in batch]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory, dolly_rows, real_tokenizer_dir):
+    rows = [r for r in dolly_rows if len(r["prompt"]) + len(r["output"]) < 500][:12]
+    return scored_table(tmp_path_factory.mktemp("dist"), rows, 256, real_tokenizer_dir)
+
+
+def args(manifest, out, student, teacher, *extra):
+    return ["run", "--manifest", str(manifest), "--out", str(out), "--student", str(student), "--teacher", str(teacher),
+            "--micro-batch-size", "4", "--lr", "3e-3", "--precision", "fp32", *extra]
+
+
+def torchrun(*command, nproc=2, env=None):
+    """`torchrun --standalone --nproc_per_node N` on this CPU; each rank runs one thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(nproc), *command], capture_output=True, text=True, env=env, timeout=900)
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(out):
+    return load_file(out / "checkpoints" / "final" / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_two_processes_train_what_one_process_trains_at_the_same_global_batch(table, tmp_path, tiny_model,
+                                                                               tiny_teacher):
+    # DA-KD re-scores before epochs 2 and 3, split across ranks; 12 rows in micro-batches of 4 make 3 micro-batches
+    # an epoch, so on two processes rank 1 has none in each epoch's second step and runs it at weight 0
+    sched, _ = build_schedule(table.path, "dakd", tmp_path / "sched", {"epochs": 3})
+    one, two = tmp_path / "one", tmp_path / "two"
+    result = runner.invoke(app, args(sched, one, tiny_model, tiny_teacher, "--grad-accum", "2"))
+    assert result.exit_code == 0, result.output
+    ran = torchrun("-m", "syllabus.train", *args(sched, two, tiny_model, tiny_teacher, "--grad-accum", "1"))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    a, b = metrics(one), metrics(two)
+    assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, len(a) + 1))
+    assert [r["tokens"] for r in b] == [r["tokens"] for r in a]  # the same samples in every step
+    for key in ("loss", "ce", "kd", "grad_norm"):  # over both ranks, normalised by the step's tokens
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-4), key
+    rescored = [[json.loads(line) for line in (out / "rescore.jsonl").read_text().splitlines()] for out in (one, two)]
+    assert [r["selected"] for r in rescored[1]] == [r["selected"] for r in rescored[0]]
+    assert [r["mean_student_ce"] for r in rescored[1]] == pytest.approx([r["mean_student_ce"] for r in rescored[0]],
+                                                                          rel=1e-5)
+    wa, wb = final_weights(one), final_weights(two)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_a_run_killed_on_one_rank_resumes_on_two_to_the_uninterrupted_weights(table, tmp_path, real_tokenizer_dir,
+                                                                             tiny_teacher):
+    # dropout on: each rank's generator must come back from the snapshot, or the masks after resume differ
+    student = tiny_llama(real_tokenizer_dir, tmp_path / "dropout-student", seed=3, dropout=0.1)
+    sched, _ = build_schedule(table.path, "l2m", tmp_path / "sched", {"stages": 2, "epochs_per_stage": 2})
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    ran = torchrun("-m", "syllabus.train", *args(sched, ref, student, tiny_teacher, "--save-every-steps", "2"))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    killed = torchrun(PREEMPT, "train-step", "5", "syllabus.train",
+                      *args(sched, out, student, tiny_teacher, "--save-every-steps", "2"), env={"PREEMPT_RANK": "1"})
+    assert killed.returncode != 0
+    progress = json.loads((out / "state" / "progress.json").read_text())
+    assert progress["global_step"] == 4 and progress["num_processes"] == 2
+    assert sorted(p.name for p in (out / "state").glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
+    # one process would read the epoch's position as other samples: refused, and the snapshot is kept
+    refused = runner.invoke(app, args(sched, out, student, tiny_teacher, "--save-every-steps", "2", "--resume"))
+    assert refused.exit_code == 2 and "--nproc_per_node 2" in refused.output
+    resumed = torchrun("-m", "syllabus.train",
+                       *args(sched, out, student, tiny_teacher, "--save-every-steps", "2", "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = final_weights(ref), final_weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in metrics(out)] == [r["step"] for r in metrics(ref)]  # no step logged twice
