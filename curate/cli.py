@@ -14,7 +14,7 @@ import typer
 from syllabus.core.cli import choices, fail
 from syllabus.core.cli import value as choice_value
 from syllabus.core.config import field_defaults
-from syllabus.core.engines import ENGINE_CHOICES
+from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
 from syllabus.core.engines.base import GenerationParams
 from syllabus.core.templates import TEMPLATES
 
@@ -25,6 +25,7 @@ SCORE = field_defaults(ScoreConfig)  # the CLI's defaults are the config's
 GENERATION = field_defaults(GenerationParams)
 
 Engine = choices("Engine", ENGINE_CHOICES)
+Backend = choices("Backend", BACKENDS)
 Template = choices("Template", TEMPLATES)
 Preset = choices("Preset", tuple(PRESETS))
 CeReduction = choices("CeReduction", ("sum", "mean"))  # schedules.common.CE_REDUCTIONS, without importing polars
@@ -77,7 +78,10 @@ def score(
     pack_tokens: int = typer.Option(SCORE['pack_tokens'], help="longest packed row of the transformers CE pass (sdpa, eager; flash-attention packs a row per forward)"),
     num_shards: int = typer.Option(SCORE['num_shards'], help="split the rows into N shards by sample_id (many machines)"),
     shard_index: int = typer.Option(SCORE['shard_index'], help="which shard this run scores"),
-    tensor_parallel_size: int = typer.Option(SCORE['tensor_parallel_size'], help="vLLM tensor parallelism"),
+    tensor_parallel_size: int = typer.Option(SCORE['tensor_parallel_size'], help="vLLM tensor parallelism (GPUs per engine)"),
+    backend: Backend = typer.Option(SCORE['backend'], help="where the passes run: this process, or the engines of a Ray cluster (pip install 'syllabus[ray]')"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join (`ray start --head` prints it) [default: the running one, else a local one]"),
+    replicas: Optional[int] = typer.Option(None, help="Ray: engines to run [default: one per --tensor-parallel-size GPUs; one without GPUs]"),
     gpu_memory_utilization: Optional[float] = typer.Option(None, help="vLLM memory share (default 0.9 GPU, 0.5 CPU)"),
     keep_every: int = typer.Option(SCORE['keep_every'], help="which default student: the teacher keeping every k-th layer"),
     overwrite: bool = typer.Option(SCORE['overwrite'], help="replace OUT if it holds a different run"),
@@ -105,6 +109,7 @@ def score(
             gen_engine=choice_value(gen_engine), ce_engine=choice_value(ce_engine), dtype=dtype, part_size=part_size, batch_tokens=batch_tokens,
             padding_free=padding_free, pack_tokens=pack_tokens, teacher_topk=teacher_topk,
             num_shards=num_shards, shard_index=shard_index, tensor_parallel_size=tensor_parallel_size,
+            backend=choice_value(backend), ray_address=ray_address, replicas=replicas,
             gpu_memory_utilization=gpu_memory_utilization, keep_every=keep_every, overwrite=overwrite,
         )
         table = run_score(config, progress=not quiet)

@@ -17,7 +17,6 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,10 +24,9 @@ from typing import Any
 
 import polars as pl
 
-from syllabus.core.engines.base import ScoringRequest, request_seed
+from syllabus.core.backends import LocalBackend, PartFailure, RayBackend, open_backend
 from syllabus.core.io import atomic_write_parquet, read_parquet
 from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
-from syllabus.core.rouge import rouge_l
 from syllabus.core.table import METADATA_FILE, Table, part_name, read_table, write_table
 from syllabus.core.tokens import Encoded, encode_pair
 from syllabus.core.topk_cache import (
@@ -38,7 +36,6 @@ from syllabus.core.topk_cache import (
     cache_info,
     cache_parts,
     read_cache_record,
-    topk_columns,
     write_cache,
 )
 from syllabus.core.topk_cache import COLUMNS as TOPK_COLUMNS
@@ -46,6 +43,7 @@ from syllabus.core.versions import versions
 from syllabus.core.workdir import claim_output
 
 from . import data as data_mod
+from .passes import CE, GEN, PassWorker, part_rows
 from .score_config import ScoreConfig, ScoreError
 
 REJECTS_FILE = "rejects.jsonl"
@@ -94,6 +92,12 @@ class Prepared:
         idx = self.scored_indices()
         size = self.config.part_size
         return [idx[i : i + size] for i in range(0, len(idx), size)]
+
+    def rows(self, indices: list[int]) -> pl.DataFrame:
+        """The rows of a part, as a pass reads them (`passes.part_rows`)."""
+        return part_rows([self.samples[i].sample_id for i in indices], [self.encoded[i].ids for i in indices],
+                         [len(self.encoded[i].prompt_ids) for i in indices],
+                         [list(self.samples[i].references) for i in indices])
 
 
 def prepare(config: ScoreConfig) -> Prepared:
@@ -259,16 +263,22 @@ def run_pass(
     name: str,
     work: Path,
     prep: Prepared,
-    compute: Callable[[list[int]], pl.DataFrame],
+    worker: PassWorker,
+    backend: LocalBackend | RayBackend,
     progress: bool,
     stats: dict[str, dict[str, float]],
     keep: tuple[str, ...] = (),
 ) -> pl.DataFrame:
-    """Run one pass part by part, skipping parts already on disk; return all parts concatenated.
+    """Run one pass part by part on `backend`, skipping parts already on disk; return all parts concatenated.
 
+    Each part is written the moment it is computed. Parts that fail on a Ray replica are reported together at the
+    end of the pass, with their samples, after every other part is written; a re-run computes only those.
     `stats[name]` receives rows, tokens and seconds of the work done by this invocation (engine start included).
     `keep`: columns that stay in the parts only (a teacher top-K cache): written in row groups of
     `topk_cache.ROW_GROUP_ROWS` samples, and not read back here.
+
+    Raises:
+        ScoreError: parts failed (named, with their first samples and the error).
     """
     from tqdm.auto import tqdm
 
@@ -282,15 +292,22 @@ def run_pass(
     total_rows = sum(len(p) for p in parts)
     done_rows = total_rows - sum(len(parts[k]) for k in todo)
     bar = tqdm(total=total_rows, initial=done_rows, desc=name, unit="row", disable=not progress, dynamic_ncols=True)
-    tokens, start = 0, time.perf_counter()
-    for k in todo:
-        frame = compute(parts[k])
-        layout = {"row_group_size": ROW_GROUP_ROWS, "byte_stream_split": FLOAT_COLUMNS} if keep else {}
+    tokens, start, failures = 0, time.perf_counter(), []
+    layout = {"row_group_size": ROW_GROUP_ROWS, "byte_stream_split": FLOAT_COLUMNS} if keep else {}
+    for k, frame in backend.map_parts(worker, ((k, prep.rows(parts[k])) for k in todo)):
+        if isinstance(frame, PartFailure):
+            failures.append(frame)
+            continue
         atomic_write_parquet(frame, pass_dir / part_name(k), **layout)
         tokens += int(frame["_tokens"].sum())
         bar.update(len(parts[k]))
         bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
     bar.close()
+    if failures:
+        shown = "\n  ".join(f.describe() for f in sorted(failures, key=lambda f: f.part)[:5])
+        raise ScoreError(f"{name}: {len(failures)} of {len(todo)} part(s) failed on the {backend.name} backend; the "
+                         f"others are written under {pass_dir}. Fix the cause and run the same command again: it "
+                         f"computes only these parts.\n  {shown}")
     seconds = time.perf_counter() - start
     stats[name] = {"rows": total_rows - done_rows, "tokens": tokens, "seconds": round(seconds, 3),
                    "tokens_per_second": round(tokens / seconds, 1) if tokens else 0.0}
@@ -326,62 +343,16 @@ def engine_options(config: ScoreConfig, kind: str) -> dict[str, Any]:
             "padding_free": config.padding_free, "pack_tokens": config.pack_tokens}
 
 
-def student_gen_pass(prep: Prepared, kind: str) -> Callable[[list[int]], pl.DataFrame]:
-    from syllabus.core.engines import open_engine
-
-    config, tok = prep.config, prep.tokenizer
-    params = config.generation
-
-    def compute(indices: list[int]) -> pl.DataFrame:
-        engine = open_engine(kind, str(prep.student.path), **engine_options(config, kind))
-        prompts = [prep.encoded[i].prompt_ids for i in indices]
-        seeds = [request_seed(params.seed, prep.samples[i].sample_id) for i in indices]
-        gens = engine.generate(prompts, params, seeds)
-        rows = []
-        for i, samples_i in zip(indices, gens):
-            texts = [tok.decode(g.token_ids, skip_special_tokens=True).strip() for g in samples_i]
-            refs = prep.samples[i].references
-            # With several samples per prompt, rouge_l and output_ce are means over them (documented choice).
-            rouges = [rouge_l(t, refs) for t in texts]
-            ces = [-sum(g.logprobs) / len(g.logprobs) if g.logprobs else None for g in samples_i]
-            valid_ces = [c for c in ces if c is not None]
-            rows.append(
-                {
-                    "sample_id": prep.samples[i].sample_id,
-                    "student_output": texts[0],
-                    "student_outputs": texts if params.num_samples > 1 else None,
-                    "rouge_l": sum(rouges) / len(rouges),
-                    "output_ce": sum(valid_ces) / len(valid_ces) if valid_ces else None,
-                    "output_tokens": len(samples_i[0].token_ids),
-                    "_tokens": sum(len(g.token_ids) for g in samples_i),
-                }
-            )
-        frame = pl.DataFrame(rows, schema_overrides={"student_outputs": pl.List(pl.String)})
-        return frame if params.num_samples > 1 else frame.drop("student_outputs")
-
-    return compute
+def gen_worker(prep: Prepared, kind: str) -> PassWorker:
+    """The student's generation pass: student_output, rouge_l, output_ce."""
+    return PassWorker(GEN, kind, str(prep.student.path), engine_options(prep.config, kind),
+                      generation=prep.config.generation, tokenizer=prep.tokenizer)
 
 
-def ce_pass(prep: Prepared, model: ModelRef, kind: str, column: str,
-            topk: int = 0) -> Callable[[list[int]], pl.DataFrame]:
+def ce_worker(prep: Prepared, model: ModelRef, kind: str, column: str, topk: int = 0) -> PassWorker:
     """A teacher-forcing pass: each part's mean response NLL in `column`, and with `topk` the top-K cache columns
     (`core.topk_cache`) from the same forward."""
-    from syllabus.core.engines import open_engine
-
-    def compute(indices: list[int]) -> pl.DataFrame:
-        engine = open_engine(kind, str(model.path), **engine_options(prep.config, kind))
-        requests = [ScoringRequest(prep.encoded[i].ids, len(prep.encoded[i].prompt_ids)) for i in indices]
-        nll, tops = engine.response_scores(requests, topk)
-        frame = pl.DataFrame(
-            {
-                "sample_id": [prep.samples[i].sample_id for i in indices],
-                column: nll,
-                "_tokens": [len(r.ids) for r in requests],
-            }
-        )
-        return frame.with_columns(**{k: pl.from_arrow(v) for k, v in topk_columns(tops).items()}) if topk else frame
-
-    return compute
+    return PassWorker(CE, kind, str(model.path), engine_options(prep.config, kind), column=column, topk=topk)
 
 
 def base_frame(prep: Prepared) -> pl.DataFrame:
@@ -471,9 +442,11 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
     # Order matters for memory: all student work first (sharing one engine when gen and CE engines agree),
     # then the teacher, so only one model is ever loaded.
     stats: dict[str, dict[str, float]] = {}
+    backend = open_backend(config.backend, config.ray_address, config.replicas, config.tensor_parallel_size)
     if prep.student is not None:
-        student_gen = run_pass("student-gen", work, prep, student_gen_pass(prep, gen_kind), progress, stats)
-        student_ce = run_pass("student-ce", work, prep, ce_pass(prep, prep.student, ce_kind, "student_ce"), progress, stats)
+        student_gen = run_pass("student-gen", work, prep, gen_worker(prep, gen_kind), backend, progress, stats)
+        student_ce = run_pass("student-ce", work, prep, ce_worker(prep, prep.student, ce_kind, "student_ce"), backend,
+                              progress, stats)
     else:  # teacher-only table: the student columns stay null
         student_gen = pl.DataFrame(schema={"sample_id": pl.String, "student_output": pl.String, "rouge_l": pl.Float64,
                                            "output_ce": pl.Float64, "output_tokens": pl.Int64})
@@ -482,11 +455,9 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
     if prep.teacher_table is not None:
         teacher_ce = teacher_from_table(prep)
     else:
-        teacher_ce = run_pass("teacher-ce", work, prep, ce_pass(prep, prep.teacher, ce_kind, "teacher_ce", topk),
-                              progress, stats, keep=TOPK_COLUMNS if topk else ())
-    from syllabus.core.engines import close_engine
-
-    close_engine()
+        teacher_ce = run_pass("teacher-ce", work, prep, ce_worker(prep, prep.teacher, ce_kind, "teacher_ce", topk),
+                              backend, progress, stats, keep=TOPK_COLUMNS if topk else ())
+    backend.close()
     frame = assemble(prep, student_gen, student_ce, teacher_ce)
     (out / METADATA_FILE).unlink(missing_ok=True)  # the table is incomplete while its cache is rewritten
     cache = None

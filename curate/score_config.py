@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from syllabus.core.engines import ENGINE_CHOICES
+from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
 from syllabus.core.engines.base import GenerationParams
 
 from . import data as data_mod
@@ -47,6 +47,9 @@ class ScoreConfig:
     num_shards: int = 1
     shard_index: int = 0
     tensor_parallel_size: int = 1
+    backend: str = "local"  # where the passes run: this process, or a Ray cluster (curate/backends.py)
+    ray_address: str | None = None
+    replicas: int | None = None  # Ray: engines to run; None: one per tensor_parallel_size GPUs (one without GPUs)
     gpu_memory_utilization: float | None = None
     enforce_eager: bool | None = None
     keep_every: int = 2
@@ -71,6 +74,12 @@ class ScoreConfig:
             raise ScoreError("a teacher-only table (--student none) needs a --teacher")
         if self.teacher_topk < 0:
             raise ScoreError(f"--teacher-topk must be >= 0 (0: no cache), got {self.teacher_topk}")
+        if self.backend not in BACKENDS:
+            raise ScoreError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.backend == "local" and (self.ray_address or self.replicas):
+            raise ScoreError("--ray-address and --replicas need --backend ray")
+        if self.replicas is not None and self.replicas < 1:
+            raise ScoreError(f"--replicas must be >= 1, got {self.replicas}")
         if self.limit is not None and self.limit < 1:
             raise ScoreError(f"--limit must be >= 1, got {self.limit}")
 
@@ -90,7 +99,7 @@ class ScoreConfig:
     def identity(self) -> dict[str, Any]:
         """The settings that decide the table's content (where it is written and --overwrite do not)."""
         ident = dataclasses.asdict(self)
-        for key in ("out", "overwrite"):
+        for key in ("out", "overwrite", "backend", "ray_address", "replicas"):  # where it runs, not what
             ident.pop(key)
         if not self.teacher_topk:  # absent when unused: runs scored before the cache existed keep their identity
             ident.pop("teacher_topk")

@@ -10,11 +10,12 @@ import typer
 from syllabus.core.cli import choices, fail
 from syllabus.core.cli import value as choice_value
 from syllabus.core.config import field_defaults
-from syllabus.core.engines import ENGINE_CHOICES
+from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
 
 from .protocol import EvalProtocol
 
 Engine = choices("Engine", ENGINE_CHOICES)
+Backend = choices("Backend", BACKENDS)
 PROTOCOL = field_defaults(EvalProtocol)  # the CLI's defaults are the protocol's (MiniLLM's)
 
 app = typer.Typer(help="Evaluate students with the papers' protocol.", no_args_is_help=True,
@@ -52,6 +53,10 @@ def run(
     no_repeat_ngram_size: int = typer.Option(PROTOCOL["no_repeat_ngram_size"], help="0 turns n-gram blocking off"),
     engine: Engine = typer.Option("auto", help="auto: vllm if installed"),
     dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32"),
+    tensor_parallel_size: int = typer.Option(1, help="vLLM tensor parallelism (GPUs per engine)"),
+    backend: Backend = typer.Option("local", help="where the (set, seed) jobs run: this process, or the engines of a Ray cluster (pip install 'syllabus[ray]')"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join [default: the running one, else a local one]"),
+    replicas: Optional[int] = typer.Option(None, help="Ray: engines to run [default: one per --tensor-parallel-size GPUs; one without GPUs]"),
     label: Optional[str] = typer.Option(None, help="name of this model in comparisons"),
     overwrite: bool = typer.Option(False, help="replace OUT if it holds a different run"),
     quiet: bool = typer.Option(False),
@@ -66,7 +71,8 @@ def run(
         protocol = EvalProtocol(max_prompt_tokens, max_new_tokens, temperature, top_p, no_repeat_ngram_size,
                                 _seeds(seeds))
         config = EvalConfig(model, str(out), tuple(_csv(sets)), limit, protocol, choice_value(engine), dtype,
-                            label=label, overwrite=overwrite)
+                            label=label, overwrite=overwrite, tensor_parallel_size=tensor_parallel_size,
+                            backend=choice_value(backend), ray_address=ray_address, replicas=replicas)
         summary = evaluate(config, progress=not quiet)
     except (ModelError, EvalSetError, ValueError) as exc:
         fail(str(exc))

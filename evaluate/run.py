@@ -6,7 +6,9 @@ Output directory::
     OUT/summary.json, OUT/summary.md            per set: mean over seeds and spread across seeds; average over sets
     OUT/_work/run.json                          the run identity (a re-run resumes, a different one is refused)
 
-Each (set, seed) file is written atomically when finished, so an interrupted run resumes where it stopped.
+Each (set, seed) file is written atomically when finished, so an interrupted run resumes where it stopped. The
+(set, seed) jobs run in this process, or spread over the engines of a Ray cluster (`--backend ray`,
+`core/backends.py`).
 """
 
 from __future__ import annotations
@@ -19,16 +21,21 @@ from typing import Any
 
 import polars as pl
 
-from syllabus.core.engines import ENGINE_CHOICES
+from syllabus.core.backends import PartFailure, open_backend
+from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
 from syllabus.core.engines.base import GenerationParams, request_seed
 from syllabus.core.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet
-from syllabus.core.models import ModelRef, load_tokenizer, resolve_model
+from syllabus.core.models import load_tokenizer, resolve_model
 from syllabus.core.workdir import claim_output
 
 from .protocol import EvalProtocol, score_row
 from .sets import DEFAULT_SETS, EvalSet, EvalSetError, load_sets
 
 DTYPES = ("bfloat16", "float16", "float32")  # what both engines take
+
+
+class EvalRunError(ValueError):
+    """(set, seed) jobs failed on the engines (named, with the error); the finished ones are kept."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,10 @@ class EvalConfig:
     batch_tokens: int | None = None
     label: str | None = None
     overwrite: bool = False
+    tensor_parallel_size: int = 1  # vLLM: GPUs per engine
+    backend: str = "local"  # where the (set, seed) jobs run: this process, or a Ray cluster
+    ray_address: str | None = None
+    replicas: int | None = None  # Ray: engines to run; None: one per tensor_parallel_size GPUs (one without GPUs)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINE_CHOICES:
@@ -53,6 +64,12 @@ class EvalConfig:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.backend == "local" and (self.ray_address or self.replicas):
+            raise ValueError("--ray-address and --replicas need --backend ray")
+        if self.tensor_parallel_size < 1 or (self.replicas is not None and self.replicas < 1):
+            raise ValueError("--tensor-parallel-size and --replicas must be >= 1")
 
 
 def resolve_engine(choice: str) -> str:
@@ -68,41 +85,61 @@ def resolve_engine(choice: str) -> str:
 def engine_options(config: EvalConfig, kind: str) -> dict[str, Any]:
     p = config.protocol
     if kind == "vllm":
-        return {"dtype": config.dtype, "max_model_len": p.max_prompt_tokens + p.max_new_tokens, "seed": 0}
+        return {"dtype": config.dtype, "max_model_len": p.max_prompt_tokens + p.max_new_tokens, "seed": 0,
+                "tensor_parallel_size": config.tensor_parallel_size}
     return {"dtype": config.dtype, "batch_tokens": config.batch_tokens}
 
 
-def generate_set(
-    eval_set: EvalSet, seed: int, model: ModelRef, tokenizer: Any, config: EvalConfig, kind: str
-) -> pl.DataFrame:
-    """One (set, seed): generations and per-row scores."""
-    from syllabus.core.engines import open_engine
+def job_rows(eval_set: EvalSet, seed: int, tokenizer: Any, protocol: EvalProtocol) -> pl.DataFrame:
+    """One (set, seed) job's rows, as `EvalWorker` reads them: the tokenised prompts, each with its sampling seed.
 
-    p = config.protocol
-    prompts = [tokenizer(r.prompt).input_ids[: p.max_prompt_tokens] for r in eval_set.rows]
+    Raises:
+        EvalSetError: a prompt encodes to no token (named by file and line).
+    """
+    prompts = [tokenizer(r.prompt).input_ids[: protocol.max_prompt_tokens] for r in eval_set.rows]
     for row, prompt in zip(eval_set.rows, prompts):
         if not prompt:  # an engine cannot generate from nothing
             raise EvalSetError(f"{eval_set.path}:{row.line}: the prompt encodes to no token with this model's "
                                "tokenizer; fix or remove the row")
-    engine = open_engine(kind, str(model.path), **engine_options(config, kind))
-    params = GenerationParams(
-        temperature=p.temperature, top_p=p.top_p, max_new_tokens=p.max_new_tokens, seed=seed,
-        no_repeat_ngram_size=p.no_repeat_ngram_size,
-    )
-    seeds = [request_seed(seed, f"{eval_set.name}:{i}") for i in range(len(prompts))]
-    gens = engine.generate(prompts, params, seeds)
-    texts = [tokenizer.decode(g[0].token_ids, skip_special_tokens=True).strip() for g in gens]
-    return pl.DataFrame(
-        {
-            "set": eval_set.name,
-            "row": list(range(len(texts))),
-            "seed": seed,
-            "generation": texts,
-            "generation_tokens": [len(g[0].token_ids) for g in gens],
-            "score": [score_row(eval_set.metric, t, r.references) for t, r in zip(texts, eval_set.rows)],
-        },
-        schema_overrides={"row": pl.Int32, "seed": pl.Int32, "generation_tokens": pl.Int32},
-    )
+    return pl.DataFrame({
+        "set": eval_set.name, "metric": eval_set.metric, "seed": seed, "row": list(range(len(prompts))),
+        "prompt": prompts, "request_seed": [request_seed(seed, f"{eval_set.name}:{i}") for i in range(len(prompts))],
+        "references": [list(r.references) for r in eval_set.rows],
+    }, schema_overrides={"prompt": pl.List(pl.Int32), "references": pl.List(pl.String)})
+
+
+@dataclass(frozen=True)
+class EvalWorker:
+    """Generates and scores one (set, seed) job: picklable, so a Ray replica runs it as this process does."""
+
+    engine: str
+    model_path: str
+    options: dict[str, Any]
+    tokenizer: Any
+    protocol: EvalProtocol
+
+    def __call__(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """The job's generations and per-row scores (x100)."""
+        from syllabus.core.engines import open_engine
+
+        p = self.protocol
+        engine = open_engine(self.engine, self.model_path, **self.options)
+        params = GenerationParams(temperature=p.temperature, top_p=p.top_p, max_new_tokens=p.max_new_tokens,
+                                  seed=int(rows["seed"][0]), no_repeat_ngram_size=p.no_repeat_ngram_size)
+        gens = engine.generate(rows["prompt"].to_list(), params, rows["request_seed"].to_list())
+        texts = [self.tokenizer.decode(g[0].token_ids, skip_special_tokens=True).strip() for g in gens]
+        metric = rows["metric"][0]
+        return pl.DataFrame(
+            {
+                "set": rows["set"],
+                "row": rows["row"],
+                "seed": rows["seed"],
+                "generation": texts,
+                "generation_tokens": [len(g[0].token_ids) for g in gens],
+                "score": [score_row(metric, t, tuple(refs)) for t, refs in zip(texts, rows["references"].to_list())],
+            },
+            schema_overrides={"row": pl.Int32, "seed": pl.Int32, "generation_tokens": pl.Int32},
+        )
 
 
 def summarize(per_seed: dict[str, dict[int, float]], sets: dict[str, EvalSet]) -> dict[str, Any]:
@@ -150,7 +187,6 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """
     from tqdm.auto import tqdm
 
-    from syllabus.core.engines import close_engine
     from syllabus.core.versions import versions
 
     out = Path(config.out)
@@ -168,21 +204,35 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         "engine": kind,
         "dtype": config.dtype,
     }
+    if config.tensor_parallel_size != 1:  # absent at 1, so runs from before the option keep their identity
+        identity["tensor_parallel_size"] = config.tensor_parallel_size
     claim_output(out, identity, config.overwrite, what="evaluation run")
     jobs = [(name, seed) for name in sets for seed in config.protocol.seeds]
-    bar = tqdm(jobs, desc="evaluate", unit="set-seed", disable=not progress, dynamic_ncols=True)
-    tokens, start = 0, time.perf_counter()
+    path = {job: out / "generations" / f"{job[0]}-seed{job[1]}.parquet" for job in jobs}
+    todo = [job for job in jobs if not path[job].exists()]
+    rows = {job: job_rows(sets[job[0]], job[1], tokenizer, config.protocol) for job in todo}  # every prompt checked
+    backend = open_backend(config.backend, config.ray_address, config.replicas, config.tensor_parallel_size)
+    worker = EvalWorker(kind, str(model.path), engine_options(config, kind), tokenizer, config.protocol)
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="evaluate", unit="set-seed",
+               disable=not progress, dynamic_ncols=True)
+    tokens, start, failures = 0, time.perf_counter(), []
+    for k, frame in backend.map_parts(worker, ((k, rows[job]) for k, job in enumerate(todo))):
+        if isinstance(frame, PartFailure):
+            failures.append(f"{todo[k][0]} seed {todo[k][1]}: {frame.error}")
+            continue
+        atomic_write_parquet(frame, path[todo[k]])
+        tokens += int(frame["generation_tokens"].sum())
+        bar.update(1)
+        bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+    bar.close()
+    backend.close()
+    if failures:
+        raise EvalRunError(f"{len(failures)} of {len(todo)} (set, seed) job(s) failed on the {backend.name} backend; "
+                           "the others are written. Fix the cause and run the same command again: it runs only "
+                           "these.\n  " + "\n  ".join(failures[:5]))
     per_seed: dict[str, dict[int, float]] = {name: {} for name in sets}
-    for name, seed in bar:
-        path = out / "generations" / f"{name}-seed{seed}.parquet"
-        if not path.exists():
-            bar.set_description(f"evaluate {name} seed {seed}")
-            frame = generate_set(sets[name], seed, model, tokenizer, config, kind)
-            atomic_write_parquet(frame, path)
-            tokens += int(frame["generation_tokens"].sum())
-            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
-        per_seed[name][seed] = pl.read_parquet(path, columns=["score"])["score"].mean()
-    close_engine()
+    for name, seed in jobs:
+        per_seed[name][seed] = pl.read_parquet(path[(name, seed)], columns=["score"])["score"].mean()
     summary = {
         "label": config.label or model.name,
         "model": identity["model"],

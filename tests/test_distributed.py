@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import scored_table, tiny_llama
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from helpers import scored_table, tiny_llama
 from syllabus.curate.schedules.build import build_schedule
 from syllabus.train.cli import app
 from syllabus.train.data import epoch_micro_batches, step_groups

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from helpers import weights_digest
 from syllabus.core.engines.ngram import NGramBlocker, banned_tokens
 from syllabus.evaluate.cli import app
-from syllabus.evaluate.protocol import extract_final_number, gsm8k_correct, score_row
-from syllabus.evaluate.run import EvalConfig, generate_set
+from syllabus.evaluate.protocol import EvalProtocol, extract_final_number, gsm8k_correct, score_row
+from syllabus.evaluate.run import job_rows
 from syllabus.evaluate.sets import SHIPPED, EvalSetError, load_set
 
 runner = CliRunner()
@@ -241,9 +241,8 @@ def test_a_prompt_of_no_tokens_is_named_by_its_line(tmp_path):
     def tokenizer(text):  # a tokenizer that drops every character of the second prompt
         return SimpleNamespace(input_ids=[] if text is eval_set.rows[1].prompt else [1, 2])
 
-    config = EvalConfig(model="unused", out=str(tmp_path / "out"))
     with pytest.raises(EvalSetError, match=re.escape(f"{eval_set.path}:2: the prompt encodes to no token")):
-        generate_set(eval_set, 10, model=None, tokenizer=tokenizer, config=config, kind="hf")
+        job_rows(eval_set, 10, tokenizer, EvalProtocol())
 
 
 def test_two_set_files_with_one_name_are_refused(tmp_path, tiny_model):

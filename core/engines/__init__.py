@@ -10,6 +10,7 @@ from .base import Engine, Generation, GenerationParams, ScoringRequest
 
 ENGINES = ("vllm", "hf")
 ENGINE_CHOICES = ("auto", *ENGINES)  # auto: vLLM where it is installed (and, for scoring CE, on GPU)
+BACKENDS = ("local", "ray")  # where engines run: this process, or Ray replicas (core/backends.py)
 _current: tuple[tuple, Engine] | None = None
 
 
@@ -54,4 +55,4 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-__all__ = ["ENGINES", "ENGINE_CHOICES", "Engine", "Generation", "GenerationParams", "ScoringRequest", "open_engine", "close_engine", "vllm_available"]
+__all__ = ["BACKENDS", "ENGINES", "ENGINE_CHOICES", "Engine", "Generation", "GenerationParams", "ScoringRequest", "open_engine", "close_engine", "vllm_available"]

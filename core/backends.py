@@ -1,0 +1,143 @@
+"""Where engine work runs: in this process (`local`), or on the replicas of a Ray cluster (`ray`).
+
+The work comes in parts (a scoring pass's parts, an evaluation's (set, seed) jobs), each a frame of rows that a
+picklable worker turns into a frame of results (`curate.passes.PassWorker`, `evaluate.run.EvalWorker`). A backend
+maps the worker over the parts still to do and yields each finished part as it comes; the caller writes every part
+the moment it arrives, so a run stopped at any point, or a part that failed, costs only the parts not yet written,
+and the re-run computes those alone.
+
+The Ray backend makes the parts a Ray Dataset (one row per part) and maps it with `map_batches` over a pool of
+actors, each holding one engine (vLLM, with tensor parallelism inside it, or transformers): the same engine classes,
+settings and part boundaries as the local backend, so both write the same files. `ray.data.llm` is not used: its
+processors return generated text, while the scoring passes need prompt log-probs with each position's top K,
+per-request sampling seeds and the n-gram logits processor of the existing engines.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+Worker = Callable[[pl.DataFrame], pl.DataFrame]  # picklable: it is sent to every replica
+
+
+class BackendError(ValueError):
+    """The backend cannot run: Ray missing, or a cluster without the GPUs asked for."""
+
+
+@dataclass(frozen=True)
+class PartFailure:
+    """A part whose computation raised: which part, its first sample ids, and the error."""
+
+    part: int
+    sample_ids: list[str]
+    error: str
+
+    def describe(self) -> str:
+        shown = ", ".join(self.sample_ids[:3]) + (f" and {len(self.sample_ids) - 3} more" if len(self.sample_ids) > 3
+                                                   else "")
+        return f"part {self.part} (samples {shown}): {self.error}"
+
+
+class LocalBackend:
+    """The parts in order, in this process; an error stops the pass at once (finished parts are on disk)."""
+
+    name = "local"
+
+    def map_parts(self, worker: Worker, parts: Iterator[tuple[int, pl.DataFrame]]
+                  ) -> Iterator[tuple[int, pl.DataFrame | PartFailure]]:
+        for k, rows in parts:
+            yield k, worker(rows)
+
+    def close(self) -> None:
+        from syllabus.core.engines import close_engine
+
+        close_engine()
+
+
+class RayBackend:
+    """The parts on `replicas` Ray actors, each with its own engine; parts arrive in the order they finish.
+
+    Args:
+        address: the cluster to join (`ray start --head` prints it; "auto" finds the local one); None: join the
+            cluster this process already started (`ray.init`), else start a local one.
+        replicas: engines to run; None: one per `tensor_parallel_size` GPUs of the cluster, or one on a cluster
+            without GPUs.
+        tensor_parallel_size: GPUs per replica (vLLM tensor parallelism inside the replica).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None, replicas: int | None, tensor_parallel_size: int) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise BackendError("--backend ray needs Ray: pip install 'syllabus[ray]'") from None
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # one progress bar, by rows, is the caller's
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+        if gpus:
+            fit = gpus // tensor_parallel_size
+            if fit < 1:
+                raise BackendError(f"--tensor-parallel-size {tensor_parallel_size}: the Ray cluster has {gpus} GPU(s)")
+            self.replicas = replicas or fit
+            self.per_replica = {"num_gpus": tensor_parallel_size, "num_cpus": 1}
+        else:
+            self.replicas = replicas or 1
+            self.per_replica = {"num_cpus": max(1, cpus // self.replicas)}
+
+    def map_parts(self, worker: Worker, parts: Iterator[tuple[int, pl.DataFrame]]
+                  ) -> Iterator[tuple[int, pl.DataFrame | PartFailure]]:
+        import ray
+
+        items = [{"part": k, "rows": _to_ipc(rows)} for k, rows in parts]
+        if not items:
+            return
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            _Replica, fn_constructor_args=(worker,), batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=min(self.replicas, len(items))), **self.per_replica)
+        for out in dataset.iter_rows():
+            k = int(out["part"])
+            if out["error"]:
+                yield k, PartFailure(k, list(out["sample_ids"]), out["error"])
+            else:
+                yield k, pl.read_ipc(io.BytesIO(out["frame"]))
+
+    def close(self) -> None:
+        """The replicas end with the dataset; the cluster stays up for the next pass."""
+
+
+class _Replica:
+    """A Ray actor: one engine, kept across the parts it is given; a part that raises becomes a failure record
+    (naming its samples) and the replica goes on with the next part."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        k, rows = int(batch["part"][0]), pl.read_ipc(io.BytesIO(batch["rows"][0]))
+        try:
+            return {"part": [k], "frame": [_to_ipc(self.worker(rows))], "error": [""], "sample_ids": [[]]}
+        except Exception as exc:  # reported by the driver with the part's samples; other parts go on
+            return {"part": [k], "frame": [b""], "error": [f"{type(exc).__name__}: {exc}"],
+                    "sample_ids": [rows["sample_id"].to_list()]}
+
+
+def _to_ipc(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_ipc(buffer)
+    return buffer.getvalue()
+
+
+def open_backend(name: str, address: str | None = None, replicas: int | None = None,
+                 tensor_parallel_size: int = 1) -> LocalBackend | RayBackend:
+    """The backend `name` names (one of `engines.BACKENDS`, checked by the caller's config)."""
+    return RayBackend(address, replicas, tensor_parallel_size) if name == "ray" else LocalBackend()
