@@ -80,7 +80,11 @@ class RayBackend:
             raise BackendError("--backend ray needs Ray: pip install 'syllabus[ray]'") from None
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False)
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # one progress bar, by rows, is the caller's
+        import ray.data
+
+        for handler in logging.getLogger("ray.data").handlers:  # its INFO lines stay in the session's ray-data.log
+            if type(handler).__name__ != "SessionFileHandler":
+                handler.setLevel(logging.WARNING)
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         if gpus:

@@ -122,3 +122,17 @@ def test_a_run_killed_on_one_rank_resumes_on_two_to_the_uninterrupted_weights(ta
     a, b = final_weights(ref), final_weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in metrics(out)] == [r["step"] for r in metrics(ref)]  # no step logged twice
+
+
+@pytest.mark.parametrize("mode", ["FSDP", "DEEPSPEED"])
+def test_sharded_launch_modes_are_refused_before_training(mode):
+    # accelerate on a CPU runs FSDP configs as DDP, so the refusal is checked on the launch mode itself
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from syllabus.train.loop import TrainError, check_distributed
+
+    with pytest.raises(TrainError, match=f"under {mode} is not supported yet.*examples/accelerate/ddp.yaml"):
+        check_distributed(SimpleNamespace(distributed_type=DistributedType[mode]))
+    check_distributed(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))  # DDP goes on

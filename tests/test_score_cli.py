@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -127,20 +128,23 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, small_dolly,
 
 
 @pytest.mark.slow
-def test_shards_merge_into_the_full_table(tmp_path, scored, tiny_model, tiny_teacher):
+def test_the_slurm_job_array_scores_shards_that_merge_into_the_full_table(tmp_path, scored, tiny_model, tiny_teacher):
+    """examples/slurm run as Slurm runs it: each array task with its SLURM_ARRAY_* variables, then the merge job."""
     data, full, _ = scored
-    shards = []
+    slurm = Path(__file__).resolve().parents[1] / "examples" / "slurm"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "SLURM_ARRAY_TASK_COUNT": "2"}
+    options = score_args(data, "-", tiny_model, tiny_teacher)[4:]  # what follows DATA and --out OUT
+    run = tmp_path / "run"
     for i in range(2):
-        out = tmp_path / f"shard{i}"
-        result = invoke(score_args(data, out, tiny_model, tiny_teacher, "--num-shards", "2", "--shard-index", str(i)))
-        assert result.exit_code == 0, result.output
-        shards.append(out)
-    sizes = [read_table(s).frame.height for s in shards]
+        task = subprocess.run(["bash", str(slurm / "score-shards.sbatch"), str(data), str(run), *options],
+                              env={**env, "SLURM_ARRAY_TASK_ID": str(i)}, capture_output=True, text=True)
+        assert task.returncode == 0, task.stderr
+    sizes = [read_table(run / f"shard-{i}").frame.height for i in range(2)]
     assert sum(sizes) == 12 and min(sizes) > 0
-    merged_dir = tmp_path / "merged"
-    result = invoke(["merge", str(shards[0]), str(shards[1]), "--out", str(merged_dir)])
-    assert result.exit_code == 0, result.output
-    merged = read_table(merged_dir).frame
+    merge = subprocess.run(["bash", str(slurm / "merge.sbatch"), str(run)], env=env, capture_output=True, text=True)
+    assert merge.returncode == 0, merge.stderr
+    merged = read_table(run / "table").frame
     reference = read_table(full).frame
     assert merged["sample_id"].to_list() == reference["sample_id"].to_list()  # input order restored
     for col in ("student_ce", "teacher_ce"):  # teacher forcing does not depend on the batch beyond bf16 noise

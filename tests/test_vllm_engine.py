@@ -128,6 +128,29 @@ def test_vllm_prompt_logprobs_fill_the_top_k_cache(vllm_table, tiny_model):
     assert agree / total > 0.95  # bf16 against fp32: near ties may swap
 
 
+def test_vllm_in_a_ray_replica_writes_the_local_table(vllm_table, tmp_path, tiny_model):
+    """`--backend ray`: the engine starts inside a Ray actor (one replica, a small KV cache beside this process's
+    engine) and the table is the one the in-process engine wrote."""
+    ray = pytest.importorskip("ray")
+    out = tmp_path / "table"
+    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False)
+    try:
+        result = CliRunner().invoke(app, [
+            "score", str(vllm_table.metadata["dataset"]["source"]), "--out", str(out), "--student", str(tiny_model),
+            "--teacher", str(tiny_model), "--gen-engine", "vllm", "--ce-engine", "vllm",
+            "--max-new-tokens", str(MAX_NEW_TOKENS), "--max-seq-len", str(MAX_SEQ_LEN), "--teacher-topk", str(TOPK),
+            "--part-size", "8", "--quiet", "--backend", "ray", "--replicas", "1", "--gpu-memory-utilization", "0.05",
+        ])
+    finally:
+        ray.shutdown()
+    assert result.exit_code == 0, result.output
+    a, b = read_table(out).frame, vllm_table.frame
+    assert a["sample_id"].to_list() == b["sample_id"].to_list()
+    assert a["student_output"].to_list() == b["student_output"].to_list()  # seeded per request: the same samples
+    for column in ("student_ce", "teacher_ce", "output_ce"):
+        assert a[column].to_list() == pytest.approx(b[column].to_list(), rel=1e-3), column
+
+
 @pytest.fixture(scope="module")
 def eval_engine(vllm_table, tiny_model):
     """Evaluation's engine (other max_model_len than scoring's): opened here, reused by the CLI run below."""
