@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from syllabus.core.cli import choices, fail
+from syllabus.core.cli import choices, fail, with_version
 from syllabus.core.cli import value as choice_value
 from syllabus.core.config import field_defaults
 from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
@@ -30,12 +30,12 @@ Template = choices("Template", TEMPLATES)
 Preset = choices("Preset", tuple(PRESETS))
 CeReduction = choices("CeReduction", ("sum", "mean"))  # schedules.common.CE_REDUCTIONS, without importing polars
 
-app = typer.Typer(
+app = with_version(typer.Typer(
     help="Syllabus data curation: score once, schedule many curricula.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
-)
+), "curate")
 models_app = typer.Typer(help="Prepare and inspect the embedded default models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 

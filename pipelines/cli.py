@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from syllabus.core.cli import fail
+from syllabus.core.cli import fail, with_version
 
-app = typer.Typer(help="Syllabus pipelines: one command per recipe.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = with_version(typer.Typer(help="Syllabus pipelines: one command per recipe.", no_args_is_help=True,
+                               pretty_exceptions_enable=False, add_completion=False), "syllabus")
 
 
 def _vars(items: list[str]) -> dict[str, str]:

@@ -44,7 +44,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -57,7 +57,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _VAR = re.compile(r"\$\{(" + _IDENTIFIER.pattern + r")\}")
 _STAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 STAGE_KEYS = {"name", "cmd", "needs", "matrix", "outputs", "note"}
-TOP_KEYS = {"name", "description", "workdir", "notice", "vars", "stages"}
+TOP_KEYS = {"name", "description", "workdir", "notice", "vars", "env", "stages"}
 OUTPUT_OPTIONS = ("--out", "-o")  # the stage CLIs' output option: never an input of its own stage
 HASH_LIMIT_BYTES = 64 * 2**20  # larger files (model weights) enter the fingerprint by size and mtime
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -82,6 +82,7 @@ class Pipeline:
     workdir: Path
     notice: str
     stages: tuple[Stage, ...]
+    env: dict[str, str] = field(default_factory=dict)  # every stage's environment, unless the user's sets them
 
     def marker(self, stage: Stage) -> Path:
         return self.workdir / ".pipeline" / f"{stage.name}.json"
@@ -120,6 +121,8 @@ def _read_recipe(path: Path) -> dict:
                             f"allowed: {', '.join(sorted(TOP_KEYS))}")
     if not isinstance(raw.get("vars") or {}, dict):
         raise PipelineError(f"{path}: `vars` is a mapping of name: value")
+    if not isinstance(raw.get("env") or {}, dict):
+        raise PipelineError(f"{path}: `env` is a mapping of NAME: value")
     if not isinstance(raw.get("stages"), list) or not raw["stages"]:
         raise PipelineError(f"{path}: `stages` is a non-empty list of stages")
     return raw
@@ -226,7 +229,9 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
             if need not in names[:k]:
                 raise PipelineError(f"{p}: stage {stage.name!r} needs {need!r}, which is not an earlier stage")
     notice = _interpolate(str(raw.get("notice", "")).strip(), variables, f"{p}: notice")
-    return Pipeline(p, str(raw.get("name", p.stem)), Path(workdir), notice, tuple(stages))
+    env = {str(k): _interpolate(_scalar(v, f"{p}: env: {k}"), variables, f"{p}: env: {k}")
+           for k, v in (raw.get("env") or {}).items()}
+    return Pipeline(p, str(raw.get("name", p.stem)), Path(workdir), notice, tuple(stages), env)
 
 
 def syllabus_version() -> str:
@@ -463,7 +468,7 @@ def _run_stages(pipeline: Pipeline, lock: int | None, only: list[str] | None, ec
         if dry_run:
             continue
         start = time.perf_counter()
-        code = _run_stage(stage, lock)
+        code = _run_stage(stage, lock, pipeline.env)
         if code != 0:
             raise PipelineError(
                 f"stage {stage.name} failed (exit {code}): {shlex.join(stage.argv)}. Finished stages are kept; "
@@ -496,15 +501,15 @@ def _stop_with_runner() -> Callable[[], None] | None:
     return preexec
 
 
-def _run_stage(stage: Stage, lock: int) -> int:
+def _run_stage(stage: Stage, lock: int, defaults: dict[str, str]) -> int:
     """Run one stage; it dies with this process and inherits the lock, so the workdir stays locked while it lives.
+    Its environment is the user's, with the recipe's `env` for what the user did not set.
 
     Returns:
         The stage's exit code.
     """
     argv = [program_path(stage.argv[0]), *stage.argv[1:]]
-    # A default for users who did not choose: stages never reach for a hub unless HF_HUB_OFFLINE is set to 0.
-    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    env = {**defaults, **os.environ}
     try:
         proc = subprocess.Popen(argv, env=env, pass_fds=(lock,), preexec_fn=_stop_with_runner())
     except OSError as exc:

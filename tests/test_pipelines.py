@@ -370,15 +370,20 @@ def test_the_workdir_stays_locked_while_a_stage_of_a_killed_run_lives(tmp_path, 
     assert run_pipeline(load_pipeline(recipe), echo=lambda *_: None) == ["slow"]
 
 
-def test_stages_see_hf_hub_offline_as_the_user_set_it(tmp_path, fake_stage, monkeypatch):
-    for k, offline in enumerate(("0", None)):
-        if offline is None:
+def test_stages_see_the_users_environment_and_the_recipes_env_where_the_user_set_nothing(tmp_path, fake_stage,
+                                                                                          monkeypatch):
+    runs = [("0", {"HF_HUB_OFFLINE": "1"}), (None, {"HF_HUB_OFFLINE": "1"}), (None, {})]
+    for k, (users, recipes) in enumerate(runs):
+        if users is None:
             monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         else:
-            monkeypatch.setenv("HF_HUB_OFFLINE", offline)
-        recipe = fake_recipe(tmp_path / "r.yaml", tmp_path / f"work{k}", [{"name": "a", "cmd": "fakestage a"}])
+            monkeypatch.setenv("HF_HUB_OFFLINE", users)
+        recipe = tmp_path / f"r{k}.yaml"
+        recipe.write_text(json.dumps({"name": "fake", "workdir": str(tmp_path / f"work{k}"), "env": recipes,
+                                      "stages": [{"name": "a", "cmd": "fakestage a"}]}))
         run_pipeline(load_pipeline(recipe), echo=lambda *_: None)
-    assert [call["offline"] for call in fake_stage()] == ["0", "1"]  # the user's value, else offline by default
+    # the user's value wins; the recipe's fills in; nothing is set for the stage (a paper recipe reaches its hub)
+    assert [call["offline"] for call in fake_stage()] == ["0", "1", None]
 
 
 STAGE = "\n  - name: a\n    cmd: curate inspect t"

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from syllabus.core.cli import choices, fail
+from syllabus.core.cli import choices, fail, with_version
 from syllabus.core.cli import value as choice_value
 from syllabus.core.config import field_defaults
 from syllabus.core.loss_params import LOSSES
@@ -20,13 +20,8 @@ LossName = choices("LossName", LOSSES)
 SchedulerName = choices("SchedulerName", SCHEDULERS)
 PrecisionName = choices("PrecisionName", PRECISIONS)
 
-app = typer.Typer(help="Syllabus trainer: white-box KD over curriculum schedules.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
-
-
-@app.callback()
-def _main() -> None:
-    """Keep `run` a real subcommand even while it is the only one."""
+app = with_version(typer.Typer(help="Syllabus trainer: white-box KD over curriculum schedules.", no_args_is_help=True,
+                               pretty_exceptions_enable=False, add_completion=False), "train")
 
 
 @app.command()
