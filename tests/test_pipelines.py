@@ -181,6 +181,32 @@ def test_report_collects_results_training_and_stage_timings(tmp_path):
     assert text.index("| score | 10 |") < text.index("| train-srd | 4 |") and "| total | 14 |" in text
 
 
+def test_the_report_draws_each_runs_curves_and_its_score_against_training_compute(tmp_path, saved_figures):
+    from syllabus.pipelines.report import write_report
+
+    for name, lrs in (("srd", [1e-4, 5e-5, 1e-4]), ("full", [1e-4, 9e-5, 8e-5])):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        rows = [{"step": k + 1, "tokens": 100 * (k + 1), "tokens_per_second": 50.0, "loss": 3.0 - k, "kd": 2.0 - k,
+                 "ce": 4.0 - k, "lr": lr, "temperature": 2.0 - 0.5 * k} for k, lr in enumerate(lrs)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    evaluation = tmp_path / "eval" / "srd"
+    evaluation.mkdir(parents=True)  # evaluates srd's final checkpoint; full was not evaluated
+    (evaluation / "summary.json").write_text(json.dumps({"model": {"path": str(tmp_path / "runs" / "srd" / "checkpoints"
+                                                                             / "final")},
+                                                         "results": {"average": 21.5}}))
+    text = write_report(tmp_path, "T").read_text()
+    assert "![curves](training/curves.png)" in text and "![score-vs-compute](training/score-vs-compute.png)" in text
+    curves = saved_figures["curves.png"]
+    panels = {ax.get_ylabel(): ax for ax in curves.axes}
+    assert set(panels) == {"loss", "KD term", "SFT term (CE of the ground truth)", "learning rate", "temperature"}
+    lr = {line.get_label(): list(line.get_ydata()) for line in panels["learning rate"].get_lines()}
+    assert lr == {"srd": [1e-4, 5e-5, 1e-4], "full": [1e-4, 9e-5, 8e-5]}  # SRD's restart shows
+    by_tokens, by_time = saved_figures["score-vs-compute.png"].axes
+    assert [tuple(c.get_offsets()[0]) for c in by_tokens.collections] == [(600.0, 21.5)]  # srd only: 100+200+300
+    assert [tuple(c.get_offsets()[0]) for c in by_time.collections] == [(12.0, 21.5)]  # 600 tokens at 50/s
+
+
 def test_bad_stage_arguments_are_caught_before_anything_runs(tmp_path, small_dolly, tiny_model):
     recipe = write_recipe(tmp_path / "r.yaml", small_dolly, tiny_model, tmp_path / "work", bad=True)
     with pytest.raises(PipelineError, match="stage inspect.*no-such-flag"):

@@ -410,3 +410,29 @@ def test_a_full_disk_names_the_snapshot_and_keeps_the_last_one(table, tmp_path, 
     again = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--save-every-steps", "2", "--resume"))
     assert again.exit_code == 0, again.output
     assert [r["step"] for r in metrics(out)] == list(range(1, 7))
+
+
+def test_report_to_tensorboard_logs_every_steps_metrics(table, tmp_path, tiny_model, tiny_teacher):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sched = schedule(table, tmp_path, "full", epochs=2)
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--report-to", "tensorboard"))
+    assert result.exit_code == 0, result.output
+    events = EventAccumulator(str(out / "trackers" / "syllabus"))
+    events.Reload()
+    logged = {key: [(e.step, e.value) for e in events.Scalars(key)] for key in ("loss", "kd", "lr", "grad_norm")}
+    for key, series in logged.items():  # the same numbers as metrics.jsonl, step by step (float32 in the file)
+        assert series == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in metrics(out)], key
+    config = json.loads((out / "config.json").read_text())
+    assert "report_to" not in config["config"]  # where it is logged is not what a step computes: resume may change it
+
+
+def test_a_tracker_that_is_not_installed_is_refused_before_training(table, tmp_path, tiny_model, tiny_teacher,
+                                                                    monkeypatch):
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])  # as on a machine without wandb
+    result = runner.invoke(app, train_args(schedule(table, tmp_path, "full", epochs=1), tmp_path / "run", tiny_model,
+                                           tiny_teacher, "--report-to", "wandb"))
+    assert result.exit_code == 2 and "pip install wandb" in result.output and not (tmp_path / "run").exists()

@@ -12,13 +12,14 @@ from syllabus.core.cli import value as choice_value
 from syllabus.core.config import field_defaults
 from syllabus.core.loss_params import LOSSES
 
-from .config import PRECISIONS, SCHEDULERS, TrainConfig
+from .config import PRECISIONS, SCHEDULERS, TRACKERS, TrainConfig
 
 TRAIN = field_defaults(TrainConfig)  # options default to None (= the YAML or these); help shows these
 
 LossName = choices("LossName", LOSSES)
 SchedulerName = choices("SchedulerName", SCHEDULERS)
 PrecisionName = choices("PrecisionName", PRECISIONS)
+TrackerName = choices("TrackerName", TRACKERS)
 
 app = with_version(typer.Typer(help="Syllabus trainer: white-box KD over curriculum schedules.", no_args_is_help=True,
                                pretty_exceptions_enable=False, add_completion=False), "train")
@@ -54,6 +55,7 @@ def run(
                                          "model's dropout"),
     save_every_steps: Optional[int] = typer.Option(None, help=f"resumable snapshot interval [default: {TRAIN['save_every_steps']}]"),
     max_steps: Optional[int] = typer.Option(None, help="stop after N optimizer steps"),
+    report_to: Optional[TrackerName] = typer.Option(None, help=f"also log every step to this tracker (OUT/trackers for the local ones; metrics.jsonl is written either way) [default: {TRAIN['report_to']}]"),
     eval_sets: Optional[str] = typer.Option(None, help="comma-separated sets to evaluate at stage ends"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last snapshot (a fresh --out simply starts)"),
     overwrite: bool = typer.Option(False, help="start over in --out; with --resume, replace --out only if it holds another run"),
@@ -78,7 +80,7 @@ def run(
         "padding_free": padding_free, "pack_tokens": pack_tokens,
         "max_seq_len": max_seq_len, "precision": choice_value(precision), "seed": seed, "disable_dropout": disable_dropout or None,
         "save_every_steps": save_every_steps,
-        "max_steps": max_steps, "eval_sets": tuple(eval_sets.split(",")) if eval_sets else None,
+        "max_steps": max_steps, "report_to": choice_value(report_to), "eval_sets": tuple(eval_sets.split(",")) if eval_sets else None,
         "resume": resume or None, "overwrite": overwrite or None,
     }
     try:

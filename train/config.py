@@ -13,6 +13,7 @@ from syllabus.core.loss_params import resolve_loss_params
 SCHEDULERS = ("cosine", "linear", "constant")
 CACHED = "cached"  # `teacher`: no model, the table's top-K cache (`curate score --teacher-topk K`)
 PRECISIONS = ("bf16", "fp32")
+TRACKERS = ("none", "tensorboard", "wandb", "trackio", "mlflow")  # `train run --report-to`
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class TrainConfig:
     eval_limit: int | None = 100
     eval_seeds: tuple[int, ...] = (10,)
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs, benchmarks)
+    report_to: str = "none"  # an experiment tracker, through accelerate's (metrics.jsonl is written either way)
     resume: bool = False
     overwrite: bool = False
 
@@ -62,6 +64,7 @@ class TrainConfig:
             (self.kd_weight is None or 0 <= self.kd_weight <= 1, "kd_weight must be in [0, 1]"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.save_every_steps >= 1, "save_every_steps must be >= 1"),
+            (self.report_to in TRACKERS, f"report_to must be one of {TRACKERS}"),
         ]
         for ok, message in checks:
             if not ok:

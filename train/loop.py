@@ -65,7 +65,8 @@ def setup(config: TrainConfig) -> Run:
     if teacher_ref is not None:
         check_same_tokenizer(student_ref, teacher_ref)
     cpu = not torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=cpu)
+    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=cpu,
+                              **tracker_options(config))
     check_distributed(accelerator)
     torch.manual_seed(rank_seed(config.seed, accelerator.process_index))
     model = load_student(student_ref, config.disable_dropout)
@@ -86,7 +87,7 @@ def setup(config: TrainConfig) -> Run:
     identity = {
         # stopping and snapshot settings do not change what a step computes, so a resumed run may change them
         "config": {k: v for k, v in config.as_dict().items()
-                   if k not in ("resume", "overwrite", "max_steps", "save_every_steps")},
+                   if k not in ("resume", "overwrite", "max_steps", "save_every_steps", "report_to")},
         "manifest_fingerprint": state_io.fingerprint_manifest(schedule.path),
         "table_fingerprint": table.fingerprint,
         "student": student_ref.identity(),
@@ -104,6 +105,35 @@ def setup(config: TrainConfig) -> Run:
     return Run(config, out, schedule, table, accelerator, DistillStudent(model, config.loss_chunk_tokens), teacher,
                teacher_head, cache, tokenizer, store, pack_tokens, identity["manifest_fingerprint"], objectives,
                on_stage_end=evaluate_stage if config.eval_sets else None)
+
+
+def tracker_options(config: TrainConfig) -> dict[str, Any]:
+    """accelerate's tracker settings for `--report-to`: local trackers write under OUT/trackers.
+
+    Raises:
+        TrainError: the tracker's package is not installed (accelerate would drop it silently).
+    """
+    if config.report_to == "none":
+        return {}
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import ProjectConfiguration
+
+    if config.report_to not in {str(t) for t in get_available_trackers()}:
+        raise TrainError(f"--report-to {config.report_to}: the {config.report_to} package is not installed "
+                         f"(pip install {config.report_to})")
+    return {"log_with": config.report_to,
+            "project_config": ProjectConfiguration(project_dir=config.out, logging_dir=str(Path(config.out) / "trackers"))}
+
+
+def start_tracking(run: Run) -> None:
+    """Open the run's tracker (`--report-to`), named after its directory, with its settings as hyperparameters."""
+    if run.config.report_to == "none":
+        return
+    name = run.out.name
+    flat = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+            for k, v in run.config.as_dict().items()}
+    run.accelerator.init_trackers("syllabus", config={**flat, "method": run.schedule.method},
+                                  init_kwargs={"wandb": {"name": name}, "mlflow": {"run_name": name}})
 
 
 def check_distributed(accelerator: Any) -> None:
@@ -327,6 +357,7 @@ def fit(run: Run) -> Path:
     bar = tqdm(total=total_steps, initial=progress.global_step, desc="train", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
     metrics = state_io.MetricsLog(run.out / "metrics.jsonl", progress.global_step, acc.is_main_process)
+    start_tracking(run)
     stage_ends = schedule.stage_ends()
     stopped = False
     for epoch in schedule.epochs[progress.epoch:]:
@@ -352,6 +383,8 @@ def fit(run: Run) -> Path:
                       "temperature": plan.temperature, "lr": lr,
                       "tokens_per_second": stats["tokens"] / elapsed, **stats}
             metrics.write(record, acc.is_main_process)
+            if config.report_to != "none":  # the numbers of the record (accelerate logs from the main process)
+                acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=progress.global_step)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", kd=f"{stats['kd']:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
             if progress.global_step % config.save_every_steps == 0:
@@ -369,7 +402,9 @@ def fit(run: Run) -> Path:
                 run.on_stage_end(run, checkpoint, plan.stage)
     bar.close()
     state_io.save(run, model, optimizer, scheduler)
-    return state_io.save_checkpoint(run, model, "final")
+    final = state_io.save_checkpoint(run, model, "final")
+    acc.end_training()  # flushes and closes the trackers
+    return final
 
 
 def micro_batch(run: Run, sample_ids: list[str], objective: Objective) -> Batch:
