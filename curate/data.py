@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from syllabus.core.templates import ALPACA_NO_INPUT, ALPACA_WITH_INPUT, TEMPLATES
+from syllabus.core.templates import TEMPLATES, format_prompt
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")  # matched in any case: DATA.JSONL is a .jsonl file
 EMBEDDED = {"dolly_dev_1000": Path(__file__).parent / "embedded" / "dolly_dev_1000.jsonl"}  # see embedded/README.md
@@ -329,12 +329,7 @@ def build_prompt(record: dict[str, Any], fields: FieldMap, template: str, tokeni
         if not ready or not ready.strip():
             raise RowError(fields.instruction, f"missing or empty field {fields.instruction!r}")
         instruction, context = ready, ""
-    if template == "alpaca":
-        fmt = ALPACA_WITH_INPUT if context.strip() else ALPACA_NO_INPUT
-        return fmt.format(instruction=instruction, input=context)
-    user = instruction if not context.strip() else f"{instruction}\n\n{context}"
-    messages = [{"role": "user", "content": user}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return format_prompt(template, instruction, context, tokenizer)
 
 
 def _passthrough(record: dict[str, Any], fields: FieldMap) -> dict[str, Any]:

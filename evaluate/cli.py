@@ -11,11 +11,13 @@ from syllabus.core.cli import choices, fail, with_version
 from syllabus.core.cli import value as choice_value
 from syllabus.core.config import field_defaults
 from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
+from syllabus.core.templates import TEMPLATES
 
 from .protocol import EvalProtocol
 
 Engine = choices("Engine", ENGINE_CHOICES)
 Backend = choices("Backend", BACKENDS)
+Template = choices("Template", TEMPLATES)
 PROTOCOL = field_defaults(EvalProtocol)  # the CLI's defaults are the protocol's (MiniLLM's)
 
 app = with_version(typer.Typer(help="Evaluate students with the papers' protocol.", no_args_is_help=True,
@@ -51,6 +53,7 @@ def run(
     temperature: float = typer.Option(PROTOCOL["temperature"]),
     top_p: float = typer.Option(PROTOCOL["top_p"]),
     no_repeat_ngram_size: int = typer.Option(PROTOCOL["no_repeat_ngram_size"], help="0 turns n-gram blocking off"),
+    template: Template = typer.Option(PROTOCOL["template"], help="prompts: the papers' Alpaca template, the model's chat template (for a student trained on chat-templated data), or each set's prompt as given"),
     engine: Engine = typer.Option("auto", help="auto: vllm if installed"),
     dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32"),
     tensor_parallel_size: int = typer.Option(1, help="vLLM tensor parallelism (GPUs per engine)"),
@@ -69,7 +72,7 @@ def run(
 
     try:
         protocol = EvalProtocol(max_prompt_tokens, max_new_tokens, temperature, top_p, no_repeat_ngram_size,
-                                _seeds(seeds))
+                                _seeds(seeds), choice_value(template))
         config = EvalConfig(model, str(out), tuple(_csv(sets)), limit, protocol, choice_value(engine), dtype,
                             label=label, overwrite=overwrite, tensor_parallel_size=tensor_parallel_size,
                             backend=choice_value(backend), ray_address=ray_address, replicas=replicas)

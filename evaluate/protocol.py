@@ -6,6 +6,8 @@ import re
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
 
+from syllabus.core.templates import TEMPLATES
+
 DEFAULT_SEEDS = (10, 20, 30, 40, 50)
 
 
@@ -19,6 +21,7 @@ class EvalProtocol:
     top_p: float = 1.0  # and no top-k
     no_repeat_ngram_size: int = 6
     seeds: tuple[int, ...] = DEFAULT_SEEDS
+    template: str = "alpaca"  # how a row's instruction becomes a prompt: the papers' Alpaca, the chat template, or as given
 
     def __post_init__(self) -> None:
         # the sampling checks repeat GenerationParams', so that a bad value fails before a model loads
@@ -32,9 +35,16 @@ class EvalProtocol:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.no_repeat_ngram_size < 0:
             raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"unknown template {self.template!r}; choose one of {', '.join(TEMPLATES)}")
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "seeds": list(self.seeds)}
+        """The protocol as runs record and `compare` checks it; the papers' Alpaca template is left out, so runs
+        recorded before the template was a setting compare equal to Alpaca runs."""
+        out = {**asdict(self), "seeds": list(self.seeds)}
+        if self.template == "alpaca":
+            del out["template"]
+        return out
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")

@@ -96,7 +96,9 @@ def job_rows(eval_set: EvalSet, seed: int, tokenizer: Any, protocol: EvalProtoco
     Raises:
         EvalSetError: a prompt encodes to no token (named by file and line).
     """
-    prompts = [tokenizer(r.prompt).input_ids[: protocol.max_prompt_tokens] for r in eval_set.rows]
+    chat = protocol.template == "chat"  # the chat template writes its own special tokens
+    prompts = [tokenizer(r.templated(protocol.template, tokenizer), add_special_tokens=not chat).input_ids
+               [: protocol.max_prompt_tokens] for r in eval_set.rows]
     for row, prompt in zip(eval_set.rows, prompts):
         if not prompt:  # an engine cannot generate from nothing
             raise EvalSetError(f"{eval_set.path}:{row.line}: the prompt encodes to no token with this model's "
@@ -165,6 +167,7 @@ def markdown_summary(summary: dict[str, Any]) -> str:
         f"# Evaluation of {summary['label']}",
         "",
         f"model `{summary['model']['path']}`, engine {summary['engine']}, seeds {summary['protocol']['seeds']}"
+        + (f", {summary['protocol']['template']} template" if "template" in summary["protocol"] else "")
         + (f", first {summary['limit']} rows per set" if summary["limit"] else ""),
         "",
         "| set | metric | rows | mean | spread (std over seeds) |",
@@ -195,6 +198,8 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     sets = load_sets(config.sets, config.limit)  # before the model: a bad set fails at once
     model = resolve_model(config.model, "student")
     tokenizer = load_tokenizer(model)
+    if config.protocol.template == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"--template chat: the tokenizer of {model.name} has no chat template; use --template alpaca")
     kind = resolve_engine(config.engine)
     identity = {
         "model": model.identity(),

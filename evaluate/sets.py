@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from syllabus.core.templates import ALPACA_NO_INPUT
+from syllabus.core.templates import ALPACA_NO_INPUT, format_prompt
 
 from .protocol import extract_final_number
 
@@ -47,9 +47,18 @@ class EvalSetError(ValueError):
 
 @dataclass(frozen=True)
 class EvalRow:
-    prompt: str
+    prompt: str  # as the file gives it (MiniLLM's sets: the Alpaca template of instruction and input)
     references: tuple[str, ...]
     line: int  # 1-based line of the row in its file, for messages
+    instruction: str | None = None  # what `--template alpaca|chat` formats; None: the row has only its prompt
+    context: str = ""  # the row's input
+
+    def templated(self, template: str, tokenizer: Any) -> str:
+        """The prompt under `template`: `none` is the file's prompt as is; `alpaca` and `chat` format the
+        instruction and input (a row with only a prompt keeps it under alpaca, and is the user's turn under chat)."""
+        if template == "none" or (template == "alpaca" and self.instruction is None):
+            return self.prompt
+        return format_prompt(template, self.instruction or self.prompt, self.context, tokenizer)
 
 
 @dataclass(frozen=True)
@@ -119,8 +128,8 @@ def _parse_row(record: dict[str, Any], kind: str, path: Path, line: int) -> Eval
         if extract_final_number(answer) is None:
             raise EvalSetError(f"{where}: field `answer` holds no number; GSM8K answers end in \"#### <number>\", "
                                "the number accuracy compares with the generation's: fix or remove the row")
-        prompt = ALPACA_NO_INPUT.format(instruction=GSM8K_INSTRUCTION.format(question=question))
-        return EvalRow(prompt, (answer,), line)
+        instruction = GSM8K_INSTRUCTION.format(question=question)
+        return EvalRow(ALPACA_NO_INPUT.format(instruction=instruction), (answer,), line, instruction)
     prompt = _field(record, "prompt", where, kind)
     output = record.get("output")
     if isinstance(output, list) and output:  # several references (S-NI): the score is the max over them
@@ -130,7 +139,11 @@ def _parse_row(record: dict[str, Any], kind: str, path: Path, line: int) -> Eval
                            "or remove the row")
     else:
         references = [_field(record, "output", where, kind)]
-    return EvalRow(prompt, tuple(references), line)
+    instruction = record.get("instruction")
+    context = record.get("input")
+    return EvalRow(prompt, tuple(references), line,
+                   instruction if isinstance(instruction, str) and instruction.strip() else None,
+                   context if isinstance(context, str) else "")
 
 
 def load_set(name_or_path: str, limit: int | None = None) -> EvalSet:

@@ -238,7 +238,7 @@ def test_an_empty_prompt_is_refused_before_anything_runs(tmp_path, tiny_model, p
 def test_a_prompt_of_no_tokens_is_named_by_its_line(tmp_path):
     eval_set = load_set(str(write_set(tmp_path / "mine.jsonl", MINILLM_ROW, MINILLM_ROW)))
 
-    def tokenizer(text):  # a tokenizer that drops every character of the second prompt
+    def tokenizer(text, add_special_tokens=True):  # a tokenizer that drops every character of the second prompt
         return SimpleNamespace(input_ids=[] if text is eval_set.rows[1].prompt else [1, 2])
 
     with pytest.raises(EvalSetError, match=re.escape(f"{eval_set.path}:2: the prompt encodes to no token")):
@@ -309,3 +309,28 @@ def test_compare_refuses_an_out_that_is_a_file_and_a_wrong_label_count(eval_runs
     result = runner.invoke(app, ["compare", str(eval_runs["a"]), str(eval_runs["b"]), "--labels", "x",
                                  "--out", str(tmp_path / "c")])
     assert result.exit_code == 2 and "1 labels for 2 runs; give one --labels name per run" in result.output
+
+
+def test_templates_rebuild_each_shipped_prompt_or_apply_the_chat_template(real_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from syllabus.evaluate.sets import SHIPPED
+
+    tokenizer = AutoTokenizer.from_pretrained(real_tokenizer_dir)
+    for name in SHIPPED:
+        for row in load_set(name).rows:
+            assert row.instruction  # every shipped row keeps the instruction its prompt was made from
+            assert row.templated("alpaca", tokenizer) == row.templated("none", tokenizer) == row.prompt, name
+            chat = row.templated("chat", tokenizer)
+            assert chat.startswith("<|im_start|>") and chat.endswith("<|im_start|>assistant\n")
+            assert row.instruction in chat and "### Instruction" not in chat
+
+
+def test_a_chat_template_run_is_recorded_and_not_compared_with_alpaca_runs(eval_runs, tmp_path, tiny_model):
+    out = tmp_path / "chat"
+    result = runner.invoke(app, eval_args(tiny_model, out, "--template", "chat", "--label", "chat"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["protocol"]["template"] == "chat"
+    assert "template" not in json.loads((eval_runs["a"] / "summary.json").read_text())["protocol"]  # as before
+    refused = runner.invoke(app, ["compare", str(eval_runs["a"]), str(out), "--out", str(tmp_path / "cmp")])
+    assert refused.exit_code == 2 and "differs in: protocol" in refused.output

@@ -424,7 +424,10 @@ def evaluate_stage(run: Run, checkpoint: Path, stage: int) -> None:
     config = run.config
     summary = evaluate(EvalConfig(model=str(checkpoint), out=str(run.out / "eval" / checkpoint.name),
                                   sets=config.eval_sets, limit=config.eval_limit,
-                                  protocol=EvalProtocol(seeds=config.eval_seeds), engine="hf", overwrite=True),
+                                  # the student is evaluated on the prompts it was trained on
+                                  protocol=EvalProtocol(seeds=config.eval_seeds,
+                                                        template=run.table.metadata.get("template", "alpaca")),
+                                  engine="hf", overwrite=True),
                        progress=False)
     score = summary["results"]["average"]
     best_file = run.out / "checkpoints" / "best.json"
