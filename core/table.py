@@ -25,12 +25,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .cards import CARD_FILE, write_table_card
 from .io import JSONFileError, atomic_write_json, atomic_write_parquet, read_json, read_parquet
 from .schedule import MANIFEST_FILE
 
 METADATA_FILE = "metadata.json"
 PART_GLOB = "part-*.parquet"
-TABLE_FILES = (METADATA_FILE, PART_GLOB, "rejects.jsonl")  # every name a table's writers put in its directory
+TABLE_FILES = (METADATA_FILE, PART_GLOB, "rejects.jsonl", CARD_FILE)  # every name a table's writers put in its directory
 TOPK_CACHE_DIR = "teacher-topk"  # the teacher's top-K cache (core/topk_cache.py)
 TABLE_DIRS = (TOPK_CACHE_DIR,)  # the subdirectories a table's writers make
 SCORE_COLUMNS = ("student_ce", "teacher_ce", "dds", "rouge_l", "output_ce")
@@ -122,6 +123,7 @@ def write_table(
     for name, part in parts.items():
         atomic_write_parquet(part, out / name, kv)
     atomic_write_json(out / METADATA_FILE, meta)
+    write_table_card(frame, meta, out)  # README.md: for people (and the hub); no reader depends on it
     return Table(out, frame, meta)
 
 

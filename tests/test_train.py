@@ -194,6 +194,9 @@ def test_stage_end_evaluation_keeps_the_best_checkpoint(table, tmp_path, tiny_mo
                 for name in ("stage-0", "stage-1")}
     best = json.loads((out / "checkpoints" / "best.json").read_text())
     assert best["average"] == max(averages.values()) and (out / "checkpoints" / "best" / "model.safetensors").exists()
+    for name in ("stage-0", "stage-1"):  # each stage's card shows its evaluation
+        card = (out / "checkpoints" / name / "README.md").read_text()
+        assert "| dollyeval | rouge_l |" in card and f"**{averages[name]:.2f}**" in card
 
 
 def test_student_trains_with_its_dropout_unless_disabled(table, tmp_path, real_tokenizer_dir, tiny_teacher):
@@ -436,3 +439,20 @@ def test_a_tracker_that_is_not_installed_is_refused_before_training(table, tmp_p
     result = runner.invoke(app, train_args(schedule(table, tmp_path, "full", epochs=1), tmp_path / "run", tiny_model,
                                            tiny_teacher, "--report-to", "wandb"))
     assert result.exit_code == 2 and "pip install wandb" in result.output and not (tmp_path / "run").exists()
+
+
+def test_tables_and_checkpoints_carry_hugging_face_cards(table, tmp_path, tiny_model, tiny_teacher):
+    from huggingface_hub import DatasetCard, ModelCard
+
+    card = DatasetCard.load(table.path / "README.md")  # parsed as the hub parses it
+    assert "difficulty-scores" in card.data.tags
+    assert f"| ok | {table.frame.height} |" in card.text and "## Difficulty: DDS" in card.text
+    sched = schedule(table, tmp_path, "l2m", stages=2, epochs_per_stage=1)
+    out = tmp_path / "run"
+    assert runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher)).exit_code == 0
+    for name in ("stage-0", "final"):
+        card = ModelCard.load(out / "checkpoints" / name / "README.md")
+        assert card.data.library_name == "transformers" and "curriculum-l2m" in card.data.tags
+        assert f"`{tiny_model}`" in card.text and f"`{tiny_teacher}`" in card.text  # student and teacher named
+        assert "schedule: `l2m`, 2 epoch(s); loss(es) skl" in card.text and table.fingerprint[:16] in card.text
+        assert "Not evaluated with this card" in card.text

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from syllabus.core.cards import write_model_card
 from syllabus.core.io import atomic_write_json
 from syllabus.core.logits import LogitHead, checked_logit_head
 from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
@@ -430,6 +431,7 @@ def evaluate_stage(run: Run, checkpoint: Path, stage: int) -> None:
                                   engine="hf", overwrite=True),
                        progress=False)
     score = summary["results"]["average"]
+    write_model_card(checkpoint, state_io.card_facts(run), summary)  # the card shows its evaluation
     best_file = run.out / "checkpoints" / "best.json"
     best = json.loads(best_file.read_text()) if best_file.exists() else None
     if best is None or score > best["average"]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from syllabus.core.cards import KNOWN_LICENSES, write_model_card
 from syllabus.core.io import atomic_write_json, writing
 
 from .distributed import on_main
@@ -175,6 +176,7 @@ def save_checkpoint(run: Run, model: Any, name: str) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             _unwrapped(run, model).save_pretrained(tmp, safe_serialization=True)
             run.tokenizer.save_pretrained(tmp)
+            write_model_card(tmp, card_facts(run))
             atomic_write_json(tmp / "syllabus_train.json", {
                 "global_step": run.progress.global_step,
                 "epoch": run.progress.epoch,
@@ -187,6 +189,17 @@ def save_checkpoint(run: Run, model: Any, name: str) -> Path:
 
     on_main(run.accelerator, write)
     return path
+
+
+def card_facts(run: Run) -> dict[str, Any]:
+    """What a checkpoint's model card says made it (`core.cards.model_card`)."""
+    identity = json.loads((run.out / "config.json").read_text())
+    source = (run.table.metadata.get("dataset") or {}).get("source")
+    return {"student": identity["student"], "teacher": identity["teacher"], "method": run.schedule.method,
+            "epochs": run.schedule.manifest.get("epochs", []), "config": run.config.as_dict(),
+            "global_step": run.progress.global_step,
+            "table": {"path": str(run.table.path), "fingerprint": run.table.fingerprint, "source": source,
+                      "license": KNOWN_LICENSES.get(source)}}
 
 
 class MetricsLog:
