@@ -195,3 +195,12 @@ def read_schedule(path: str | Path, check_shards: bool = True) -> Schedule:
             if not e.shard.is_file():
                 raise ScheduleError(f"{where}: epoch {e.index + 1} names {e.shard.name}, which is missing")
     return Schedule(directory, *head, manifest, epochs)
+
+
+def epoch_order(sample_ids: list[str], seed: int, epoch: int) -> list[str]:
+    """An epoch's samples in the order training takes them: the shard's order is the curriculum *between* epochs;
+    within an epoch the papers shuffle (as every trainer does), with a generator seeded by (seed, epoch), the same
+    whatever the number of processes or the trainer (`train run`, or another through `core.curriculum`)."""
+    import numpy as np
+
+    return [sample_ids[i] for i in np.random.default_rng([seed, epoch]).permutation(len(sample_ids))]

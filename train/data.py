@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import torch
 
 from syllabus.core.logits import TopK
 from syllabus.core.packing import pack_sequences, pad_sequences, scored_positions
+from syllabus.core.schedule import epoch_order
 from syllabus.core.table import Table
 from syllabus.core.tokens import Encoded, encode_pair
 from syllabus.core.topk_cache import TopKCache
@@ -163,13 +163,9 @@ def read_shard(path: Path) -> list[str]:
 
 
 def epoch_micro_batches(sample_ids: list[str], seed: int, epoch: int, micro_batch_size: int) -> list[list[str]]:
-    """Shuffle an epoch's ids with a generator seeded by (seed, epoch) and cut them into micro-batches.
-
-    The shard's order is the curriculum *between* epochs; within an epoch the papers shuffle (as every trainer
-    does), so the order is a seeded permutation, the same whatever the number of processes.
-    """
-    order = np.random.default_rng([seed, epoch]).permutation(len(sample_ids))
-    shuffled = [sample_ids[i] for i in order]
+    """An epoch's ids in training order (`core.schedule.epoch_order`: a permutation seeded by (seed, epoch)), cut
+    into micro-batches."""
+    shuffled = epoch_order(sample_ids, seed, epoch)
     return [shuffled[i : i + micro_batch_size] for i in range(0, len(shuffled), micro_batch_size)]
 
 
