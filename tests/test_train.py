@@ -456,3 +456,64 @@ def test_tables_and_checkpoints_carry_hugging_face_cards(table, tmp_path, tiny_m
         assert f"`{tiny_model}`" in card.text and f"`{tiny_teacher}`" in card.text  # student and teacher named
         assert "schedule: `l2m`, 2 epoch(s); loss(es) skl" in card.text and table.fingerprint[:16] in card.text
         assert "Not evaluated with this card" in card.text
+
+
+@pytest.mark.slow
+def test_a_lora_student_trains_its_adapters_only_and_its_merged_checkpoint_is_base_plus_adapter(
+        table, tmp_path, tiny_model, tiny_teacher):
+    pytest.importorskip("peft")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    sched = schedule(table, tmp_path, "dakd", epochs=4)  # DA-KD re-scores with the adapted student, too
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--lora",
+                                           "r=4,alpha=8,dropout=0,target=q_proj+v_proj"))
+    assert result.exit_code == 0, result.output
+    m = metrics(out)
+    assert np.mean([r["kd"] for r in m[-2:]]) < np.mean([r["kd"] for r in m[:2]])  # the loss falls
+    assert [json.loads(line)["epoch"] for line in (out / "rescore.jsonl").read_text().splitlines()] == [1, 2, 3]
+    final = out / "checkpoints" / "final"
+    assert (final / "adapter" / "adapter_model.safetensors").exists()
+    base, merged = load_file(tiny_model / "model.safetensors"), load_file(final / "model.safetensors")
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed and all(".q_proj." in k or ".v_proj." in k for k in changed)  # nothing but the targets moved
+    ids = torch.tensor([list(range(5, 45))])
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(final).eval()(input_ids=ids).logits
+        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), final / "adapter")
+        torch.testing.assert_close(logits, adapted.eval()(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+    lora = ["--lora", "r=4,alpha=8,dropout=0,target=q_proj+v_proj"]
+    stopped = tmp_path / "stopped"  # stopped after 3 steps, then resumed: the same adapter and merged model
+    assert runner.invoke(app, train_args(sched, stopped, tiny_model, tiny_teacher, *lora, "--max-steps", "3",
+                                         "--save-every-steps", "2")).exit_code == 0
+    assert runner.invoke(app, train_args(sched, stopped, tiny_model, tiny_teacher, *lora, "--resume")).exit_code == 0
+    resumed = load_file(stopped / "checkpoints" / "final" / "model.safetensors")
+    assert all(torch.equal(resumed[k], merged[k]) for k in merged)
+    bad = runner.invoke(app, train_args(sched, tmp_path / "bad", tiny_model, tiny_teacher, "--lora", "rank=4"))
+    assert bad.exit_code == 2 and "'rank=4' is not one of r=INT" in bad.output
+
+
+def test_an_adapter_directory_stands_for_its_merged_model(tmp_path, tiny_model):
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from syllabus.core.models import resolve_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))  # not a no-op
+    model.save_pretrained(tmp_path / "mine")
+    ref = resolve_model(str(tmp_path / "mine"), "student")  # an adapter alone: merged into its base, once
+    assert (ref.path / "config.json").exists() and (ref.path / "tokenizer.json").exists()
+    ids = torch.tensor([list(range(5, 30))])
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(ref.path)(input_ids=ids).logits,
+                                   model.eval()(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+    assert resolve_model(str(tmp_path / "mine"), "student").path == ref.path  # the cached merge is reused
+    checkpoint = tmp_path / "run" / "checkpoints" / "final"  # `train run --lora`: the merged model is beside it
+    (checkpoint / "adapter").mkdir(parents=True)
+    (checkpoint / "config.json").write_text("{}")
+    (checkpoint / "adapter" / "adapter_config.json").write_text("{}")
+    assert resolve_model(str(checkpoint / "adapter"), "student").path == checkpoint.resolve()

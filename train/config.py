@@ -48,6 +48,7 @@ class TrainConfig:
     eval_seeds: tuple[int, ...] = (10,)
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs, benchmarks)
     report_to: str = "none"  # an experiment tracker, through accelerate's (metrics.jsonl is written either way)
+    lora: str | None = None  # train LoRA adapters instead of every weight: "r=16,alpha=32,dropout=0.05,target=all-linear"
     resume: bool = False
     overwrite: bool = False
 
@@ -69,6 +70,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.lora_settings()  # a bad --lora fails here, before any model loads
         if self.loss is not None:  # the override of every epoch's loss: checked before any model loads
             try:
                 resolve_loss_params(self.loss, self.loss_params)
@@ -91,6 +93,32 @@ class TrainConfig:
         if missing:
             raise ConfigError(f"missing setting(s): {', '.join(missing)}")
         return cls(**typed_fields(cls, values, str(yaml_path or "train run"), what="setting"))
+
+    def lora_settings(self) -> dict[str, Any] | None:
+        """`lora` as LoRA settings: rank r, alpha (default 2r), dropout (0.05) and target modules (`+`-separated
+        module names, or all-linear, the default); None without `lora`.
+
+        Raises:
+            ConfigError: an unknown key, or a value out of range (naming it).
+        """
+        if self.lora is None:
+            return None
+        settings: dict[str, Any] = {"dropout": 0.05, "target": "all-linear"}
+        for item in (part.strip() for part in self.lora.split(",") if part.strip()):
+            key, sep, value = item.partition("=")
+            if not sep or key not in ("r", "alpha", "dropout", "target"):
+                raise ConfigError(f"--lora {self.lora!r}: {item!r} is not one of r=INT, alpha=NUM, dropout=NUM, "
+                                  "target=NAME+NAME (or all-linear)")
+            try:
+                settings[key] = (int(value) if key == "r" else value if key == "target" else float(value))
+            except ValueError:
+                raise ConfigError(f"--lora {self.lora!r}: {key} takes a number, got {value!r}") from None
+        if settings.get("r", 0) < 1 or not 0 <= settings["dropout"] < 1:
+            raise ConfigError(f"--lora {self.lora!r}: needs r >= 1 (r=16) and a dropout in [0, 1)")
+        settings.setdefault("alpha", 2.0 * settings["r"])
+        target = settings["target"]
+        settings["target"] = target if target == "all-linear" else [t for t in target.split("+") if t]
+        return settings
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -72,6 +72,8 @@ def setup(config: TrainConfig) -> Run:
     torch.manual_seed(rank_seed(config.seed, accelerator.process_index))
     model = load_student(student_ref, config.disable_dropout)
     checked_logit_head(model, f"student {student_ref.name}")  # refuse, before training, logits we cannot reproduce
+    if config.lora:
+        model = with_lora(model, config.lora_settings())
     teacher, teacher_head = load_teacher(teacher_ref, config.precision, accelerator.device) if teacher_ref else (None, None)
     pack_tokens = packing_tokens(config, {"student": model, **({"teacher": teacher} if teacher is not None else {})})
     tokenizer = load_tokenizer(student_ref)
@@ -254,6 +256,21 @@ def load_student(ref: ModelRef, disable_dropout: bool) -> Any:
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
     return model.train()
+
+
+def with_lora(model: Any, settings: dict[str, Any]) -> Any:
+    """The student with LoRA adapters (peft) on its target modules, only they trainable: the chunked loss runs on it
+    unchanged, as its forward and head are the base model's with the adapters inside."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise TrainError("--lora needs peft: pip install 'syllabus[lora]'") from None
+    try:
+        return get_peft_model(model, LoraConfig(r=settings["r"], lora_alpha=settings["alpha"],
+                                                lora_dropout=settings["dropout"], target_modules=settings["target"],
+                                                task_type="CAUSAL_LM"))
+    except ValueError as exc:  # target modules the model does not have
+        raise TrainError(f"--lora: {exc}") from None
 
 
 def steps_in_epoch(epoch: ScheduledEpoch, config: TrainConfig, world_size: int) -> int:

@@ -174,7 +174,12 @@ def save_checkpoint(run: Run, model: Any, name: str) -> Path:
         tmp = path.with_name(path.name + ".tmp")
         with writing(tmp, "checkpoint", cleanup=True):
             shutil.rmtree(tmp, ignore_errors=True)
-            _unwrapped(run, model).save_pretrained(tmp, safe_serialization=True)
+            student = _unwrapped(run, model)
+            if run.config.lora:  # the adapter, and the merged model beside it, which every reader takes as is
+                student.save_pretrained(tmp / "adapter", safe_serialization=True)
+                merged_lora(tmp / "adapter").save_pretrained(tmp, safe_serialization=True)
+            else:
+                student.save_pretrained(tmp, safe_serialization=True)
             run.tokenizer.save_pretrained(tmp)
             write_model_card(tmp, card_facts(run))
             atomic_write_json(tmp / "syllabus_train.json", {
@@ -189,6 +194,14 @@ def save_checkpoint(run: Run, model: Any, name: str) -> Path:
 
     on_main(run.accelerator, write)
     return path
+
+
+def merged_lora(adapter: Path) -> Any:
+    """The base model with the adapter saved in `adapter` merged into its weights, loaded afresh from the base
+    (merging the training model in place and back would leave rounding in its weights)."""
+    from peft import AutoPeftModelForCausalLM
+
+    return AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32).merge_and_unload()
 
 
 def card_facts(run: Run) -> dict[str, Any]:
