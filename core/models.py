@@ -183,6 +183,18 @@ def resolve_model(name: str, role: str, keep_every: int = DEFAULT_KEEP_EVERY) ->
     return ModelRef(name, Path(path))
 
 
+def merge_lora(adapter: Path, dtype: Any = None) -> Any:
+    """The base model named by the LoRA adapter in `adapter` (peft's adapter_config.json), loaded afresh with the
+    adapter merged into its weights (`dtype`: the base's own when None).
+
+    Raises:
+        ImportError: peft is not installed. OSError, ValueError: the base model or the adapter cannot be loaded.
+    """
+    from peft import AutoPeftModelForCausalLM
+
+    return AutoPeftModelForCausalLM.from_pretrained(adapter, **({"dtype": dtype} if dtype else {})).merge_and_unload()
+
+
 def merged_adapter(adapter: Path) -> Path:
     """A model directory for a LoRA adapter directory (peft's adapter_config.json and weights): the Syllabus
     checkpoint it belongs to (`train run --lora` writes the merged model beside `adapter/`), else its base model
@@ -198,10 +210,9 @@ def merged_adapter(adapter: Path) -> Path:
     if (out / "config.json").exists():
         return out
     try:
-        from peft import AutoPeftModelForCausalLM
         from transformers import AutoTokenizer
 
-        model = AutoPeftModelForCausalLM.from_pretrained(adapter).merge_and_unload()
+        model = merge_lora(adapter)
         base = model.config._name_or_path
         tokenizer = AutoTokenizer.from_pretrained(adapter if (adapter / "tokenizer_config.json").exists() else base)
     except ImportError:

@@ -24,6 +24,7 @@ import torch
 
 from syllabus.core.cards import KNOWN_LICENSES, write_model_card
 from syllabus.core.io import atomic_write_json, writing
+from syllabus.core.models import merge_lora
 
 from .distributed import on_main
 from .run import Progress, Run
@@ -177,7 +178,8 @@ def save_checkpoint(run: Run, model: Any, name: str) -> Path:
             student = _unwrapped(run, model)
             if run.config.lora:  # the adapter, and the merged model beside it, which every reader takes as is
                 student.save_pretrained(tmp / "adapter", safe_serialization=True)
-                merged_lora(tmp / "adapter").save_pretrained(tmp, safe_serialization=True)
+                # merged into a fresh base load: merging the training model in place and back would leave rounding
+                merge_lora(tmp / "adapter", torch.float32).save_pretrained(tmp, safe_serialization=True)
             else:
                 student.save_pretrained(tmp, safe_serialization=True)
             run.tokenizer.save_pretrained(tmp)
@@ -194,14 +196,6 @@ def save_checkpoint(run: Run, model: Any, name: str) -> Path:
 
     on_main(run.accelerator, write)
     return path
-
-
-def merged_lora(adapter: Path) -> Any:
-    """The base model with the adapter saved in `adapter` merged into its weights, loaded afresh from the base
-    (merging the training model in place and back would leave rounding in its weights)."""
-    from peft import AutoPeftModelForCausalLM
-
-    return AutoPeftModelForCausalLM.from_pretrained(adapter, dtype=torch.float32).merge_and_unload()
 
 
 def card_facts(run: Run) -> dict[str, Any]:
