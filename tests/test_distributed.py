@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,17 @@ from syllabus.train.cli import app
 from syllabus.train.data import epoch_micro_batches, step_groups
 
 PREEMPT = str(Path(__file__).with_name("preempt.py"))
+
+
+class Planted:
+    """A pickle that creates `marker` when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
 runner = CliRunner()
 
 
@@ -73,15 +85,17 @@ def final_weights(out):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
 def test_two_processes_train_what_one_process_trains_at_the_same_global_batch(table, tmp_path, tiny_model,
-                                                                               tiny_teacher):
+                                                                               tiny_teacher, sharding):
     # DA-KD re-scores before epochs 2 and 3, split across ranks; 12 rows in micro-batches of 4 make 3 micro-batches
-    # an epoch, so on two processes rank 1 has none in each epoch's second step and runs it at weight 0
+    # an epoch, so on two processes rank 1 has none in each epoch's second step and runs it at weight 0 (and under
+    # FSDP, where every forward is a collective, re-scoring's uneven shares meet with padding forwards)
     sched, _ = build_schedule(table.path, "dakd", tmp_path / "sched", {"epochs": 3})
     one, two = tmp_path / "one", tmp_path / "two"
     result = runner.invoke(app, args(sched, one, tiny_model, tiny_teacher, "--grad-accum", "2"))
     assert result.exit_code == 0, result.output
-    ran = torchrun("-m", "syllabus.train", *args(sched, two, tiny_model, tiny_teacher, "--grad-accum", "1"))
+    ran = torchrun("-m", "syllabus.train", *args(sched, two, tiny_model, tiny_teacher, "--grad-accum", "1", *sharding))
     assert ran.returncode == 0, ran.stderr[-3000:]
     a, b = metrics(one), metrics(two)
     assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, len(a) + 1))
@@ -92,6 +106,9 @@ def test_two_processes_train_what_one_process_trains_at_the_same_global_batch(ta
     assert [r["selected"] for r in rescored[1]] == [r["selected"] for r in rescored[0]]
     assert [r["mean_student_ce"] for r in rescored[1]] == pytest.approx([r["mean_student_ce"] for r in rescored[0]],
                                                                           rel=1e-5)
+    if sharding:  # each rank wrote its own shards of the student and the optimizer
+        assert sorted(p.name for p in (two / "state" / "sharded").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+        assert not (two / "state" / "student.safetensors").exists()
     wa, wb = final_weights(one), final_weights(two)
     assert wa.keys() == wb.keys()
     for name in wa:
@@ -99,40 +116,67 @@ def test_two_processes_train_what_one_process_trains_at_the_same_global_batch(ta
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
 def test_a_run_killed_on_one_rank_resumes_on_two_to_the_uninterrupted_weights(table, tmp_path, real_tokenizer_dir,
-                                                                             tiny_teacher):
+                                                                             tiny_teacher, sharding):
     # dropout on: each rank's generator must come back from the snapshot, or the masks after resume differ
     student = tiny_llama(real_tokenizer_dir, tmp_path / "dropout-student", seed=3, dropout=0.1)
     sched, _ = build_schedule(table.path, "l2m", tmp_path / "sched", {"stages": 2, "epochs_per_stage": 2})
     ref, out = tmp_path / "ref", tmp_path / "killed"
-    ran = torchrun("-m", "syllabus.train", *args(sched, ref, student, tiny_teacher, "--save-every-steps", "2"))
+    common = ("--save-every-steps", "2", *sharding)
+    ran = torchrun("-m", "syllabus.train", *args(sched, ref, student, tiny_teacher, *common))
     assert ran.returncode == 0, ran.stderr[-3000:]
     killed = torchrun(PREEMPT, "train-step", "5", "syllabus.train",
-                      *args(sched, out, student, tiny_teacher, "--save-every-steps", "2"), env={"PREEMPT_RANK": "1"})
+                      *args(sched, out, student, tiny_teacher, *common), env={"PREEMPT_RANK": "1"})
     assert killed.returncode != 0
     progress = json.loads((out / "state" / "progress.json").read_text())
-    assert progress["global_step"] == 4 and progress["num_processes"] == 2
+    assert progress["global_step"] == 4 and progress["num_processes"] == 2 and progress["fsdp"] == bool(sharding)
     assert sorted(p.name for p in (out / "state").glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
     # one process would read the epoch's position as other samples: refused, and the snapshot is kept
     refused = runner.invoke(app, args(sched, out, student, tiny_teacher, "--save-every-steps", "2", "--resume"))
     assert refused.exit_code == 2 and "--nproc_per_node 2" in refused.output
-    resumed = torchrun("-m", "syllabus.train",
-                       *args(sched, out, student, tiny_teacher, "--save-every-steps", "2", "--resume"))
+    if sharding:  # a sharded snapshot is not read whole, nor a whole one in shards
+        other = torchrun("-m", "syllabus.train",
+                         *args(sched, out, student, tiny_teacher, "--save-every-steps", "2", "--resume"))
+        assert other.returncode != 0 and "Resume it with --fsdp" in other.stderr
+        # DCP's metadata file is a pickle: one planted in a received run directory is refused, never run
+        metadata, marker = out / "state" / "sharded" / ".metadata", tmp_path / "planted-code-ran"
+        original = metadata.read_bytes()
+        metadata.write_bytes(pickle.dumps(Planted(marker)))
+        tampered = torchrun("-m", "syllabus.train", *args(sched, out, student, tiny_teacher, *common, "--resume"))
+        assert tampered.returncode != 0 and not marker.exists()
+        assert "the sharded snapshot's metadata is not what train run writes" in tampered.stderr
+        metadata.write_bytes(original)
+    resumed = torchrun("-m", "syllabus.train", *args(sched, out, student, tiny_teacher, *common, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = final_weights(ref), final_weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in metrics(out)] == [r["step"] for r in metrics(ref)]  # no step logged twice
 
 
-@pytest.mark.parametrize("mode", ["FSDP", "DEEPSPEED"])
-def test_sharded_launch_modes_are_refused_before_training(mode):
-    # accelerate on a CPU runs FSDP configs as DDP, so the refusal is checked on the launch mode itself
+def test_launch_modes_decide_sharding_and_the_unsupported_ones_are_refused_before_training():
+    # accelerate on a CPU runs FSDP configs as DDP, so the launch mode itself is what is checked here
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
 
+    from syllabus.core.config import ConfigError
+    from syllabus.train.config import TrainConfig
     from syllabus.train.loop import TrainError, check_distributed
 
-    with pytest.raises(TrainError, match=f"under {mode} is not supported yet.*examples/accelerate/ddp.yaml"):
-        check_distributed(SimpleNamespace(distributed_type=DistributedType[mode]))
-    check_distributed(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))  # DDP goes on
+    def launched(mode, processes=2):
+        return SimpleNamespace(distributed_type=DistributedType[mode], num_processes=processes)
+
+    plain, fsdp = TrainConfig(manifest="m", out="o"), TrainConfig(manifest="m", out="o", fsdp=True)
+    assert check_distributed(launched("MULTI_GPU"), plain) is False  # DDP
+    assert check_distributed(launched("MULTI_CPU"), fsdp) is True  # torchrun ... --fsdp
+    with pytest.warns(UserWarning, match="fsdp_\\* settings are not read"):
+        assert check_distributed(launched("FSDP"), plain) is True  # accelerate launch --config_file fsdp.yaml
+    with pytest.raises(TrainError, match="DEEPSPEED is not supported.*examples/accelerate/fsdp.yaml"):
+        check_distributed(launched("DEEPSPEED"), plain)
+    with pytest.raises(TrainError, match="this is one: launch it with torchrun"):
+        check_distributed(launched("NO", processes=1), fsdp)
+    with pytest.raises(TrainError, match="FSDP with --lora"):
+        check_distributed(launched("FSDP"), TrainConfig(manifest="m", out="o", lora="r=4"))
+    with pytest.raises(ConfigError, match="--fsdp with --lora"):
+        TrainConfig(manifest="m", out="o", fsdp=True, lora="r=4")

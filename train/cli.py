@@ -56,6 +56,7 @@ def run(
     save_every_steps: Optional[int] = typer.Option(None, help=f"resumable snapshot interval [default: {TRAIN['save_every_steps']}]"),
     max_steps: Optional[int] = typer.Option(None, help="stop after N optimizer steps"),
     lora: Optional[str] = typer.Option(None, help="train LoRA adapters, not every weight (pip install 'syllabus[lora]'): r=16,alpha=32,dropout=0.05,target=all-linear (or q_proj+v_proj); checkpoints hold the merged model and the adapter in adapter/"),
+    fsdp: bool = typer.Option(False, help="shard the student's weights, gradients and optimizer state over the processes (FSDP2, one unit per decoder layer); an accelerate FSDP config does the same"),
     report_to: Optional[TrackerName] = typer.Option(None, help=f"also log every step to this tracker (OUT/trackers for the local ones; metrics.jsonl is written either way) [default: {TRAIN['report_to']}]"),
     eval_sets: Optional[str] = typer.Option(None, help="comma-separated sets to evaluate at stage ends"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last snapshot (a fresh --out simply starts)"),
@@ -81,7 +82,8 @@ def run(
         "padding_free": padding_free, "pack_tokens": pack_tokens,
         "max_seq_len": max_seq_len, "precision": choice_value(precision), "seed": seed, "disable_dropout": disable_dropout or None,
         "save_every_steps": save_every_steps,
-        "max_steps": max_steps, "report_to": choice_value(report_to), "lora": lora, "eval_sets": tuple(eval_sets.split(",")) if eval_sets else None,
+        "max_steps": max_steps, "report_to": choice_value(report_to), "lora": lora, "fsdp": fsdp or None,
+        "eval_sets": tuple(eval_sets.split(",")) if eval_sets else None,
         "resume": resume or None, "overwrite": overwrite or None,
     }
     try:

@@ -49,6 +49,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs, benchmarks)
     report_to: str = "none"  # an experiment tracker, through accelerate's (metrics.jsonl is written either way)
     lora: str | None = None  # train LoRA adapters instead of every weight: "r=16,alpha=32,dropout=0.05,target=all-linear"
+    fsdp: bool = False  # shard the student over the processes (FSDP2); an accelerate FSDP config sets it too
     resume: bool = False
     overwrite: bool = False
 
@@ -71,6 +72,9 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         self.lora_settings()  # a bad --lora fails here, before any model loads
+        if self.fsdp and self.lora:
+            raise ConfigError("--fsdp with --lora is not supported yet: train the adapters with DDP (without --fsdp); "
+                              "the frozen base is replicated per rank there, as the teacher is")
         if self.loss is not None:  # the override of every epoch's loss: checked before any model loads
             try:
                 resolve_loss_params(self.loss, self.loss_params)

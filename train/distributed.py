@@ -11,6 +11,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
+import torch
+
+from syllabus.core.logits import LogitHead
 
 T = TypeVar("T")
 
@@ -65,3 +68,86 @@ def split_map(acc: Any, items: list[Any], work: Callable[[list[Any]], list[T]]) 
     for position, value in zip(positions, gathered):
         out[position] = value
     return out
+
+
+# --- FSDP (`train run --fsdp`, or an accelerate FSDP config) ----------------------------------------------------------
+#
+# The student is sharded with torch's FSDP2 (`fully_shard`): each decoder layer is a unit, and the `DistillStudent`
+# around the model is the root unit, holding the embeddings, the final norm and the lm_head, which its forward reads
+# (so they are gathered there). Every forward and backward is then a collective: the ranks must run as many of them,
+# which the loop and DA-KD re-scoring see to with passes at weight 0 (`lockstep_passes`, `pad_forwards`). The frozen
+# teacher's decoder is sharded the same way (`shard_teacher`); its head stays whole on every rank.
+
+
+def shard_student(student: torch.nn.Module, acc: Any) -> torch.nn.Module:
+    """`student` (a `DistillStudent`, loaded on the CPU) sharded over all ranks with FSDP2, each rank's shards on its
+    device: `fully_shard` moves a unit at a time, so the device never holds the whole model.
+
+    Raises:
+        ValueError: the model does not name its decoder layers (`_no_split_modules`), which are the units.
+    """
+    _shard(student.model, student, acc)
+    return student
+
+
+def shard_teacher(teacher: Any, head: LogitHead, acc: Any) -> LogitHead:
+    """Shard the frozen teacher (loaded on the CPU) over all ranks as `shard_student` does the student: its layers,
+    then its decoder as the root (the embeddings and the final norm). Returns its head, whole on this rank's device:
+    the loss reads the head outside the decoder's forward. A head tied to the embeddings gets its own copy first,
+    since the embeddings are sharded.
+
+    Raises:
+        ValueError: as `shard_student`.
+    """
+    whole = LogitHead(head.weight.detach().to(acc.device, copy=True),
+                      None if head.bias is None else head.bias.detach().to(acc.device, copy=True),
+                      head.scale, head.softcap)
+    _shard(teacher, teacher.get_decoder(), acc, reshard_root=True)  # no backward follows to need it gathered
+    teacher.get_output_embeddings().weight = torch.nn.Parameter(whole.weight, requires_grad=False)  # one copy kept
+    return whole
+
+
+def _shard(model: Any, root: torch.nn.Module, acc: Any, reshard_root: bool | None = None) -> None:
+    """FSDP2 over all ranks: each of `model`'s decoder layers a unit, then `root` (its embeddings, norm, head),
+    which FSDP keeps gathered between forward and backward unless `reshard_root`."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    layer_names = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in layer_names]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} does not name its decoder layers (_no_split_modules), which FSDP "
+                         "would shard one by one: train with DDP (without --fsdp)")
+    mesh = init_device_mesh(acc.device.type, (acc.num_processes,))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(root, mesh=mesh, reshard_after_forward=reshard_root)
+
+
+def is_sharded(model: Any) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def lockstep_passes(step: list[Any], mine: list[Any], world: int, sharded: bool) -> tuple[list[Any], list[float]]:
+    """This rank's micro-batches of a step and their weights, padded with weight-0 passes where the ranks must meet.
+
+    Under DDP gradients meet once per step, so a rank needs one pass at least (an empty share runs the step's first
+    micro-batch at weight 0). Under FSDP every pass is a collective, so each rank runs as many as the fullest rank
+    (rank 0, which takes every world-th micro-batch from the first).
+    """
+    passes = len(step[::world]) if sharded else max(1, len(mine))
+    return mine + step[: passes - len(mine)], [1.0] * len(mine) + [0.0] * (passes - len(mine))
+
+
+def pad_forwards(acc: Any, backbone: Any, done: int, pad_id: int) -> None:
+    """Run one-token forwards of `backbone` until this rank has run as many as the busiest rank (`done` of its own),
+    so that the sharded layers' all-gathers meet."""
+    import torch.distributed as dist
+
+    most = torch.tensor(done, device=acc.device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    ids = torch.tensor([[pad_id]], device=acc.device)
+    for _ in range(int(most.item()) - done):
+        backbone(input_ids=ids, use_cache=False)

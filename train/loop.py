@@ -30,7 +30,7 @@ from syllabus.core.workdir import claim_output
 from . import state as state_io
 from .config import CACHED, TrainConfig
 from .data import Batch, SampleStore, cached_bins, collate, epoch_micro_batches, length_limit, read_shard, step_groups
-from .distributed import on_main, rank_seed
+from .distributed import lockstep_passes, on_main, rank_seed, shard_student, shard_teacher
 from .losses import Objective
 from .rescore import check_rescore_params, rescore_epoch, rescore_pool
 from .run import Run
@@ -67,14 +67,18 @@ def setup(config: TrainConfig) -> Run:
         check_same_tokenizer(student_ref, teacher_ref)
     cpu = not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=cpu,
-                              **tracker_options(config))
-    check_distributed(accelerator)
+                              kwargs_handlers=process_group_options(config), **tracker_options(config))
+    sharded = check_distributed(accelerator, config)
     torch.manual_seed(rank_seed(config.seed, accelerator.process_index))
     model = load_student(student_ref, config.disable_dropout)
     checked_logit_head(model, f"student {student_ref.name}")  # refuse, before training, logits we cannot reproduce
     if config.lora:
         model = with_lora(model, config.lora_settings())
-    teacher, teacher_head = load_teacher(teacher_ref, config.precision, accelerator.device) if teacher_ref else (None, None)
+    # sharded models load on the CPU: `fully_shard` moves them to the device a unit at a time
+    device = "cpu" if sharded else accelerator.device
+    teacher, teacher_head = load_teacher(teacher_ref, config.precision, device) if teacher_ref else (None, None)
+    if sharded and teacher is not None:
+        teacher_head = shard_teacher(teacher, teacher_head, accelerator)
     pack_tokens = packing_tokens(config, {"student": model, **({"teacher": teacher} if teacher is not None else {})})
     tokenizer = load_tokenizer(student_ref)
     chat = table.metadata.get("template") == "chat"
@@ -89,8 +93,8 @@ def setup(config: TrainConfig) -> Run:
         check_teacher_cache(cache, tokenizer, run_ids, objectives, config.manifest)
     identity = {
         # stopping and snapshot settings do not change what a step computes, so a resumed run may change them
-        "config": {k: v for k, v in config.as_dict().items()
-                   if k not in ("resume", "overwrite", "max_steps", "save_every_steps", "report_to")},
+        "config": {k: v for k, v in config.as_dict().items()  # (fsdp: how, not what; the snapshot records it)
+                   if k not in ("resume", "overwrite", "max_steps", "save_every_steps", "report_to", "fsdp")},
         "manifest_fingerprint": state_io.fingerprint_manifest(schedule.path),
         "table_fingerprint": table.fingerprint,
         "student": student_ref.identity(),
@@ -107,7 +111,22 @@ def setup(config: TrainConfig) -> Run:
     on_main(accelerator, claim)
     return Run(config, out, schedule, table, accelerator, DistillStudent(model, config.loss_chunk_tokens), teacher,
                teacher_head, cache, tokenizer, store, pack_tokens, identity["manifest_fingerprint"], objectives,
-               on_stage_end=evaluate_stage if config.eval_sets else None)
+               on_stage_end=evaluate_stage if config.eval_sets else None, sharded=sharded)
+
+
+STAGE_EVAL_TIMEOUT_HOURS = 4
+
+
+def process_group_options(config: TrainConfig) -> list[Any]:
+    """With stage-end evaluation, a longer collective timeout (4 h, not torch's 30 min): the main process evaluates
+    each stage checkpoint alone while the other ranks wait at the next collective."""
+    if not config.eval_sets:
+        return []
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return [InitProcessGroupKwargs(timeout=timedelta(hours=STAGE_EVAL_TIMEOUT_HOURS))]
 
 
 def tracker_options(config: TrainConfig) -> dict[str, Any]:
@@ -139,20 +158,30 @@ def start_tracking(run: Run) -> None:
                                   init_kwargs={"wandb": {"name": name}, "mlflow": {"run_name": name}})
 
 
-def check_distributed(accelerator: Any) -> None:
-    """Refuse the sharded modes, whose snapshots this trainer does not write yet: under FSDP and DeepSpeed ZeRO each
-    rank holds a shard of the weights and optimizer state, and a snapshot taken from rank 0 alone would be a
-    shard. Single process and DDP (`torchrun`, `accelerate launch --multi_gpu`) are what is supported and tested.
+def check_distributed(accelerator: Any, config: TrainConfig) -> bool:
+    """Whether the student is sharded (FSDP: `--fsdp`, or an accelerate config whose distributed_type is FSDP).
+
+    Syllabus shards the student itself (`distributed.shard_student`, FSDP2), under torchrun and accelerate alike, so
+    that one code path runs here on CPU and on GPUs; an accelerate FSDP config's fsdp_* settings are not read.
 
     Raises:
-        TrainError: launched under FSDP or DeepSpeed (what to do instead is in the message).
+        TrainError: DeepSpeed (not supported: its snapshots need its own engine), FSDP on one process, or FSDP
+            with LoRA (what to do instead is in the message).
     """
     mode = str(accelerator.distributed_type.value)
-    if mode in ("FSDP", "DEEPSPEED"):
-        raise TrainError(f"train run under {mode} is not supported yet: its resumable snapshots would hold one rank's "
-                         "shard. Launch with DDP (accelerate launch --config_file examples/accelerate/ddp.yaml, or "
-                         "torchrun); a 1.5B student with a 7B teacher fits an 80 GB GPU under DDP, and a 40 GB one "
-                         "with --teacher cached (docs/scaling.md)")
+    if mode == "DEEPSPEED":
+        raise TrainError("train run under DEEPSPEED is not supported: shard the student with FSDP instead "
+                         "(accelerate launch --config_file examples/accelerate/fsdp.yaml, or torchrun ... --fsdp)")
+    sharded = config.fsdp or mode == "FSDP"
+    if sharded and accelerator.num_processes == 1:
+        raise TrainError("--fsdp shards the student over processes, and this is one: launch it with torchrun "
+                         "--nproc_per_node N (or accelerate launch), or train without --fsdp")
+    if sharded and config.lora:
+        raise TrainError("FSDP with --lora is not supported yet: train the adapters with DDP (the ddp.yaml config)")
+    if sharded and mode == "FSDP" and not config.fsdp:
+        warnings.warn("accelerate's FSDP config: Syllabus shards the student itself (FSDP2, a unit per decoder layer; "
+                      "the config's fsdp_* settings are not read)", stacklevel=2)
+    return sharded
 
 
 def load_teacher(ref: ModelRef, precision: str, device: Any) -> tuple[Any, LogitHead]:
@@ -298,7 +327,8 @@ def build_optimizer(run: Run, first_epoch: int) -> tuple[Any, Any]:
 
 def adamw(params: list[Any], lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW, fused where torch has the kernel (CPU and CUDA): the same update in one pass over the weights, 4.7x
-    faster than the default multi-tensor one on this CPU for the 81M-parameter student (docs/benchmarks.md)."""
+    faster than the default multi-tensor one on this CPU for the 81M-parameter student (docs/benchmarks.md); FSDP's
+    sharded parameters take it too, each rank updating its shards."""
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
@@ -320,35 +350,42 @@ def epoch_objective(epoch: ScheduledEpoch, config: TrainConfig) -> Objective:
 
 
 def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, optimizer: Any, scheduler: Any,
-               weight: float = 1.0) -> dict:
+               weights: list[float] | None = None) -> dict:
     """One optimizer step over this rank's micro-batches, normalised by the step's token count over all ranks.
 
-    `weight` 0 makes the pass count for nothing: a rank with no micro-batch in an epoch's last step runs one anyway,
-    because every rank's backward pass has to meet the others' where gradients are all-reduced.
+    A weight of 0 makes a pass count for nothing: a rank with fewer micro-batches than the ranks must meet at
+    (`distributed.lockstep_passes`) runs some anyway, because collectives wait for every rank.
     Returns the step's metrics, over all ranks.
     """
     acc = run.accelerator
-    local_tokens = sum(b.num_tokens for b in group) if weight else 0
+    weights = weights or [1.0] * len(group)
+    local_tokens = sum(b.num_tokens for b, weight in zip(group, weights) if weight)
     global_tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), reduction="sum").item())
     # DDP averages gradients over ranks; scale so the result is the sum over all tokens / global token count.
-    scale = weight * acc.num_processes / max(1, global_tokens)
+    scale = acc.num_processes / max(1, global_tokens)
     loss_total = sft_total = kd_total = 0.0
-    for k, batch in enumerate(group):
+    for k, (batch, weight) in enumerate(zip(group, weights)):
         batch = batch.to(acc.device)
         teacher_hidden = teacher_head = None
         if objective.uses_teacher and run.teacher is not None:  # it runs only for batches that need it (else cached)
             with torch.no_grad(), acc.autocast():
                 hidden = run.teacher.get_decoder()(**batch.model_inputs()).last_hidden_state
             teacher_hidden, teacher_head = hidden[batch.rows, batch.cols], run.teacher_head
-        # gradients are all-reduced once per optimizer step, at the last micro-batch
-        sync = acc.no_sync(model) if k < len(group) - 1 else contextlib.nullcontext()
+        # gradients are all-reduced (FSDP: reduce-scattered) once per optimizer step, at the last micro-batch
+        last = k == len(group) - 1
+        if run.sharded:
+            model.set_requires_gradient_sync(last)
+        sync = acc.no_sync(model) if not (last or run.sharded) else contextlib.nullcontext()
         with sync, acc.autocast():
             sums = model(batch, objective, teacher_hidden, teacher_head)
-        acc.backward(sums.loss_sum * scale)
+        acc.backward(sums.loss_sum * (weight * scale))
         loss_total += weight * sums.loss_sum.item()
         sft_total += weight * sums.sft_sum.item()
         kd_total += weight * sums.kd_sum.item()
-    grad_norm = acc.clip_grad_norm_(model.parameters(), run.config.max_grad_norm)
+    if run.sharded:  # over the sharded gradients: the norm is a DTensor, made whole
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.config.max_grad_norm).full_tensor()
+    else:
+        grad_norm = acc.clip_grad_norm_(model.parameters(), run.config.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -365,12 +402,12 @@ def fit(run: Run) -> Path:
 
     config, acc, schedule = run.config, run.accelerator, run.schedule
     progress = run.progress
-    model = acc.prepare(run.student)
+    model = shard_student(run.student, acc) if run.sharded else acc.prepare(run.student)
     # The optimizer and scheduler stay unwrapped: the LR horizon is counted in this rank's optimizer steps
     # (accelerate's scheduler wrapper would step it once per process).
     optimizer, scheduler = build_optimizer(run, progress.optimizer_epoch)
     if progress.global_step > 0:
-        state_io.load_optimizer(run.out, optimizer, scheduler, acc.process_index)
+        state_io.restore(run, model, optimizer, scheduler)
     total_steps = sum(steps_in_epoch(p, config, acc.num_processes) for p in schedule.epochs)
     bar = tqdm(total=total_steps, initial=progress.global_step, desc="train", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
@@ -392,9 +429,10 @@ def fit(run: Run) -> Path:
         for step_in_epoch in range(progress.step_in_epoch, len(steps)):
             t0 = time.perf_counter()
             step, mine = steps[step_in_epoch]
-            batches = [micro_batch(run, ids, objective) for ids in mine or step[:1]]
+            passes, weights = lockstep_passes(step, mine, acc.num_processes, run.sharded)
+            batches = [micro_batch(run, ids, objective) for ids in passes]
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            stats = train_step(run, model, batches, objective, optimizer, scheduler, weight=1.0 if mine else 0.0)
+            stats = train_step(run, model, batches, objective, optimizer, scheduler, weights)
             progress.advance()
             elapsed = time.perf_counter() - t0
             record = {"step": progress.global_step, "epoch": epoch.index, "stage": plan.stage,
@@ -421,7 +459,12 @@ def fit(run: Run) -> Path:
     bar.close()
     state_io.save(run, model, optimizer, scheduler)
     final = state_io.save_checkpoint(run, model, "final")
-    acc.end_training()  # flushes and closes the trackers
+    # Drop the DDP wrapper (held here and by accelerate) before the process group is destroyed: freed afterwards, its
+    # reducer would destroy the group itself while holding the GIL, and gloo's worker threads, which need the GIL to
+    # free the last broadcast's tensors, would deadlock with it (tests/test_distributed.py hung so at exit)
+    del model
+    acc.free_memory()
+    acc.end_training()  # flushes and closes the trackers, and destroys the process group
     return final
 
 
@@ -467,6 +510,5 @@ def train(config: TrainConfig) -> Path:
             "or --overwrite to start over"
         )
     if existing is not None:
-        run.progress = existing
-        state_io.load_student(run.out, run.student)
+        run.progress = existing  # fit restores the weights and optimizer once the student is placed (or sharded)
     return fit(run)

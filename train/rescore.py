@@ -14,12 +14,12 @@ import polars as pl
 import torch
 
 from syllabus.core.engines.base import ScoringRequest
-from syllabus.core.engines.hf_engine import default_batch_tokens, response_nll
+from syllabus.core.engines.hf_engine import default_batch_tokens, response_nll, scoring_forwards
 from syllabus.core.packing import attention_is_varlen
 from syllabus.core.table import Table
 from syllabus.curate.schedules import dakd
 
-from .distributed import on_main, rank_seed, split_map
+from .distributed import on_main, pad_forwards, rank_seed, split_map
 from .run import Run
 
 
@@ -61,11 +61,23 @@ def rescore_epoch(run: Run, epoch: int, model: Any) -> list[str]:
     student.eval()
     batch_tokens = run.config.rescore_batch_tokens or default_batch_tokens()
 
+    pad_id = run.tokenizer.pad_token_id
+
     def score(part: list[ScoringRequest]) -> list[float]:
         with run.accelerator.autocast():
-            return list(response_nll(student, part, batch_tokens, run.tokenizer.pad_token_id, pack_tokens))
+            scored = list(response_nll(student, part, batch_tokens, pad_id, pack_tokens))
+            if run.sharded:  # each forward gathers the layers' shards: every rank runs as many as the busiest
+                done = sum(1 for _ in scoring_forwards([r.ids for r in part], [r.prompt_len for r in part],
+                                                       batch_tokens, pad_id, pack_tokens))
+                with torch.inference_mode():
+                    pad_forwards(run.accelerator, student.get_decoder(), done, pad_id)
+        return scored
 
+    if run.sharded:  # the embeddings and head are the root unit's, gathered in its forward, which scoring skips
+        model.unshard()
     student_ce = split_map(run.accelerator, requests, score)  # each rank scores its share; all get every CE
+    if run.sharded:
+        model.reshard()
     student.train(was_training)
     scored = pool.with_columns(student_ce=pl.Series(student_ce)).with_columns(
         dds=pl.col("student_ce") / pl.col("teacher_ce")

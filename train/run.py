@@ -29,6 +29,7 @@ class Progress:
     optimizer_epoch: int = 0  # epoch at which the current optimizer/LR schedule started
     epoch_ids: list[str] | None = None
     num_processes: int = 1  # the ranks the position counts steps over (recorded at each snapshot)
+    fsdp: bool = False  # the snapshot's student and optimizer are sharded (state/sharded/, torch.distributed.checkpoint)
 
     def advance(self) -> None:
         self.step_in_epoch += 1
@@ -63,4 +64,5 @@ class Run:
     manifest_fingerprint: str
     objectives: tuple[Objective, ...]
     on_stage_end: Callable[[Run, Path, int], None] | None = None
+    sharded: bool = False  # the student is sharded over the processes (FSDP)
     progress: Progress = field(default_factory=Progress)

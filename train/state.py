@@ -3,11 +3,14 @@
     OUT/config.json              resolved config + manifest and table fingerprints (written at start)
     OUT/metrics.jsonl            one line per optimizer step
     OUT/state/                   latest resumable snapshot: student weights, optimizer, scheduler, progress, and
-                                 each rank's random generators (rng-<rank>.pt)
+                                 each rank's random generators (rng-<rank>.pt); under FSDP the student and the
+                                 optimizer are in sharded/ instead, each rank's shard as it holds it
+                                 (torch.distributed.checkpoint), never gathered on one process
     OUT/checkpoints/<name>/      Hugging Face format (safetensors + tokenizer + config), at stage ends and "final"
 
 A snapshot is written to `state.tmp/` and swapped in with renames, so a crash never leaves a half-written state.
-On many processes the main process writes everything but the generators, which each rank writes for itself.
+On many processes the main process writes everything but the generators (and FSDP shards), which each rank writes
+for itself.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +32,6 @@ from syllabus.core.models import merge_lora
 
 from .distributed import on_main
 from .run import Progress, Run
-from .student import DistillStudent
 
 STATE = "state"
 
@@ -50,6 +53,74 @@ def _unwrapped(run: Run, model: Any) -> Any:
     return run.accelerator.unwrap_model(model).model
 
 
+SHARDED = "sharded"  # the FSDP snapshot's directory in state/
+
+
+def _sharded_state(model: Any, optimizer: Any) -> dict[str, Any]:
+    """The student's and optimizer's state as this rank holds them (shards of DTensors), keyed by parameter name."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    weights, optim = get_state_dict(model, optimizer)
+    return {"student": weights, "optimizer": optim}
+
+
+class _PlainMetadata(pickle.Unpickler):
+    """torch.distributed.checkpoint writes its metadata file as a pickle: read it admitting only the classes DCP
+    writes there, so that a sharded snapshot received from someone else cannot run code (its tensor files are read
+    with `weights_only=True` by DCP itself)."""
+
+    SAFE = {("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+            ("collections", "OrderedDict"), ("torch", "Size")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if not (module.startswith("torch.distributed.checkpoint.") or (module, name) in self.SAFE
+                or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))):
+            raise pickle.UnpicklingError(f"{module}.{name} is not among what a checkpoint's metadata holds")
+        return super().find_class(module, name)
+
+
+def _sharded_reader(path: Path) -> Any:
+    """DCP's file-system reader, reading the metadata through `_PlainMetadata`.
+
+    Raises (from `dcp.load`, on every rank):
+        StateError: the metadata holds something else than DCP writes (tampered with, or corrupt).
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class PlainMetadataReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:  # FileSystemReader's own, but the unpickler
+            with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as f:
+                try:
+                    metadata = _PlainMetadata(f).load()
+                except Exception as exc:  # UnpicklingError for foreign objects; EOFError and others when corrupt
+                    raise StateError(f"{path}: the sharded snapshot's metadata is not what train run writes "
+                                     f"({exc}); start the run over with --overwrite") from None
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return PlainMetadataReader(path)
+
+
+def full_weights(run: Run, model: Any) -> dict[str, torch.Tensor] | None:
+    """Under FSDP, the student's whole state dict under the Hugging Face model's names, gathered from every rank's
+    shard into the main process's CPU memory (a collective: every rank calls it; the others get an empty dict).
+    None when the student is not sharded: `save_pretrained` reads the model itself."""
+    if not run.sharded:
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # one entry per parameter, as `_unique_tensors` keeps: the gathered copies of tied weights no longer share storage
+    names: dict[int, list[str]] = {}
+    for name, param in model.model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    tied = {name for group in names.values() for name in group[1:]}
+    return {key: v for k, v in state.items() if (key := k.removeprefix("model.")) not in tied}
+
+
 def save(run: Run, model: Any, optimizer: Any, scheduler: Any) -> None:
     """Snapshot everything resume needs: each rank its generators, then the main process the rest, swapped in whole.
 
@@ -67,9 +138,14 @@ def save(run: Run, model: Any, optimizer: Any, scheduler: Any) -> None:
         from safetensors.torch import save_file
 
         with writing(tmp, "training snapshot", cleanup=True):  # the last whole snapshot stays until this one is
-            save_file(_unique_tensors(_unwrapped(run, model).state_dict()), tmp / "student.safetensors")
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+            if run.sharded:  # the shards are in tmp/sharded already
+                torch.save({"scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+            else:
+                save_file(_unique_tensors(_unwrapped(run, model).state_dict()), tmp / "student.safetensors")
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                           tmp / "optimizer.pt")
             run.progress.num_processes = acc.num_processes
+            run.progress.fsdp = run.sharded
             atomic_write_json(tmp / "progress.json", asdict(run.progress))
             shutil.rmtree(old, ignore_errors=True)
             if final.exists():
@@ -84,6 +160,10 @@ def save(run: Run, model: Any, optimizer: Any, scheduler: Any) -> None:
         rng["cuda_rng"] = torch.cuda.get_rng_state_all()
     with writing(tmp, "training snapshot", cleanup=False):
         torch.save(rng, tmp / f"rng-{acc.process_index}.pt")
+        if run.sharded:  # every rank writes its shards (a collective)
+            import torch.distributed.checkpoint as dcp
+
+            dcp.save(_sharded_state(model, optimizer), checkpoint_id=tmp / SHARDED)
     on_main(acc, finish)
 
 
@@ -125,21 +205,49 @@ def load_progress(run: Run) -> Progress | None:
             f"--nproc_per_node {progress.num_processes} (torchrun) or --num_processes {progress.num_processes} "
             "(accelerate launch)"
         )
+    if progress.fsdp != run.sharded:
+        raise StateError(
+            f"{out} was snapshotted {'with' if progress.fsdp else 'without'} FSDP and is resumed "
+            f"{'with' if run.sharded else 'without'} it: its student and optimizer are stored "
+            f"{'in shards' if progress.fsdp else 'whole'}. Resume it {'with' if progress.fsdp else 'without'} --fsdp"
+        )
     return progress
 
 
-def load_student(out: Path, student: DistillStudent) -> None:
+def restore(run: Run, model: Any, optimizer: Any, scheduler: Any) -> None:
+    """Put the snapshot's student weights, optimizer, LR schedule and this rank's generators back (on every rank,
+    once the student is placed or sharded and the optimizer built)."""
+    if run.sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = _sharded_state(model, optimizer)
+        try:
+            dcp.load(state, storage_reader=_sharded_reader(run.out / STATE / SHARDED))  # into this rank's shards
+        except CheckpointException as exc:  # DCP gathers every rank's failure: say the first, not its tracebacks
+            first = next(iter(exc.failures.values()))[0]
+            raise first if isinstance(first, StateError) else StateError(
+                f"{run.out / STATE / SHARDED}: the sharded snapshot cannot be read back ({first}); start the run "
+                "over with --overwrite") from None
+        set_state_dict(model, optimizer, model_state_dict=state["student"], optim_state_dict=state["optimizer"])
+    else:
+        load_student(run.out, _unwrapped(run, model))
+    load_optimizer(run.out, None if run.sharded else optimizer, scheduler, run.accelerator.process_index)
+
+
+def load_student(out: Path, model: Any) -> None:
     from safetensors.torch import load_file
 
     weights = load_file(out / STATE / "student.safetensors")
-    missing, unexpected = student.model.load_state_dict(weights, strict=False)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {k for k in missing if "lm_head" in k or "embed_tokens" in k}
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"resume: student snapshot does not fit the model (missing {missing}, unexpected {unexpected})")
 
 
-def load_optimizer(out: Path, optimizer: Any, scheduler: Any, rank: int = 0) -> None:
-    """Restore optimizer, LR schedule and this rank's random generators from a snapshot.
+def load_optimizer(out: Path, optimizer: Any | None, scheduler: Any, rank: int = 0) -> None:
+    """Restore optimizer (None: restored from shards), LR schedule and this rank's random generators from a snapshot.
 
     The file holds tensors and plain values only, and is read with `weights_only=True`: a run directory received
     from someone else cannot run code through a planted pickle.
@@ -148,7 +256,8 @@ def load_optimizer(out: Path, optimizer: Any, scheduler: Any, rank: int = 0) -> 
         StateError: the file is not a snapshot of plain values (tampered with, or corrupt).
     """
     saved = _plain_values(out / STATE / "optimizer.pt")
-    optimizer.load_state_dict(saved["optimizer"])
+    if optimizer is not None:
+        optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     rng = _plain_values(out / STATE / f"rng-{rank}.pt")
     torch.set_rng_state(rng["torch_rng"])
@@ -170,6 +279,7 @@ def save_checkpoint(run: Run, model: Any, name: str) -> Path:
     """A Hugging Face checkpoint (safetensors + tokenizer + config) plus what produced it (written by the main
     process; every rank returns its path)."""
     path = run.out / "checkpoints" / name
+    weights = full_weights(run, model)  # under FSDP, gathered onto the main process by every rank
 
     def write() -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -181,7 +291,7 @@ def save_checkpoint(run: Run, model: Any, name: str) -> Path:
                 # merged into a fresh base load: merging the training model in place and back would leave rounding
                 merge_lora(tmp / "adapter", torch.float32).save_pretrained(tmp, safe_serialization=True)
             else:
-                student.save_pretrained(tmp, safe_serialization=True)
+                student.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
             run.tokenizer.save_pretrained(tmp)
             write_model_card(tmp, card_facts(run))
             atomic_write_json(tmp / "syllabus_train.json", {
