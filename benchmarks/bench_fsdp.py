@@ -7,7 +7,8 @@ SmolLM2-135M-Instruct, 15-layer pruned student) and the first rows of `dolly_dev
 wrapped for DDP and the teacher whole, once with both sharded (`train.distributed.shard_student`/`shard_teacher`, as
 `train run --fsdp`). Each rank runs the trainer's `train_step` (bf16 autocast, KL, micro-batches of 4 packed rows,
 AdamW), then counts the bytes of the tensors it holds: the student's parameters, gradients (when the optimizer
-steps) and AdamW state (its local shards under FSDP) and the teacher's parameters. Seconds per step: median over the steps after the first.
+steps) and AdamW state (its local shards under FSDP) and the teacher's parameters. Seconds per step: median over
+the steps after the first.
 
 What it measures is what sharding divides; it does not measure the memory of the gathered units while they compute,
 nor GPU throughput (on NCCL the all-gathers overlap the compute; on gloo over one CPU they do not).

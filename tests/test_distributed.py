@@ -23,6 +23,7 @@ from helpers import scored_table, tiny_llama
 from syllabus.curate.schedules.build import build_schedule
 from syllabus.train.cli import app
 from syllabus.train.data import epoch_micro_batches, step_groups
+from syllabus.train.distributed import lockstep_passes
 
 PREEMPT = str(Path(__file__).with_name("preempt.py"))
 
@@ -54,6 +55,14 @@ def test_ranks_split_each_step_and_together_see_the_epoch_once_in_order(world_si
         assert sorted(b for share in shares for b in share) == sorted(step)  # each micro-batch on exactly one rank
         assert all(len(share) <= grad_accum for share in shares)
         assert max(map(len, shares)) - min(map(len, shares)) <= 1
+        for sharded in (False, True):  # the passes each rank runs: its share at weight 1, padded at weight 0
+            lock = [lockstep_passes(step, share, world_size, sharded) for share in shares]
+            for share, (passes, weights) in zip(shares, lock):
+                assert passes[:len(share)] == share
+                assert weights == [1.0] * len(share) + [0.0] * (len(passes) - len(share))
+            counts = {len(passes) for passes, _ in lock}
+            # FSDP: every pass is a collective, so all ranks run as many; DDP: one at least, no more than its share
+            assert len(counts) == 1 if sharded else all(len(p) == max(1, len(s)) for s, (p, _) in zip(shares, lock))
     seen = [sid for step, _ in one for batch in step for sid in batch]
     assert sorted(seen) == sorted(ids) and seen == [sid for batch in micro for sid in batch]
 

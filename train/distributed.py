@@ -124,12 +124,6 @@ def _shard(model: Any, root: torch.nn.Module, acc: Any, reshard_root: bool | Non
     fully_shard(root, mesh=mesh, reshard_after_forward=reshard_root)
 
 
-def is_sharded(model: Any) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 def lockstep_passes(step: list[Any], mine: list[Any], world: int, sharded: bool) -> tuple[list[Any], list[float]]:
     """This rank's micro-batches of a step and their weights, padded with weight-0 passes where the ranks must meet.
 

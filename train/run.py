@@ -29,7 +29,7 @@ class Progress:
     optimizer_epoch: int = 0  # epoch at which the current optimizer/LR schedule started
     epoch_ids: list[str] | None = None
     num_processes: int = 1  # the ranks the position counts steps over (recorded at each snapshot)
-    fsdp: bool = False  # the snapshot's student and optimizer are sharded (state/sharded/, torch.distributed.checkpoint)
+    fsdp: bool = False  # the student and optimizer are in shards (state/sharded/: torch.distributed.checkpoint)
 
     def advance(self) -> None:
         self.step_in_epoch += 1
