@@ -69,7 +69,7 @@ def test_ranks_split_each_step_and_together_see_the_epoch_once_in_order(world_si
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory, dolly_rows, real_tokenizer_dir):
-    rows = [r for r in dolly_rows if len(r["prompt"]) + len(r["output"]) < 500][:12]
+    rows = [r for r in dolly_rows if len(r["prompt"]) + len(r["output"]) < 500][:11]
     return scored_table(tmp_path_factory.mktemp("dist"), rows, 256, real_tokenizer_dir)
 
 
@@ -97,14 +97,18 @@ def final_weights(out):
 @pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
 def test_two_processes_train_what_one_process_trains_at_the_same_global_batch(table, tmp_path, tiny_model,
                                                                                tiny_teacher, sharding):
-    # DA-KD re-scores before epochs 2 and 3, split across ranks; 12 rows in micro-batches of 4 make 3 micro-batches
-    # an epoch, so on two processes rank 1 has none in each epoch's second step and runs it at weight 0 (and under
-    # FSDP, where every forward is a collective, re-scoring's uneven shares meet with padding forwards)
+    # DA-KD re-scores before epochs 2 and 3, split across ranks; 11 rows in micro-batches of 4 make 3 micro-batches
+    # an epoch, so on two processes rank 1 has none in each epoch's second step and runs it at weight 0. Re-scoring
+    # one row per forward, rank 0 runs 6 forwards and rank 1 5: under FSDP, where every forward is a collective,
+    # rank 1 runs a padding forward to meet rank 0
     sched, _ = build_schedule(table.path, "dakd", tmp_path / "sched", {"epochs": 3})
     one, two = tmp_path / "one", tmp_path / "two"
-    result = runner.invoke(app, args(sched, one, tiny_model, tiny_teacher, "--grad-accum", "2"))
+    config = tmp_path / "rescore.yaml"
+    config.write_text("rescore_batch_tokens: 1\n")
+    result = runner.invoke(app, args(sched, one, tiny_model, tiny_teacher, "--grad-accum", "2", "--config", str(config)))
     assert result.exit_code == 0, result.output
-    ran = torchrun("-m", "syllabus.train", *args(sched, two, tiny_model, tiny_teacher, "--grad-accum", "1", *sharding))
+    ran = torchrun("-m", "syllabus.train", *args(sched, two, tiny_model, tiny_teacher, "--grad-accum", "1", "--config",
+                                                 str(config), *sharding))
     assert ran.returncode == 0, ran.stderr[-3000:]
     a, b = metrics(one), metrics(two)
     assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, len(a) + 1))
@@ -113,6 +117,7 @@ def test_two_processes_train_what_one_process_trains_at_the_same_global_batch(ta
         assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-4), key
     rescored = [[json.loads(line) for line in (out / "rescore.jsonl").read_text().splitlines()] for out in (one, two)]
     assert [r["selected"] for r in rescored[1]] == [r["selected"] for r in rescored[0]]
+    assert [r.get("padding_forwards") for r in rescored[1]] == ([1, 1] if sharding else [None, None])
     assert [r["mean_student_ce"] for r in rescored[1]] == pytest.approx([r["mean_student_ce"] for r in rescored[0]],
                                                                           rel=1e-5)
     if sharding:  # each rank wrote its own shards of the student and the optimizer

@@ -135,13 +135,17 @@ def lockstep_passes(step: list[Any], mine: list[Any], world: int, sharded: bool)
     return mine + step[: passes - len(mine)], [1.0] * len(mine) + [0.0] * (passes - len(mine))
 
 
-def pad_forwards(acc: Any, backbone: Any, done: int, pad_id: int) -> None:
-    """Run one-token forwards of `backbone` until this rank has run as many as the busiest rank (`done` of its own),
-    so that the sharded layers' all-gathers meet."""
+def most_over_ranks(acc: Any, count: int) -> int:
+    """The largest `count` of any rank (a collective: agree on it before the collectives it counts)."""
     import torch.distributed as dist
 
-    most = torch.tensor(done, device=acc.device)
+    most = torch.tensor(count, device=acc.device)
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return int(most.item())
+
+
+def pad_forwards(acc: Any, backbone: Any, count: int, pad_id: int) -> None:
+    """Run `count` one-token forwards of `backbone`, to meet the sharded layers' all-gathers of busier ranks."""
     ids = torch.tensor([[pad_id]], device=acc.device)
-    for _ in range(int(most.item()) - done):
+    for _ in range(count):
         backbone(input_ids=ids, use_cache=False)

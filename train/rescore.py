@@ -19,7 +19,7 @@ from syllabus.core.packing import attention_is_varlen
 from syllabus.core.table import Table
 from syllabus.curate.schedules import dakd
 
-from .distributed import on_main, pad_forwards, rank_seed, split_map
+from .distributed import most_over_ranks, on_main, pad_forwards, rank_seed, split_map
 from .run import Run
 
 
@@ -60,17 +60,18 @@ def rescore_epoch(run: Run, epoch: int, model: Any) -> list[str]:
     was_training = student.training
     student.eval()
     batch_tokens = run.config.rescore_batch_tokens or default_batch_tokens()
-
     pad_id = run.tokenizer.pad_token_id
+    padding = [0]  # one-token forwards this rank ran to meet the others (FSDP)
 
     def score(part: list[ScoringRequest]) -> list[float]:
+        if run.sharded:  # each forward gathers the layers' shards: every rank runs as many as the busiest
+            mine = sum(1 for _ in scoring_forwards([r.ids for r in part], [r.prompt_len for r in part], batch_tokens,
+                                                   pad_id, pack_tokens))
+            padding[0] = most_over_ranks(run.accelerator, mine) - mine
         with run.accelerator.autocast():
             scored = list(response_nll(student, part, batch_tokens, pad_id, pack_tokens))
-            if run.sharded:  # each forward gathers the layers' shards: every rank runs as many as the busiest
-                done = sum(1 for _ in scoring_forwards([r.ids for r in part], [r.prompt_len for r in part],
-                                                       batch_tokens, pad_id, pack_tokens))
-                with torch.inference_mode():
-                    pad_forwards(run.accelerator, student.get_decoder(), done, pad_id)
+            with torch.inference_mode():
+                pad_forwards(run.accelerator, student.get_decoder(), padding[0], pad_id)
         return scored
 
     if run.sharded:  # the embeddings and head are the root unit's, gathered in its forward, which scoring skips
@@ -87,6 +88,9 @@ def rescore_epoch(run: Run, epoch: int, model: Any) -> list[str]:
                                  num_epochs=len(run.schedule.epochs), seed=run.schedule.seed, **dakd.selection_params(params))
     record = {"epoch": epoch, "pool": len(ids), "mean_student_ce": sum(student_ce) / len(student_ce),
               "mean_dds": scored["dds"].mean(), "selected": len(selected)}
+    if run.sharded:  # over all ranks
+        acc = run.accelerator
+        record["padding_forwards"] = int(acc.reduce(torch.tensor(padding[0], device=acc.device), reduction="sum"))
 
     def log() -> None:
         with (run.out / "rescore.jsonl").open("a") as f:
