@@ -350,7 +350,7 @@ def epoch_objective(epoch: ScheduledEpoch, config: TrainConfig) -> Objective:
 
 
 def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, optimizer: Any, scheduler: Any,
-               weights: list[float] | None = None) -> dict:
+               weights: list[float]) -> dict:
     """One optimizer step over this rank's micro-batches, normalised by the step's token count over all ranks.
 
     A weight of 0 makes a pass count for nothing: a rank with fewer micro-batches than the ranks must meet at
@@ -358,7 +358,6 @@ def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, o
     Returns the step's metrics, over all ranks.
     """
     acc = run.accelerator
-    weights = weights or [1.0] * len(group)
     local_tokens = sum(b.num_tokens for b, weight in zip(group, weights) if weight)
     global_tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), reduction="sum").item())
     # DDP averages gradients over ranks; scale so the result is the sum over all tokens / global token count.
