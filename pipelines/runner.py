@@ -17,8 +17,9 @@ Stage names (after matrix expansion) are identifiers, `[A-Za-z0-9_][A-Za-z0-9_.-
 `WORKDIR/.pipeline/`. A matrix value is a list (`{method: [srd]}` for one value).
 
 A stage is done when `WORKDIR/.pipeline/<stage>.json` (written atomically, after the stage succeeds) holds its
-current fingerprint and its declared `outputs` exist. The fingerprint hashes the resolved command, the Syllabus
-version, the fingerprints of the stages it `needs`, and the content of every existing file or directory its
+current fingerprint and its outputs exist (its `--out` and its declared `outputs`). The fingerprint hashes the
+resolved command, the Syllabus version, the stages it `needs` (their fingerprints and when they last finished, so
+that a stage run again, its output deleted say, runs what needs it again too), and the content of every existing file or directory its
 arguments name outside the workdir (its data, models, tables from elsewhere), except its `--out`. Paths inside the
 workdir are products of earlier stages and enter through `needs`, so a stage never hashes its own output. The
 stage CLIs' own run identities are not enough to decide "done" alone: asking them means starting every stage
@@ -32,7 +33,6 @@ locked until the stage has exited too, and a second run never starts a stage bes
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import hashlib
 import itertools
@@ -51,6 +51,7 @@ from typing import Any, Callable
 import yaml
 
 from syllabus.core.io import atomic_write_json
+from syllabus.core.processes import parent_death_signal
 
 PROGRAMS = ("curate", "train", "evaluate", "syllabus")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -58,9 +59,15 @@ _VAR = re.compile(r"\$\{(" + _IDENTIFIER.pattern + r")\}")
 _STAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 STAGE_KEYS = {"name", "cmd", "needs", "matrix", "outputs", "note"}
 TOP_KEYS = {"name", "description", "workdir", "notice", "vars", "env", "stages"}
+# The variables a recipe's `env:` may set: the hub, tokenizer and thread settings a recipe needs, nothing that
+# makes a stage load code (PYTHONPATH, PYTHONSTARTUP, LD_PRELOAD, ...): a recipe received from someone else must not
+# run code of their choosing
+RECIPE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY",
+              "HF_HUB_DISABLE_PROGRESS_BARS", "HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT",
+              "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE",
+              "VLLM_CPU_OMP_THREADS_BIND")
 OUTPUT_OPTIONS = ("--out", "-o")  # the stage CLIs' output option: never an input of its own stage
 HASH_LIMIT_BYTES = 64 * 2**20  # larger files (model weights) enter the fingerprint by size and mtime
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class PipelineError(ValueError):
@@ -231,6 +238,11 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
     notice = _interpolate(str(raw.get("notice", "")).strip(), variables, f"{p}: notice")
     env = {str(k): _interpolate(_scalar(v, f"{p}: env: {k}"), variables, f"{p}: env: {k}")
            for k, v in (raw.get("env") or {}).items()}
+    refused = sorted(set(env) - set(RECIPE_ENV))
+    if refused:
+        raise PipelineError(f"{p}: env: {', '.join(refused)}: a recipe may set only {', '.join(RECIPE_ENV)} (others, "
+                            "such as PYTHONPATH or LD_PRELOAD, would let a recipe run code of its choosing); set "
+                            "what else you need in your own environment before `syllabus run`")
     return Pipeline(p, str(raw.get("name", p.stem)), Path(workdir), notice, tuple(stages), env)
 
 
@@ -320,9 +332,7 @@ def why_run(pipeline: Pipeline, stage: Stage, current: dict[str, Any]) -> str | 
     if not marker.exists():
         return "not run yet"
     try:
-        record = json.loads(marker.read_text())
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
+        record = _read_marker(marker)
     except (OSError, ValueError) as exc:
         return f"its marker {marker} is unreadable ({exc}), so it runs again"
     if record.get("fingerprint") != current["fingerprint"]:
@@ -334,8 +344,29 @@ def why_run(pipeline: Pipeline, stage: Stage, current: dict[str, Any]) -> str | 
         if changed:
             return f"input changed: {', '.join(changed)}"
         return "a stage it needs ran again" if record.get("needs") != current["needs"] else "its inputs changed"
-    missing = [o for o in stage.outputs if not Path(o).exists()]
+    missing = [o for o in stage_outputs(stage) if not Path(o).exists()]
     return f"its output {missing[0]} is missing" if missing else None
+
+
+def _read_marker(marker: Path) -> dict[str, Any]:
+    record = json.loads(marker.read_text())
+    if not isinstance(record, dict) or "fingerprint" not in record:
+        raise ValueError("not a JSON object with a fingerprint")
+    return record
+
+
+def stage_outputs(stage: Stage) -> tuple[str, ...]:
+    """What a finished stage leaves behind: its declared `outputs` and the value of its `--out`."""
+    args = stage.argv[1:]
+    out = [value for option, value in zip(args, args[1:]) if option in OUTPUT_OPTIONS]
+    out += [arg.partition("=")[2] for arg in args if arg.partition("=")[0] in OUTPUT_OPTIONS and "=" in arg]
+    return (*stage.outputs, *(o for o in out if o not in stage.outputs))
+
+
+def _as_needed(record: dict[str, Any]) -> str:
+    """What a stage that needs this finished one records of it: its fingerprint and when it finished, so that a
+    stage run again (its output deleted, say) runs what needs it again too."""
+    return hashlib.sha256(f"{record['fingerprint']}\0{record.get('finished_at')}".encode()).hexdigest()
 
 
 def stage_app(program: str):
@@ -353,11 +384,28 @@ def stage_app(program: str):
 
 
 def validate_arguments(stage: Stage) -> None:
-    """Parse the stage's arguments with its own CLI (without running it): unknown options fail here."""
+    """Parse the stage's arguments with its own CLI (without running it): unknown options fail here, and so do
+    flags that would make the stage print something and exit 0 without doing its work (`--help`, `--version`)."""
+    import contextlib
+    import io
+
     import typer
 
     command = typer.main.get_command(stage_app(stage.argv[0]))
     args = list(stage.argv[1:])
+    eager = {"--help", "-h"}  # options that act while parsing, then exit
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            _parse(stage, command, args, eager)
+    except typer.Exit:
+        flags = [a for a in args if a.partition("=")[0] in eager] or ["--help"]
+        raise PipelineError(f"stage {stage.name}: {shlex.join(stage.argv)}: {', '.join(flags)} would print and end "
+                            "the stage without running it; remove it from the recipe") from None
+
+
+def _parse(stage: Stage, command: Any, args: list[str], eager: set[str]) -> None:
+    """Parse `args` down the command's groups (typer vendors click); the eager options met are added to `eager`."""
+    eager.update(o for p in command.params if p.is_eager for o in p.opts)
     try:
         ctx = command.make_context(stage.argv[0], list(args), resilient_parsing=False)
         while hasattr(command, "get_command"):  # a group: descend into the subcommand (typer vendors click)
@@ -367,9 +415,10 @@ def validate_arguments(stage: Stage) -> None:
             sub = command.get_command(ctx, rest[0])
             if sub is None:
                 raise PipelineError(f"stage {stage.name}: {stage.argv[0]} has no command {rest[0]!r}")
+            eager.update(o for p in sub.params if p.is_eager for o in p.opts)
             command, ctx = sub, sub.make_context(rest[0], rest[1:], parent=ctx)
     except Exception as exc:
-        if not hasattr(exc, "format_message"):  # not a usage error: a bug, let it surface
+        if not hasattr(exc, "format_message"):  # not a usage error (an exit, or a bug): the caller's
             raise
         raise PipelineError(f"stage {stage.name}: {shlex.join(stage.argv)}: {exc.format_message()}") from None
 
@@ -454,11 +503,12 @@ def _run_stages(pipeline: Pipeline, lock: int | None, only: list[str] | None, ec
     ran: list[str] = []
     for k, stage in enumerate(pipeline.stages, start=1):
         current = stage_fingerprint(stage, fingerprints, pipeline.workdir)  # every stage: later ones need it
-        fingerprints[stage.name] = current["fingerprint"]
+        reason = why_run(pipeline, stage, current)
+        fingerprints[stage.name] = _as_needed(_read_marker(pipeline.marker(stage))) if reason is None else \
+            f"to run: {current['fingerprint']}"
         if only and stage.name not in only:
             continue
         head = f"[{k}/{len(pipeline.stages)}] {stage.name}"
-        reason = why_run(pipeline, stage, current)
         if reason is None:
             echo(f"{head}: done, skipped")
             continue
@@ -476,8 +526,10 @@ def _run_stages(pipeline: Pipeline, lock: int | None, only: list[str] | None, ec
             )
         seconds = time.perf_counter() - start
         marker = pipeline.marker(stage)
+        record = {**current, "seconds": round(seconds, 1), "finished_at": time.time()}
+        fingerprints[stage.name] = _as_needed(record)
         try:
-            atomic_write_json(marker, {**current, "seconds": round(seconds, 1), "finished_at": time.time()})
+            atomic_write_json(marker, record)
         except OSError as exc:
             raise PipelineError(f"stage {stage.name} finished, but its marker {marker} could not be written "
                                 f"({exc.strerror or exc}); free the space or fix the permissions, and run again "
@@ -488,13 +540,13 @@ def _run_stages(pipeline: Pipeline, lock: int | None, only: list[str] | None, ec
 
 def _stop_with_runner() -> Callable[[], None] | None:
     """A preexec_fn that has the stage get SIGTERM when this process dies, however it dies (Linux; else None)."""
-    if not sys.platform.startswith("linux"):
+    ask = parent_death_signal()
+    if ask is None:
         return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded here: the child only calls it
     runner_pid = os.getpid()
 
     def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ask(signal.SIGTERM)
         if os.getppid() != runner_pid:  # the runner died before prctl took effect
             os.kill(os.getpid(), signal.SIGTERM)
 

@@ -23,7 +23,7 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.yam
 runner = CliRunner()
 
 FAKE_STAGE = """#!{python}
-# A stand-in stage program: logs each call; `--out PATH` writes PATH; `wait FILE` waits for FILE (20 s at most);
+# A stand-in stage program: logs each call; `--out PATH` (or `--out=PATH`) writes PATH; `wait FILE` waits for FILE (20 s at most);
 # `linger FILE` waits too, ignoring SIGTERM (a stage that takes its time to stop).
 import json, os, resource, signal, sys, time
 
@@ -32,8 +32,10 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # a test may limit the 
 with open(os.environ["FAKE_STAGE_LOG"], "a") as log:
     log.write(json.dumps({{"argv": sys.argv[1:], "pid": os.getpid(), "offline": os.environ.get("HF_HUB_OFFLINE")}})
               + "\\n")
-if "--out" in sys.argv:
-    with open(sys.argv[sys.argv.index("--out") + 1], "w") as out:
+outs = [a.partition("=")[2] for a in sys.argv if a.startswith("--out=")]
+outs += [sys.argv[sys.argv.index("--out") + 1]] if "--out" in sys.argv else []
+for path in outs:
+    with open(path, "w") as out:
         out.write(str(time.time()))
 if sys.argv[1:2] == ["linger"]:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -443,3 +445,48 @@ def test_a_careless_recipe_or_command_line_gets_a_clear_error(tmp_path, text, ar
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output  # not a traceback
     assert f"error: {recipe}" in result.output or "error: --only" in result.output, result.output
     assert re.search(expected, result.output), result.output
+
+
+@pytest.mark.parametrize("name", ["PYTHONPATH", "PYTHONSTARTUP", "LD_PRELOAD", "PATH"])
+def test_a_recipe_may_not_set_a_variable_that_loads_code(tmp_path, fake_stage, name):
+    """A received recipe's env: could point a stage's Python (or its loader) at code of the author's choosing."""
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "sitecustomize.py").write_text(f"open({str(tmp_path / 'code-ran')!r}, 'w').close()\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps({"name": "fake", "workdir": str(tmp_path / "work"),
+                                  "env": {"HF_HUB_OFFLINE": "1", name: str(planted)},
+                                  "stages": [{"name": "a", "cmd": "fakestage a"}]}))
+    with pytest.raises(PipelineError, match=f"env: {name}: a recipe may set only HF_HUB_OFFLINE"):
+        run_pipeline(load_pipeline(recipe), echo=lambda *_: None)
+    assert fake_stage() == [] and not (tmp_path / "code-ran").exists()
+
+
+def test_a_stage_whose_output_was_deleted_runs_again_and_so_does_what_needs_it(tmp_path, fake_stage):
+    work = tmp_path / "work"
+    recipe = fake_recipe(tmp_path / "r.yaml", work, [
+        {"name": "a", "cmd": f"fakestage a --out {work}/a.out"},  # no `outputs:` declared: its --out counts
+        {"name": "b", "needs": ["a"], "cmd": f"fakestage b --out {work}/b.out"},
+        {"name": "c", "cmd": f"fakestage c --out={work}/c.out"},
+    ])
+    work.mkdir()
+    assert run_pipeline(load_pipeline(recipe), echo=lambda *_: None) == ["a", "b", "c"]
+    assert run_pipeline(load_pipeline(recipe), echo=lambda *_: None) == []
+    (work / "a.out").unlink()
+    said: list[str] = []
+    assert run_pipeline(load_pipeline(recipe), echo=said.append) == ["a", "b"]
+    assert any(f"its output {work}/a.out is missing" in line for line in said), said
+    assert any("b: running (a stage it needs ran again)" in line for line in said), said
+    (work / "c.out").unlink()
+    assert run_pipeline(load_pipeline(recipe), dry_run=True, echo=lambda *_: None) == ["c"]
+
+
+def test_a_stage_that_would_only_print_its_help_is_refused_before_any_stage_runs(tmp_path):
+    for flag in ("--help", "--help-params srd"):
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(json.dumps({"name": "x", "workdir": str(tmp_path / "work"), "stages": [
+            {"name": "a", "cmd": "curate inspect t"},
+            {"name": "b", "cmd": f"curate schedule t --method srd --out o {flag}"}]}))
+        with pytest.raises(PipelineError, match=f"stage b: .*: {flag.split()[0]} would print and end the stage"):
+            run_pipeline(load_pipeline(recipe), echo=lambda *_: None)
+        assert not (tmp_path / "work" / ".pipeline" / "a.json").exists()
