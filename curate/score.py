@@ -40,7 +40,7 @@ from syllabus.core.topk_cache import (
 )
 from syllabus.core.topk_cache import COLUMNS as TOPK_COLUMNS
 from syllabus.core.versions import versions
-from syllabus.core.workdir import claim_output
+from syllabus.core.workdir import claim_output, release_output
 
 from . import data as data_mod
 from .passes import CE, GEN, PassWorker, part_rows
@@ -426,6 +426,13 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
     Raises:
         ScoreError, DataError, ModelError: with what was wrong and what to do.
     """
+    try:
+        return _score(config, progress)
+    finally:
+        release_output(Path(config.out))  # claimed (locked) for this process while it scores
+
+
+def _score(config: ScoreConfig, progress: bool) -> Table:
     out = Path(config.out)
     prep = prepare(config)
     gen_kind, ce_kind = default_engines(config)

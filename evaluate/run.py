@@ -26,7 +26,7 @@ from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
 from syllabus.core.engines.base import GenerationParams, request_seed
 from syllabus.core.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet
 from syllabus.core.models import load_tokenizer, resolve_model
-from syllabus.core.workdir import claim_output
+from syllabus.core.workdir import claim_output, release_output
 
 from .protocol import EvalProtocol, score_row
 from .sets import DEFAULT_SETS, EvalSet, EvalSetError, load_sets
@@ -182,12 +182,23 @@ def markdown_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+EVAL_NAMES = ("generations", "summary.json", "summary.md")  # what an evaluation run writes in --out, besides _work
+
+
 def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
-    """Run the protocol on every set and seed (resuming finished ones) and write the summaries.
+    """Run the protocol on every set and seed (resuming finished ones) and write the summaries; --out is locked
+    for this process meanwhile.
 
     Returns:
         The summary (also written to OUT/summary.json).
     """
+    try:
+        return _evaluate(config, progress)
+    finally:
+        release_output(Path(config.out))
+
+
+def _evaluate(config: EvalConfig, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from syllabus.core.versions import versions
@@ -211,7 +222,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     }
     if config.tensor_parallel_size != 1:  # absent at 1, so runs from before the option keep their identity
         identity["tensor_parallel_size"] = config.tensor_parallel_size
-    claim_output(out, identity, config.overwrite, what="evaluation run")
+    claim_output(out, identity, config.overwrite, what="evaluation run", names=EVAL_NAMES)
     jobs = [(name, seed) for name in sets for seed in config.protocol.seeds]
     path = {job: out / "generations" / f"{job[0]}-seed{job[1]}.parquet" for job in jobs}
     todo = [job for job in jobs if not path[job].exists()]

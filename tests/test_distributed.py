@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,45 @@ def test_launch_modes_decide_sharding_and_the_unsupported_ones_are_refused_befor
         check_distributed(launched("FSDP"), TrainConfig(manifest="m", out="o", lora="r=4"))
     with pytest.raises(ConfigError, match="--fsdp with --lora"):
         TrainConfig(manifest="m", out="o", fsdp=True, lora="r=4")
+
+
+@pytest.mark.slow
+def test_killing_torchruns_process_group_stops_its_ranks_and_frees_the_run_directory(table, tmp_path, tiny_model,
+                                                                                      tiny_teacher):
+    # torchrun starts each rank in a session of its own: a kill -9 of its process group reaches only the launcher
+    sched, _ = build_schedule(table.path, "full", tmp_path / "sched", {"epochs": 2})
+    out, gate = tmp_path / "run", tmp_path / "gate"
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                 PREEMPT, "train-pause", "1", "syllabus.train", *args(sched, out, tiny_model, tiny_teacher)],
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "PREEMPT_GATE": str(gate)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    paused = [tmp_path / f"gate.paused-{rank}" for rank in (0, 1)]
+    try:
+        deadline = time.monotonic() + 300
+        while not all(p.exists() for p in paused):
+            assert launcher.poll() is None and time.monotonic() < deadline, "torchrun ended before step 1"
+            time.sleep(0.1)
+        ranks = [int(p.read_text()) for p in paused]
+        second = runner.invoke(app, args(sched, out, tiny_model, tiny_teacher))
+        assert second.exit_code == 2 and f"pid {ranks[0]}" in second.output, second.output
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(alive(pid) for pid in ranks):
+            assert time.monotonic() < deadline, f"ranks {[p for p in ranks if alive(p)]} outlived their torchrun"
+            time.sleep(0.1)
+    finally:
+        gate.touch()  # a rank still alive would go on now (and the test fail on the metrics below)
+        launcher.kill()
+    time.sleep(2)
+    assert [r["step"] for r in metrics(out)] == [1]
+    resumed = runner.invoke(app, args(sched, out, tiny_model, tiny_teacher, "--overwrite"))  # the lock is free again
+    assert resumed.exit_code == 0, resumed.output
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

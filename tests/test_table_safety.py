@@ -218,12 +218,14 @@ def test_overwrite_deletes_only_an_output_of_the_same_kind(tmp_path):
         claim_output(table.path, {"a": 1}, overwrite=True, what="evaluation run")
     claim_output(table.path, {"a": 1}, overwrite=True)  # a scoring run may replace a table
     assert not (table.path / "metadata.json").exists()
-    (training / "checkpoint.bin").write_text("weights")
-    claim_output(training, {"lr": 1}, overwrite=True, what="training run")  # the same run: resumed
-    assert (training / "checkpoint.bin").exists()
-    claim_output(training, {"lr": 1}, overwrite=True, what="training run", restart=True)  # started over
-    assert not (training / "checkpoint.bin").exists()
-    claim_output(training, {"lr": 2}, overwrite=True, what="training run")  # the same kind: replaced
+    (training / "checkpoints").mkdir()
+    run_names = ("checkpoints",)
+    claim_output(training, {"lr": 1}, overwrite=True, what="training run", names=run_names)  # the same run: resumed
+    assert (training / "checkpoints").exists()
+    claim_output(training, {"lr": 1}, overwrite=True, what="training run", restart=True,
+                 names=run_names)  # started over
+    assert not (training / "checkpoints").exists()
+    claim_output(training, {"lr": 2}, overwrite=True, what="training run", names=run_names)  # the same kind: replaced
     with pytest.raises(RunDirError, match="is a file"):
         claim_output(mine / "notes.txt", {"a": 1}, overwrite=True)
     with pytest.raises(RunDirError, match="holds files that are not a Syllabus output"):
@@ -236,15 +238,15 @@ def test_a_run_directory_of_an_earlier_version_is_resumed_and_replaced(tmp_path)
     (out / "_work").mkdir(parents=True)
     (out / "_work" / "run.json").write_text(json.dumps({"config": {"lr": 1}}))  # the identity alone, no kind
     (out / "checkpoint.bin").write_text("weights")
-    claim_output(out, {"config": {"lr": 1}}, overwrite=False, what="training run")
+    claim_output(out, {"config": {"lr": 1}}, overwrite=False, what="training run", names=("checkpoint.bin",))
     assert (out / "checkpoint.bin").exists()
     (out / "_work" / "run.json").write_text(json.dumps({"config": {"lr": 1}}))
-    claim_output(out, {"config": {"lr": 2}}, overwrite=True, what="training run")  # the same identity keys
+    claim_output(out, {"config": {"lr": 2}}, overwrite=True, what="training run", names=("checkpoint.bin",))  # the same identity keys
     assert not (out / "checkpoint.bin").exists()
     (out / "_work" / "run.json").write_text(json.dumps({"model": "m", "sets": []}))  # another kind's identity
     (out / "checkpoint.bin").write_text("weights")
     with pytest.raises(RunDirError, match="earlier Syllabus version"):
-        claim_output(out, {"config": {"lr": 2}}, overwrite=True, what="training run")
+        claim_output(out, {"config": {"lr": 2}}, overwrite=True, what="training run", names=("checkpoint.bin",))
     assert (out / "checkpoint.bin").exists()
 
 
@@ -363,3 +365,57 @@ def test_a_failed_write_inside_a_snapshot_still_removes_the_partial_snapshot(tmp
             (snapshot / "student.safetensors").write_bytes(b"weights")
             io.atomic_write_json(snapshot / "progress.json", {"global_step": 2})
     assert not snapshot.exists()
+
+
+def test_overwrite_deletes_only_what_the_command_wrote_and_refuses_beside_anything_else(tmp_path):
+    table = write(tmp_path, make_frame(20))
+    assert run("schedule", table.path, "--method", "full", "--out", table.path / "schedules" / "full").exit_code == 0
+    (table.path / "notes.txt").write_text("keep me")
+    for what in ("scoring run", None):  # curate score's claim, and curate merge's replace
+        with pytest.raises(RunDirError, match=r"also holds notes.txt, schedules/: nothing was deleted"):
+            if what:
+                claim_output(table.path, {"a": 1}, overwrite=True, what=what)
+            else:
+                workdir.replace_output(table.path, workdir.TABLE)
+    assert (table.path / "metadata.json").exists() and (table.path / "schedules" / "full" / "manifest.json").exists()
+    evaluation = tmp_path / "eval"
+    claim_output(evaluation, {"m": 1}, overwrite=False, what="evaluation run", names=("summary.json",))
+    (evaluation / "summary.json").write_text("{}")
+    (evaluation / "mine").mkdir()
+    with pytest.raises(RunDirError, match="also holds mine/"):
+        claim_output(evaluation, {"m": 2}, overwrite=True, what="evaluation run", names=("summary.json",))
+    assert (evaluation / "summary.json").exists()
+    (evaluation / "mine").rmdir()
+    claim_output(evaluation, {"m": 2}, overwrite=True, what="evaluation run", names=("summary.json",))
+    assert not (evaluation / "summary.json").exists() and evaluation.is_dir()  # its own files went, not the folder
+    workdir.release_output(evaluation)
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from syllabus.core.workdir import claim_output
+claim_output(Path(sys.argv[1]), {"a": 1}, overwrite=False, what="training run")
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_directory_claimed_by_a_live_process_is_refused_and_a_killed_ones_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for identity, overwrite in (({"a": 1}, False), ({"a": 2}, True)):  # resumed or replaced: refused alike
+            with pytest.raises(RunDirError, match=f"in use by another process .a training run, pid {holder.pid} "):
+                claim_output(out, identity, overwrite=overwrite, what="training run")
+        assert (out / "_work" / "run.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    claim_output(out, {"a": 1}, overwrite=False, what="training run")  # the dead holder's lock is no obstacle
+    claim_output(out, {"a": 1}, overwrite=False, what="training run")  # nor this process's own
+    workdir.release_output(out)

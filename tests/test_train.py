@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -517,3 +519,37 @@ def test_an_adapter_directory_stands_for_its_merged_model(tmp_path, tiny_model):
     (checkpoint / "config.json").write_text("{}")
     (checkpoint / "adapter" / "adapter_config.json").write_text("{}")
     assert resolve_model(str(checkpoint / "adapter"), "student").path == checkpoint.resolve()
+
+
+@pytest.mark.slow
+def test_a_run_directory_is_trained_into_by_one_process_at_a_time(table, tmp_path, tiny_model, tiny_teacher):
+    from syllabus.core.workdir import foreign_entries
+    from syllabus.train.state import RUN_NAMES
+
+    sched = schedule(table, tmp_path, "full", epochs=2)
+    out, gate = tmp_path / "run", tmp_path / "gate"
+    args = train_args(sched, out, tiny_model, tiny_teacher)
+    first = subprocess.Popen([sys.executable, PREEMPT, "train-pause", "1", "syllabus.train", *args],
+                             env={**os.environ, "PREEMPT_GATE": str(gate)}, stderr=subprocess.PIPE, text=True)
+    try:
+        paused = tmp_path / "gate.paused-0"
+        deadline = time.monotonic() + 120
+        while not paused.exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.stderr else ""
+            time.sleep(0.1)
+        for extra in ([], ["--resume"], ["--overwrite"]):  # the same run, resumed or started over: refused alike
+            second = runner.invoke(app, [*args, *extra])
+            assert second.exit_code == 2 and f"pid {first.pid}" in second.output, second.output
+        gate.touch()
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        first.kill()
+    assert [r["step"] for r in metrics(out)] == list(range(1, 7))  # 12 rows / 4 = 3 steps an epoch, each once
+    assert foreign_entries(out, RUN_NAMES) == []  # RUN_NAMES covers all a run writes: --overwrite may delete it
+    (out / "notes.md").write_text("mine")  # something of the user's beside the run
+    result = runner.invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 2 and "also holds notes.md: nothing was deleted" in " ".join(result.output.split())
+    assert (out / "checkpoints" / "final" / "model.safetensors").exists()
+    (out / "notes.md").unlink()
+    assert runner.invoke(app, [*args, "--overwrite", "--max-steps", "1"]).exit_code == 0
+    assert [r["step"] for r in metrics(out)] == [1]

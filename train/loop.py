@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -22,10 +23,11 @@ from syllabus.core.io import atomic_write_json
 from syllabus.core.logits import LogitHead, checked_logit_head
 from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
 from syllabus.core.packing import packing_is_exact, row_budget
+from syllabus.core.processes import die_with_parent
 from syllabus.core.schedule import ScheduledEpoch, read_schedule
 from syllabus.core.table import Table, read_table
 from syllabus.core.topk_cache import TopKCache
-from syllabus.core.workdir import claim_output
+from syllabus.core.workdir import claim_output, release_output
 
 from . import state as state_io
 from .config import CACHED, TrainConfig
@@ -105,7 +107,8 @@ def setup(config: TrainConfig) -> Run:
     # --overwrite alone starts over; with --resume it replaces only another run's directory; never anything but a run
 
     def claim() -> None:
-        claim_output(out, identity, config.overwrite, what="training run", restart=not config.resume)
+        claim_output(out, identity, config.overwrite, what="training run", restart=not config.resume,
+                     names=state_io.RUN_NAMES)
         atomic_write_json(out / "config.json", {**identity, "schedule": schedule.manifest})
 
     on_main(accelerator, claim)
@@ -500,7 +503,16 @@ def evaluate_stage(run: Run, checkpoint: Path, stage: int) -> None:
 
 
 def train(config: TrainConfig) -> Path:
-    """Build, (resume,) fit. Returns the final checkpoint directory."""
+    """Build, (resume,) fit. Returns the final checkpoint directory; --out is locked for this process meanwhile."""
+    try:
+        return _setup_and_fit(config)
+    finally:
+        release_output(Path(config.out))
+
+
+def _setup_and_fit(config: TrainConfig) -> Path:
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # a rank of torchrun (or accelerate launch): it dies with its launcher
+        die_with_parent()
     run = setup(config)
     existing = state_io.load_progress(run)  # --resume on a fresh directory simply starts
     if existing is not None and not config.resume:

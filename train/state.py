@@ -34,6 +34,9 @@ from .distributed import on_main
 from .run import Progress, Run
 
 STATE = "state"
+# Every top-level name a training run writes in its directory (besides _work): all that --overwrite may delete
+RUN_NAMES = ("config.json", "metrics.jsonl", "rescore.jsonl", "checkpoints", "eval", "trackers",
+             STATE, f"{STATE}.tmp", f"{STATE}.old")
 
 
 class StateError(ValueError):
