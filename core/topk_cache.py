@@ -46,7 +46,9 @@ from .table import part_name
 CACHE_FILE = "cache.json"
 COLUMNS = ("topk_ids", "topk_log_probs", "topk_log_tail")
 FLOAT_COLUMNS = ("topk_log_probs", "topk_log_tail")  # written byte-stream-split: zstd then finds the exponents
-INFO_KEYS = ("k", "teacher", "tokenizer_sha256", "dataset_fingerprint")  # a cache's provenance, in cache.json
+# a cache's provenance, in cache.json; teacher_vocab_size (its lm_head rows) is absent from caches scored before it
+INFO_KEYS = ("k", "teacher", "teacher_vocab_size", "tokenizer_sha256", "dataset_fingerprint")
+_CHECKED_COLUMNS = ("sample_id", "teacher_ce", "topk_log_tail")  # what the fingerprints are computed from
 ROW_GROUP_ROWS = 32  # samples per row group: what a training step reads to get one sample
 CACHED_GROUPS = 64  # decoded row groups kept in memory by a reader (an epoch's micro-batches come back to them)
 
@@ -84,6 +86,13 @@ def cache_fingerprint(k: int, teacher_sha256: str | None, tokenizer_sha256: str,
     for row in sorted(rows):
         h.update(repr(row).encode())
     return h.hexdigest()
+
+
+def part_rows(table: pa.Table) -> list[tuple]:
+    """(sample_id, response tokens, teacher CE) of each row of a part read with sample_id, teacher_ce and
+    topk_log_tail: what the fingerprints cover."""
+    lengths = pc.list_value_length(table["topk_log_tail"]).to_pylist()
+    return list(zip(table["sample_id"].to_pylist(), lengths, table["teacher_ce"].to_pylist()))
 
 
 def read_cache_record(path: Path) -> dict[str, Any]:
@@ -124,6 +133,7 @@ def write_cache(parts: list[Path], out: Path, info: dict[str, Any]) -> dict[str,
     out.mkdir(parents=True)
     counts: dict[str, int] = {}
     rows: list[tuple] = []
+    part_fingerprints: dict[str, str] = {}  # each part checked on its own when the cache is opened
     tokens = 0
     for k, part in enumerate(parts):
         name = part_name(k)
@@ -132,11 +142,11 @@ def write_cache(parts: list[Path], out: Path, info: dict[str, Any]) -> dict[str,
                 os.link(part, out / name)
             except OSError:  # another file system, or no hard links there
                 shutil.copyfile(part, out / name)
-        frame = pq.read_table(out / name, columns=["sample_id", "teacher_ce", "topk_log_tail"])
-        lengths = pc.list_value_length(frame["topk_log_tail"]).to_pylist()
-        rows += zip(frame["sample_id"].to_pylist(), lengths, frame["teacher_ce"].to_pylist())
-        counts[name] = frame.num_rows
-        tokens += sum(lengths)
+        these = part_rows(pq.read_table(out / name, columns=list(_CHECKED_COLUMNS)))
+        rows += these
+        counts[name] = len(these)
+        tokens += sum(length for _, length, _ in these)
+        part_fingerprints[name] = cache_fingerprint(info["k"], None, None, these)  # its rows alone
     teacher_sha = (info.get("teacher") or {}).get("weights_sha256")
     size = sum((out / name).stat().st_size for name in counts)
     record = {
@@ -148,6 +158,7 @@ def write_cache(parts: list[Path], out: Path, info: dict[str, Any]) -> dict[str,
         "bytes": size,
         "bytes_per_token": round(size / max(1, tokens), 1),
         "parts": counts,
+        "part_fingerprints": part_fingerprints,
         "cache_fingerprint": cache_fingerprint(info["k"], teacher_sha, info["tokenizer_sha256"], rows),
     }
     atomic_write_json(out / CACHE_FILE, record)
@@ -167,8 +178,9 @@ class TopKCache:
     row groups that hold them (the last `CACHED_GROUPS` decoded ones are kept).
 
     Raises (on open):
-        CacheError: no cache.json (scoring without --teacher-topk, or unfinished), a part missing, extra or with
-            another row count than cache.json says.
+        CacheError: no cache.json (scoring without --teacher-topk, or unfinished), a part missing, extra, with
+            another row count than cache.json says, or with other rows or teacher CEs than it was written with
+            (named: a part of another teacher's cache put in its place).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -182,19 +194,39 @@ class TopKCache:
                              f"{', '.join(missing) or 'none'}; not listed: {', '.join(extra) or 'none'}); score the "
                              "table again with --teacher-topk")
         self.k = int(self.record["k"])
+        self.teacher_vocab_size: int | None = self.record.get("teacher_vocab_size")
         self.fingerprint: str = self.record["cache_fingerprint"]
         self._files: dict[str, pq.ParquetFile] = {}
         self._where: dict[str, _Where] = {}
         self._groups: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        rows: list[tuple] = []
         for name, count in sorted(listed.items()):
             file = self._file(name)
             if file.metadata.num_rows != count:
                 raise CacheError(f"{self.path / name}: {file.metadata.num_rows} rows, {CACHE_FILE} says {count}; "
                                  "score the table again with --teacher-topk")
-            ids = iter(file.read(columns=["sample_id"])["sample_id"].to_pylist())  # one read per part
+            these = part_rows(file.read(columns=list(_CHECKED_COLUMNS)))  # one read per part
+            self._check_part(name, these)
+            rows += these
+            ids = iter(sid for sid, _, _ in these)
             for group in range(file.num_row_groups):
                 self._where.update((next(ids), _Where(name, group, row))
                                    for row in range(file.metadata.row_group(group).num_rows))
+        teacher_sha = (self.record.get("teacher") or {}).get("weights_sha256")
+        if "part_fingerprints" not in self.record and cache_fingerprint(
+                self.k, teacher_sha, self.record.get("tokenizer_sha256"), rows) != self.fingerprint:
+            raise CacheError(f"{self.path}: its parts are not the ones {CACHE_FILE} was written for (their rows or "
+                             f"teacher CEs differ: another teacher's or another table's parts, or an edited "
+                             f"{CACHE_FILE}?); score the table again with --teacher-topk")
+
+    def _check_part(self, name: str, rows: list[tuple]) -> None:
+        """Refuse a part whose rows are not those cache.json was written for (caches from before per-part
+        fingerprints are checked as a whole, after every part is read)."""
+        expected = (self.record.get("part_fingerprints") or {}).get(name)
+        if expected is not None and cache_fingerprint(self.k, None, None, rows) != expected:
+            raise CacheError(f"{self.path / name}: not the part {CACHE_FILE} was written for (its rows or teacher "
+                             "CEs differ: another teacher's or another table's part?); score the table again with "
+                             "--teacher-topk, or copy the table and its cache together")
 
     def missing(self, sample_ids: list[str]) -> list[str]:
         return [s for s in sample_ids if s not in self._where]

@@ -474,6 +474,8 @@ def _score(config: ScoreConfig, progress: bool) -> Table:
     elif topk:
         parts = [work / "teacher-ce" / part_name(k) for k in range(len(prep.parts()))]
         cache = write_cache(parts, out / CACHE_DIR, {"k": topk, "teacher": prep.teacher.identity(),
+                                                     "teacher_vocab_size": (text_config(prep.teacher) or {}).get(
+                                                         "vocab_size"),
                                                      "tokenizer_sha256": prep.tokenizer_hash,
                                                      "dataset_fingerprint": identity["dataset_fingerprint"]})
     metadata = {

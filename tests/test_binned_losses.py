@@ -114,3 +114,35 @@ def test_a_cache_of_the_whole_vocabulary_is_the_live_teacher(loss):
                              teacher_head=teacher_head)
     assert torch.isfinite(got.loss_sum)
     torch.testing.assert_close(got.loss_sum, want.loss_sum, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["kld", "rkl", "jsd", "bdl"])
+def test_a_padded_student_takes_the_cached_teacher_over_the_vocabulary_they_share(loss):
+    """A student with more output rows than the teacher (Qwen2.5: one tokenizer, padded embeddings) learns from the
+    teacher's cache what it learns from the live teacher: its padded rows are no part of the KD term's tail bin."""
+    generator = torch.Generator().manual_seed(5)
+    tokens, hidden_size, shared, padding = 6, 8, 30, 10
+    hidden = torch.randn(tokens, hidden_size, generator=generator)
+    head = torch.randn(shared + padding, hidden_size, generator=generator)
+    head[shared:] *= 4.0  # padded rows with large logits: counted in the tail, they dominate it
+    teacher_hidden = torch.randn(tokens, hidden_size, generator=generator)
+    teacher_head = torch.randn(shared, hidden_size, generator=generator)
+    targets = torch.randint(0, shared, (tokens,), generator=generator)
+    values, ids = torch.log_softmax(teacher_hidden @ teacher_head.T, -1).topk(shared, dim=-1)  # K = V': exact
+    bins = TopK(ids.to(torch.int32), values, torch.full((tokens,), -torch.inf))
+    objective = Objective(loss, temperature=1.0, kd_weight=1.0)
+
+    def kd_and_grads(**teacher):
+        h, w = hidden.clone().requires_grad_(), head.clone().requires_grad_()
+        sums = chunked_loss_sums(h, w, targets, objective=objective, **teacher)
+        sums.loss_sum.backward()
+        return sums.kd_sum, h.grad, w.grad
+
+    live = kd_and_grads(teacher_hidden=teacher_hidden, teacher_head=teacher_head)
+    cached = kd_and_grads(teacher_bins=bins, teacher_vocab=shared)
+    for got, want in zip(cached, live):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    unaware = kd_and_grads(teacher_bins=bins)  # the padded rows in the tail: another loss
+    assert not torch.allclose(unaware[0], live[0], rtol=1e-2)
+    with pytest.raises(ValueError, match="past the vocabulary of 20 the student and the teacher share"):
+        chunked_loss_sums(hidden, head, targets, objective=objective, teacher_bins=bins, teacher_vocab=20)

@@ -85,6 +85,8 @@ def test_cache_holds_the_teachers_top_k_of_every_response_token(cached, tiny_tea
         total = torch.logsumexp(torch.cat([got.log_probs, got.log_tail[:, None]], 1), 1)
         assert total.abs().max() < 1e-4
     assert cache.record["num_rows"] == 12 and cache.k == K
+    vocab = json.loads((tiny_teacher / "config.json").read_text())["vocab_size"]
+    assert cache.teacher_vocab_size == vocab  # the KD term's shared vocabulary with a padded student
     recorded = table.metadata["teacher_topk"]
     assert recorded["cache_fingerprint"] == cache.fingerprint and recorded["k"] == K
     assert table.fingerprint != table_fingerprint(table.frame)  # the table's fingerprint covers its cache
@@ -250,6 +252,25 @@ def test_training_refuses_a_cache_of_another_teacher_or_other_rows(tmp_path, cac
         shutil.copytree(other / CACHE_DIR, table / CACHE_DIR)
         result = train(manifest, tmp_path / "run", tiny_model, "cached")
         assert result.exit_code == 2 and "is not the cache" in result.output and named in result.output
+
+
+def test_parts_of_another_teachers_cache_put_in_place_are_refused_by_name(tmp_path, cached, data, tiny_model):
+    table = tmp_path / "table"
+    shutil.copytree(cached, table)
+    manifest = schedule(table, tmp_path / "s")
+    other = tmp_path / "other-teacher"
+    invoke(curate_app, score(data, other, "none", tiny_model, "--teacher-topk", str(K), "--dtype", "float32"))
+    for part in sorted((other / CACHE_DIR).glob("part-*.parquet")):  # cache.json stays: only the parts swapped
+        (table / CACHE_DIR / part.name).unlink()
+        shutil.copyfile(part, table / CACHE_DIR / part.name)
+    result = train(manifest, tmp_path / "run", tiny_model, "cached")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "part-00000.parquet: not the part cache.json was written for" in said, said
+    record = json.loads((table / CACHE_DIR / CACHE_FILE).read_text())
+    del record["part_fingerprints"]  # a cache written before parts had fingerprints: checked as a whole
+    (table / CACHE_DIR / CACHE_FILE).write_text(json.dumps(record))
+    result = train(manifest, tmp_path / "run", tiny_model, "cached")
+    assert result.exit_code == 2 and "its parts are not the ones cache.json was written for" in result.output
 
 
 def test_training_refuses_a_cache_made_under_another_tokenizer(tmp_path, cached, tiny_model):

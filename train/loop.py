@@ -93,6 +93,12 @@ def setup(config: TrainConfig) -> Run:
         store.check(shard_ids, str(epoch.shard))
     if cache is not None:
         check_teacher_cache(cache, tokenizer, run_ids, objectives, config.manifest)
+        rows = model.get_output_embeddings().weight.shape[0]
+        if cache.teacher_vocab_size is None and rows > len(tokenizer):
+            warnings.warn(f"{cache.path} does not record its teacher's vocabulary size (scored before Syllabus kept "
+                          f"it), and the student has {rows - len(tokenizer)} more output rows than its tokenizer has "
+                          "tokens: those rows count in the KD tail bin. Score the table again with --teacher-topk "
+                          "to have them left out, as a live teacher leaves them out", stacklevel=1)
     identity = {
         # stopping and snapshot settings do not change what a step computes, so a resumed run may change them
         "config": {k: v for k, v in config.as_dict().items()  # (fsdp: how, not what; the snapshot records it)
@@ -112,7 +118,8 @@ def setup(config: TrainConfig) -> Run:
         atomic_write_json(out / "config.json", {**identity, "schedule": schedule.manifest})
 
     on_main(accelerator, claim)
-    return Run(config, out, schedule, table, accelerator, DistillStudent(model, config.loss_chunk_tokens), teacher,
+    student = DistillStudent(model, config.loss_chunk_tokens, cache.teacher_vocab_size if cache else None)
+    return Run(config, out, schedule, table, accelerator, student, teacher,
                teacher_head, cache, tokenizer, store, pack_tokens, identity["manifest_fingerprint"], objectives,
                on_stage_end=evaluate_stage if config.eval_sets else None, sharded=sharded)
 

@@ -242,7 +242,7 @@ def _chunk_sums_and_grad(
     hidden: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None, softcap: float | None,
     teacher_hidden: torch.Tensor | None, teacher_head: torch.Tensor | None, teacher_bias: torch.Tensor | None,
     teacher_softcap: float | None, targets: torch.Tensor, objective: Objective, needs_grad: bool,
-    teacher_bins: TopK | None = None,
+    teacher_bins: TopK | None = None, teacher_vocab: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk: its sums (loss, sft, kd) and the gradient of its loss sum for the student's pre-cap logits.
 
@@ -254,6 +254,8 @@ def _chunk_sums_and_grad(
         targets: (c,) next-token ids.
         teacher_bins: the teacher as its top K (a cache) in place of teacher_hidden and teacher_head: the divergence
             is then taken over K+1 bins (`student_bins`, `soften_bins`, `vocab_grad`).
+        teacher_vocab: with teacher_bins, the teacher's vocabulary size: the bins cover the student's first
+            min(V, teacher_vocab) ids, as the live path takes min(V, V') (None: all V).
 
     Returns:
         (3,) fp32 sums and the (c, V) fp32 gradient with respect to `hidden @ head.T + bias` (None unless
@@ -272,8 +274,10 @@ def _chunk_sums_and_grad(
     kd = sft.new_zeros(())
     if objective.uses_teacher:
         if teacher_bins is not None:  # the teacher as its top K: the divergence over K+1 bins
-            vocab = logits.shape[-1]
-            log_q = torch.log_softmax(logits.div_(tau), dim=-1)
+            # a student's padded rows (more embedding rows than the teacher's, the Qwen2.5 case) are no bin of the
+            # teacher's: left out of the tail, as the live path leaves them out of its softmax
+            vocab = min(logits.shape[-1], teacher_vocab or logits.shape[-1])
+            log_q = torch.log_softmax(logits[:, :vocab].div_(tau), dim=-1)
             del logits
             log_q_bins = student_bins(log_q, teacher_bins.ids)
             log_p = soften_bins(teacher_bins.log_probs, teacher_bins.log_tail, tau, vocab)
@@ -318,7 +322,7 @@ class _ChunkedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_hidden, student_head, student_bias, teacher_hidden, teacher_head, teacher_bias,
-                targets, rows, objective, softcaps, chunk_tokens, grad_enabled, teacher_bins):
+                targets, rows, objective, softcaps, chunk_tokens, grad_enabled, teacher_bins, teacher_vocab):
         # needs_input_grad ignores torch.no_grad(), under which forward always runs: hence grad_enabled.
         needs_hidden, needs_head, needs_bias = (grad_enabled and needs for needs in ctx.needs_input_grad[:3])
         needs_grad = needs_hidden or needs_head or needs_bias
@@ -349,7 +353,7 @@ class _ChunkedLoss(torch.autograd.Function):
                     bins_chunk = teacher_bins.index_select(index)
                 sums, grad_logits = _chunk_sums_and_grad(hidden, head, bias, softcaps[0], teacher_chunk, teacher_head,
                                                          teacher_bias, softcaps[1], targets.index_select(0, index),
-                                                         objective, needs_grad, bins_chunk)
+                                                         objective, needs_grad, bins_chunk, teacher_vocab)
                 totals += sums
                 if not needs_grad:
                     continue
@@ -373,7 +377,7 @@ class _ChunkedLoss(torch.autograd.Function):
     def backward(ctx, grad_loss, *_unused):
         grads = tuple(None if g is None else (g * grad_loss).to(dtype)
                       for g, dtype in zip(ctx.saved_tensors, ctx.input_dtypes))
-        return (*grads, None, None, None, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None, None, None)
 
 
 def _valid_rows(valid_mask: torch.Tensor | None, num_rows: int, device: torch.device) -> torch.Tensor:
@@ -401,6 +405,7 @@ def chunked_loss_sums(
     teacher_softcap: float | None = None,
     chunk_tokens: int = 1024,
     teacher_bins: TopK | None = None,
+    teacher_vocab: int | None = None,
 ) -> LossSums:
     """SFT + KD loss sums from final hidden states, computing logits `chunk_tokens` tokens at a time.
 
@@ -423,6 +428,8 @@ def chunked_loss_sums(
         teacher_bins: the teacher as its top K at the N positions, at temperature 1 (`core.logits.TopK`, what the CE
             pass captures), in place of teacher_hidden and teacher_head: each divergence is then taken over K+1 bins
             (docs/methods.md, "K+1 bins").
+        teacher_vocab: the cached teacher's vocabulary size (its lm_head rows): the bins then cover the student's
+            first min(V, teacher_vocab) ids, as a live teacher's KD takes min(V, V'); None: all V.
 
     Returns:
         LossSums; only loss_sum has a gradient. Zero valid tokens give zeros (and zero gradients), never NaN.
@@ -446,9 +453,10 @@ def chunked_loss_sums(
         if teacher_bins.ids.shape[0] != hidden.shape[0]:
             raise ValueError(f"teacher_bins hold {teacher_bins.ids.shape[0]} positions, student_hidden "
                              f"{hidden.shape[0]}")
-        if teacher_bins.ids.numel() and int(teacher_bins.ids.max()) >= student_head.shape[0]:
-            raise ValueError(f"teacher_bins name token id {int(teacher_bins.ids.max())}, past the student's "
-                             f"vocabulary of {student_head.shape[0]}")
+        shared = min(student_head.shape[0], teacher_vocab or student_head.shape[0])
+        if teacher_bins.ids.numel() and int(teacher_bins.ids.max()) >= shared:
+            raise ValueError(f"teacher_bins name token id {int(teacher_bins.ids.max())}, past the vocabulary of "
+                             f"{shared} the student and the teacher share")
     elif objective.uses_teacher:
         teacher = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])
         if teacher.shape[0] != hidden.shape[0]:
@@ -460,5 +468,6 @@ def chunked_loss_sums(
     loss_sum, sft_sum, kd_sum = _ChunkedLoss.apply(
         hidden, student_head, student_bias, teacher, teacher_head, teacher_bias, flat_targets, rows, objective,
         (student_softcap, teacher_softcap), chunk_tokens, torch.is_grad_enabled(),
-        None if teacher_bins is None else TopK(teacher_bins.ids.long(), *(t.detach() for t in teacher_bins[1:])))
+        None if teacher_bins is None else TopK(teacher_bins.ids.long(), *(t.detach() for t in teacher_bins[1:])),
+        teacher_vocab)
     return LossSums(loss_sum, sft_sum, kd_sum, int(rows.numel()))

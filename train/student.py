@@ -16,10 +16,11 @@ from .losses import LossSums, Objective, chunked_loss_sums
 class DistillStudent(torch.nn.Module):
     """A causal LM whose forward returns the chunked KD loss sums of a batch (no (N, V) logits are ever built)."""
 
-    def __init__(self, model: Any, chunk_tokens: int) -> None:
+    def __init__(self, model: Any, chunk_tokens: int, cached_teacher_vocab: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
+        self.cached_teacher_vocab = cached_teacher_vocab  # a top-K cache's teacher vocabulary (None: unknown)
 
     def forward(self, batch: Batch, objective: Objective, teacher_hidden: torch.Tensor | None,
                 teacher_head: LogitHead | None) -> LossSums:
@@ -37,7 +38,7 @@ class DistillStudent(torch.nn.Module):
         head = logit_head(self.model)  # read here, inside forward, so that DDP and FSDP see the lm_head used
         teacher_kwargs = {}
         if teacher_head is None and objective.uses_teacher:
-            teacher_kwargs = {"teacher_bins": batch.teacher_bins}
+            teacher_kwargs = {"teacher_bins": batch.teacher_bins, "teacher_vocab": self.cached_teacher_vocab}
         elif teacher_head is not None:
             teacher_kwargs = {"teacher_hidden": scaled(teacher_hidden, teacher_head.scale),
                               "teacher_head": teacher_head.weight, "teacher_softcap": teacher_head.softcap,
