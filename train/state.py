@@ -296,7 +296,7 @@ def save_checkpoint(run: Run, model: Any, name: str) -> Path:
             else:
                 student.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
             run.tokenizer.save_pretrained(tmp)
-            write_model_card(tmp, card_facts(run))
+            write_model_card(tmp, card_facts(run), shown_as=path)  # the card names where it ends up
             atomic_write_json(tmp / "syllabus_train.json", {
                 "global_step": run.progress.global_step,
                 "epoch": run.progress.epoch,
