@@ -145,7 +145,7 @@ def _save(model: Any, tokenizer: Any, out: Path, provenance: dict[str, Any]) -> 
 
 
 def resolve_model(name: str, role: str, keep_every: int = DEFAULT_KEEP_EVERY) -> ModelRef:
-    """Turn a user's model argument into a local directory.
+    """Turn a user's model argument into a local directory whose weight files are whole (`check_weight_files`).
 
     Args:
         name: a local directory, a hub id, or `default` / `default-teacher` / `default-student`.
@@ -153,8 +153,34 @@ def resolve_model(name: str, role: str, keep_every: int = DEFAULT_KEEP_EVERY) ->
         keep_every: the pruning of the default student.
 
     Raises:
-        ModelError: the default models are not prepared, or the directory/hub id cannot be found.
+        ModelError: the default models are not prepared, the directory/hub id cannot be found, or a weight file
+            is damaged (named).
     """
+    ref = _resolve(name, role, keep_every)
+    check_weight_files(ref.path)
+    return ref
+
+
+def check_weight_files(model_dir: Path) -> None:
+    """Read the header of every safetensors file in `model_dir` (a few KB each): a truncated or garbled file is
+    named here, before an engine loads it and fails with a bare "SafetensorError: incomplete metadata".
+
+    Raises:
+        ModelError: a file whose header does not parse or whose tensors run past its end.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(model_dir.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            detail = str(exc).removeprefix("Error while deserializing header: ")
+            raise ModelError(f"{file} is damaged ({detail}; {file.stat().st_size:,} bytes): an interrupted download "
+                             "or copy? Download or save the model again (`save_pretrained`), then rerun") from None
+
+
+def _resolve(name: str, role: str, keep_every: int) -> ModelRef:
     if name in DEFAULT_NAMES:
         which = role if name == "default" else name.removeprefix("default-")
         path = cache_dir() / (TEACHER_DIR if which == "teacher" else student_dir_name(keep_every))
