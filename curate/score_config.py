@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
@@ -103,4 +104,7 @@ class ScoreConfig:
             ident.pop(key)
         if not self.teacher_topk:  # absent when unused: runs scored before the cache existed keep their identity
             ident.pop("teacher_topk")
+        for key in ("data", "student", "teacher", "teacher_from"):  # one file, however the user spelled its path
+            if ident[key] is not None and Path(ident[key]).expanduser().exists():
+                ident[key] = str(Path(ident[key]).expanduser().resolve())
         return ident

@@ -76,6 +76,8 @@ def test_train_yaml_is_typed_like_the_flags(tmp_path):
     (["--loss-param", "skew=0.1"], "--loss-param needs --loss"),
     (["--loss-param", "skew"], "--loss-param: expected key=value"),
     (["--scheduler", "step"], "'step' is not one of"),
+    (["--lora", "r=8,alpha=-8"], "alpha scales the adapters' update (alpha / r) and must be a positive number, got -8"),
+    (["--lora", "r=8,alpha=nan"], "must be a positive number, got nan"),
 ])
 def test_train_refuses_bad_settings_before_loading_anything(tmp_path, args, message):
     result = runner.invoke(train_app, ["run", "--manifest", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"),
@@ -108,3 +110,16 @@ def test_score_options_default_to_the_config_defaults():
             assert default == expected[param.name], param.name
             checked += 1
     assert checked >= 15
+
+
+def test_one_data_file_is_one_scoring_run_however_its_path_is_spelled(tmp_path, monkeypatch):
+    from syllabus.curate.score_config import ScoreConfig
+
+    (tmp_path / "data.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)
+    relative = ScoreConfig(data="data.jsonl", out="o", student="default", teacher="default").identity()
+    absolute = ScoreConfig(data=str(tmp_path / "data.jsonl"), out="o", student="default", teacher="default").identity()
+    dotted = ScoreConfig(data="./sub/../data.jsonl", out="o", student="default", teacher="default")
+    (tmp_path / "sub").mkdir()
+    assert relative == absolute == dotted.identity()
+    assert relative["student"] == "default"  # a name, not a path: as given

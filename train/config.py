@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,9 @@ class TrainConfig:
         if settings.get("r", 0) < 1 or not 0 <= settings["dropout"] < 1:
             raise ConfigError(f"--lora {self.lora!r}: needs r >= 1 (r=16) and a dropout in [0, 1)")
         settings.setdefault("alpha", 2.0 * settings["r"])
+        if not (math.isfinite(settings["alpha"]) and settings["alpha"] > 0):  # the update's scale, alpha / r
+            raise ConfigError(f"--lora {self.lora!r}: alpha scales the adapters' update (alpha / r) and must be a "
+                              f"positive number, got {settings['alpha']:g}; the usual is 2r (alpha={2 * settings['r']})")
         target = settings["target"]
         settings["target"] = target if target == "all-linear" else [t for t in target.split("+") if t]
         return settings
