@@ -1,18 +1,52 @@
 """What every command line shares: one way to print an error and exit, fixed choices as typed enums (so `--help`
-lists them and the parser refuses anything else), and `--version`."""
+lists them and the parser refuses anything else), `--version`, and a failed write (a full disk, a read-only or
+forbidden directory) reported as one line by every command (`Commands`)."""
 
 from __future__ import annotations
 
+import errno
+import shutil
 from enum import Enum
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)  # the disk's, not the code's
 
 
 def fail(message: str) -> NoReturn:
     """Print `error: message` in red on stderr and exit with code 2 (a usage or input error, not a crash)."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+class Commands(TyperGroup):
+    """A command group whose commands report a failed write as one line and exit 2, whichever command and wherever
+    it writes: a `WriteError` (already named, with the space left and what was kept) as it is, and a bare OSError of
+    the disk's (full, read-only, forbidden) with the file, the space left there and what to do."""
+
+    def invoke(self, ctx: Any) -> Any:
+        from syllabus.core.io import WriteError
+
+        try:
+            return super().invoke(ctx)
+        except WriteError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            fail(write_failure(exc))
+
+
+def write_failure(exc: OSError) -> str:
+    """One line for an OSError of the disk's: the file, why, the free space there, and what to do."""
+    path = Path(exc.filename) if exc.filename else None
+    where = next((p for p in (path, *path.parents) if p.exists()), None) if path else None
+    free = f"; {shutil.disk_usage(where).free / 2**20:,.0f} MiB free there" if where else ""
+    return (f"cannot write {path or 'an output'} ({exc.strerror or exc}){free}. Free some space (or fix the "
+            "permissions) and run the same command again: what was finished is kept")
 
 
 def choices(name: str, values: tuple[str, ...]) -> type[Enum]:

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from syllabus.core.cli import choices, fail, with_version
+from syllabus.core.cli import Commands, choices, fail, with_version
 from syllabus.core.cli import value as choice_value
 from syllabus.core.config import field_defaults
 from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
@@ -31,6 +31,7 @@ Preset = choices("Preset", tuple(PRESETS))
 CeReduction = choices("CeReduction", ("sum", "mean"))  # schedules.common.CE_REDUCTIONS, without importing polars
 
 app = with_version(typer.Typer(
+    cls=Commands,
     help="Syllabus data curation: score once, schedule many curricula.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

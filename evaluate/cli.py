@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from syllabus.core.cli import choices, fail, with_version
+from syllabus.core.cli import Commands, choices, fail, with_version
 from syllabus.core.cli import value as choice_value
 from syllabus.core.config import field_defaults
 from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
@@ -20,7 +20,7 @@ Backend = choices("Backend", BACKENDS)
 Template = choices("Template", TEMPLATES)
 PROTOCOL = field_defaults(EvalProtocol)  # the CLI's defaults are the protocol's (MiniLLM's)
 
-app = with_version(typer.Typer(help="Evaluate students with the papers' protocol.", no_args_is_help=True,
+app = with_version(typer.Typer(cls=Commands, help="Evaluate students with the papers' protocol.", no_args_is_help=True,
                                pretty_exceptions_enable=False, add_completion=False), "evaluate")
 
 

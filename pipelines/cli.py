@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from syllabus.core.cli import fail, with_version
+from syllabus.core.cli import Commands, fail, with_version
 
-app = with_version(typer.Typer(help="Syllabus pipelines: one command per recipe.", no_args_is_help=True,
+app = with_version(typer.Typer(cls=Commands, help="Syllabus pipelines: one command per recipe.", no_args_is_help=True,
                                pretty_exceptions_enable=False, add_completion=False), "syllabus")
 
 

@@ -419,3 +419,33 @@ def test_a_directory_claimed_by_a_live_process_is_refused_and_a_killed_ones_is_t
     claim_output(out, {"a": 1}, overwrite=False, what="training run")  # the dead holder's lock is no obstacle
     claim_output(out, {"a": 1}, overwrite=False, what="training run")  # nor this process's own
     workdir.release_output(out)
+
+
+def test_a_full_disk_is_one_line_from_every_command_and_the_same_command_then_finishes(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from syllabus.curate.schedules import manifest as manifest_io
+
+    table = write(tmp_path, make_frame(20))
+    out = tmp_path / "schedule"
+    written = manifest_io.atomic_write_bytes
+    calls = []
+
+    def full_after_one(path, data):  # the disk fills up after the first shard
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        written(path, data)
+
+    monkeypatch.setattr(manifest_io, "atomic_write_bytes", full_after_one)
+    args = ("schedule", table.path, "--method", "srd", "--out", out)
+    result = run(*args)
+    line = said(result)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"cannot write {out}/epoch-001.parquet (No space left on device)" in line and "MiB free there" in line
+    assert "run the same command again" in line
+    monkeypatch.setattr(manifest_io, "atomic_write_bytes", written)  # space freed
+    again = run(*args)  # as the message says: no --overwrite needed for its own unfinished schedule
+    assert again.exit_code == 0, again.output
+    assert read_schedule(out).epochs

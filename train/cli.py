@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from syllabus.core.cli import choices, fail, with_version
+from syllabus.core.cli import Commands, choices, fail, with_version
 from syllabus.core.cli import value as choice_value
 from syllabus.core.config import field_defaults
 from syllabus.core.loss_params import LOSSES
@@ -21,7 +21,7 @@ SchedulerName = choices("SchedulerName", SCHEDULERS)
 PrecisionName = choices("PrecisionName", PRECISIONS)
 TrackerName = choices("TrackerName", TRACKERS)
 
-app = with_version(typer.Typer(help="Syllabus trainer: white-box KD over curriculum schedules.", no_args_is_help=True,
+app = with_version(typer.Typer(cls=Commands, help="Syllabus trainer: white-box KD over curriculum schedules.", no_args_is_help=True,
                                pretty_exceptions_enable=False, add_completion=False), "train")
 
 

@@ -59,8 +59,9 @@ def shard_bytes(sample_ids: pl.Series) -> bytes:
 def claim_directory(out: Path, manifest: bytes, overwrite: bool) -> None:
     """Make sure `out` may receive this schedule.
 
-    An empty or missing directory is fine, and so is one holding this very schedule (same manifest: a rerun).
-    With `overwrite`, a directory holding another schedule (finished or not) is emptied for this one.
+    An empty or missing directory is fine, and so is one holding this very schedule (same manifest: a rerun), or an
+    unfinished one (shards without a manifest: its writing stopped), which is emptied for this one. With `overwrite`,
+    a directory holding another schedule is emptied too; files of anyone else's are never deleted (refused).
 
     Raises:
         ScheduleError: `out` is a file; or holds another schedule (the differing settings named, old -> new) and
@@ -74,7 +75,8 @@ def claim_directory(out: Path, manifest: bytes, overwrite: bool) -> None:
     if existing.is_file() and existing.read_bytes() == manifest:
         return
     try:
-        if overwrite:
+        if overwrite or (not existing.is_file() and held_output(out) == SCHEDULE):
+            # (without a manifest, a schedule whose writing stopped, a full disk say: the same command redoes it)
             replace_output(out, SCHEDULE)
             return
         held = held_output(out)
@@ -83,10 +85,7 @@ def claim_directory(out: Path, manifest: bytes, overwrite: bool) -> None:
         raise ScheduleError(str(err)) from None
     if held != SCHEDULE:
         raise ScheduleError(f"--out {out} holds {what}; choose another directory")
-    if not existing.is_file():
-        what = f"an unfinished schedule (no {MANIFEST_FILE})"
-    else:
-        what = f"another schedule ({_changed_settings(existing, manifest)})"
+    what = f"another schedule ({_changed_settings(existing, manifest)})"
     raise ScheduleError(f"--out {out} holds {what}; choose another directory or pass --overwrite to replace it")
 
 
