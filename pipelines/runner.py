@@ -17,13 +17,14 @@ Stage names (after matrix expansion) are identifiers, `[A-Za-z0-9_][A-Za-z0-9_.-
 `WORKDIR/.pipeline/`. A matrix value is a list (`{method: [srd]}` for one value).
 
 A stage is done when `WORKDIR/.pipeline/<stage>.json` (written atomically, after the stage succeeds) holds its
-current fingerprint and its outputs exist (its `--out` and its declared `outputs`). The fingerprint hashes the
-resolved command, the Syllabus version, the stages it `needs` (their fingerprints and when they last finished, so
-that a stage run again, its output deleted say, runs what needs it again too), and the content of every existing file or directory its
-arguments name outside the workdir (its data, models, tables from elsewhere), except its `--out`. Paths inside the
-workdir are products of earlier stages and enter through `needs`, so a stage never hashes its own output. The
-stage CLIs' own run identities are not enough to decide "done" alone: asking them means starting every stage
-(imports, model hashing) on every run, and some stages (`--overwrite`, plots) always redo their work.
+current fingerprint and its outputs exist (its `--out` and `--plots`, and its declared `outputs`). The fingerprint
+hashes the resolved command, the Syllabus version, the stages it `needs` (their fingerprints and when they last
+finished, so that a stage run again, its output deleted say, runs what needs it again too), and the content of every
+existing file or directory its arguments name outside the workdir (its data, models, tables from elsewhere), except
+what it writes. Paths inside the workdir are products of earlier stages and enter through `needs`, so a stage never
+hashes its own output. The stage CLIs' own run identities are not enough to decide "done" alone: asking them means
+starting every stage (imports, model hashing) on every run, and some stages (`--overwrite`, plots) always redo
+their work. A dry run also checks that every path a stage reads exists or is made by an earlier stage.
 
 A re-run thus runs what changed and what depends on it; a failing stage stops the run with its own error; finished
 stages stay. A killed `syllabus run` (even by SIGKILL) stops its stage: on Linux the stage gets SIGTERM when its
@@ -66,7 +67,7 @@ RECIPE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "
               "HF_HUB_DISABLE_PROGRESS_BARS", "HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT",
               "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VLLM_CPU_KVCACHE_SPACE",
               "VLLM_CPU_OMP_THREADS_BIND")
-OUTPUT_OPTIONS = ("--out", "-o")  # the stage CLIs' output option: never an input of its own stage
+OUTPUT_OPTIONS = ("--out", "-o", "--plots")  # where stage CLIs write: never an input of their own stage
 HASH_LIMIT_BYTES = 64 * 2**20  # larger files (model weights) enter the fingerprint by size and mtime
 
 
@@ -383,9 +384,13 @@ def stage_app(program: str):
     return found[0].load()
 
 
-def validate_arguments(stage: Stage) -> None:
+def validate_arguments(stage: Stage) -> list[str]:
     """Parse the stage's arguments with its own CLI (without running it): unknown options fail here, and so do
-    flags that would make the stage print something and exit 0 without doing its work (`--help`, `--version`)."""
+    flags that would make the stage print something and exit 0 without doing its work (`--help`, `--version`).
+
+    Returns:
+        The paths the stage reads (`_read_paths`), for a dry run to check.
+    """
     import contextlib
     import io
 
@@ -396,15 +401,45 @@ def validate_arguments(stage: Stage) -> None:
     eager = {"--help", "-h"}  # options that act while parsing, then exit
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            _parse(stage, command, args, eager)
+            leaf, ctx = _parse(stage, command, args, eager)
     except typer.Exit:
         flags = [a for a in args if a.partition("=")[0] in eager] or ["--help"]
         raise PipelineError(f"stage {stage.name}: {shlex.join(stage.argv)}: {', '.join(flags)} would print and end "
                             "the stage without running it; remove it from the recipe") from None
+    return _read_paths(leaf, ctx)
 
 
-def _parse(stage: Stage, command: Any, args: list[str], eager: set[str]) -> None:
-    """Parse `args` down the command's groups (typer vendors click); the eager options met are added to `eager`."""
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".yaml", ".yml", ".txt")
+
+
+def _read_paths(command: Any, ctx: Any) -> list[str]:
+    """The values of a parsed stage command that name files or directories it reads: options typed as paths, and
+    text that can only be a path (absolute, ./ ../ ~, two or more slashes, or a data file's suffix), not a hub id
+    (owner/name) nor a name (`default`, `dolly_dev_1000`); the value of a `key=value` parameter likewise. What it
+    writes (`OUTPUT_OPTIONS`) is not read."""
+    import click
+
+    paths = []
+    for param in command.params:
+        if set(getattr(param, "opts", ())) & set(OUTPUT_OPTIONS) or param.name not in ctx.params:
+            continue
+        values = ctx.params[param.name]
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if value is None or isinstance(value, bool) or value == param.default:
+                continue
+            text = str(value)
+            key, eq, rest = text.partition("=")
+            if eq and _IDENTIFIER.fullmatch(key):  # a method parameter, -p sizes_from=PATH
+                text = rest
+            if isinstance(value, Path) or text.startswith(("/", "./", "../", "~")) or \
+                    text.count("/") >= 2 or text.lower().endswith(DATA_SUFFIXES):
+                paths.append(text)
+    return paths
+
+
+def _parse(stage: Stage, command: Any, args: list[str], eager: set[str]) -> tuple[Any, Any]:
+    """Parse `args` down the command's groups (typer vendors click); the eager options met are added to `eager`.
+    Returns the command reached and its parsed context."""
     eager.update(o for p in command.params if p.is_eager for o in p.opts)
     try:
         ctx = command.make_context(stage.argv[0], list(args), resilient_parsing=False)
@@ -421,6 +456,7 @@ def _parse(stage: Stage, command: Any, args: list[str], eager: set[str]) -> None
         if not hasattr(exc, "format_message"):  # not a usage error (an exit, or a bug): the caller's
             raise
         raise PipelineError(f"stage {stage.name}: {shlex.join(stage.argv)}: {exc.format_message()}") from None
+    return command, ctx
 
 
 def program_path(name: str) -> str:
@@ -443,9 +479,9 @@ def run_pipeline(pipeline: Pipeline, dry_run: bool = False, only: list[str] | No
                             f"stages: {', '.join(names)}")
     if pipeline.notice:
         echo(pipeline.notice)
-    for stage in pipeline.stages:
-        validate_arguments(stage)
+    reads = {stage.name: validate_arguments(stage) or [] for stage in pipeline.stages}
     if dry_run:
+        check_inputs(pipeline, reads)
         return _run_stages(pipeline, None, only, echo)
     lock_path = pipeline.workdir / ".pipeline" / "lock"
     try:
@@ -464,6 +500,26 @@ def run_pipeline(pipeline: Pipeline, dry_run: bool = False, only: list[str] | No
         return _run_stages(pipeline, lock, only, echo)
     finally:
         os.close(lock)  # the lock lives on in a stage process that outlives this one
+
+
+def check_inputs(pipeline: Pipeline, reads: dict[str, list[str]]) -> None:
+    """Refuse a recipe a stage of which reads a path that neither exists nor lies in (or holds) what an earlier
+    stage makes: a dry run's check that the run would not stop at that stage for want of its data or model.
+
+    Raises:
+        PipelineError: naming every such stage and path.
+    """
+    made: list[Path] = []
+    missing = []
+    for stage in pipeline.stages:
+        for text in reads.get(stage.name, []):
+            path = Path(text).expanduser().absolute()
+            if not path.exists() and not any(path == o or o in path.parents or path in o.parents for o in made):
+                missing.append(f"stage {stage.name} reads {text}")
+        made += [Path(o).expanduser().absolute() for o in stage_outputs(stage)]
+    if missing:
+        raise PipelineError(f"{pipeline.path}: {'; '.join(missing)}: no such file or directory, and no earlier stage "
+                            "makes it. Fix the path (or --set the variable that gives it) before running")
 
 
 def _alive(pid: Any) -> bool:

@@ -83,9 +83,18 @@ def wait_for(condition, what: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def paper_data(recipe: Path, tmp_path: Path) -> dict[str, str]:
+    """`--set data=...` to a file that exists, for a recipe whose data is a file of the user's (the paper recipes)."""
+    if "data/dolly/train.jsonl" not in recipe.read_text():
+        return {}
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "Say hi.", "output": "Hi."}\n')
+    return {"data": str(data)}
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_every_shipped_recipe_validates_and_dry_runs(recipe, tmp_path):
-    pipeline = load_pipeline(recipe, {"workdir_root": str(tmp_path)})
+    pipeline = load_pipeline(recipe, {"workdir_root": str(tmp_path), **paper_data(recipe, tmp_path)})
     ran = run_pipeline(pipeline, dry_run=True, echo=lambda *_: None)  # parses every stage with its own CLI
     assert ran == [s.name for s in pipeline.stages]
 
@@ -490,3 +499,16 @@ def test_a_stage_that_would_only_print_its_help_is_refused_before_any_stage_runs
         with pytest.raises(PipelineError, match=f"stage b: .*: {flag.split()[0]} would print and end the stage"):
             run_pipeline(load_pipeline(recipe), echo=lambda *_: None)
         assert not (tmp_path / "work" / ".pipeline" / "a.json").exists()
+
+
+def test_a_dry_run_names_what_a_stage_reads_that_nothing_makes(tmp_path):
+    recipe = Path(__file__).resolve().parents[1] / "pipelines" / "srd.yaml"
+    pipeline = load_pipeline(recipe, {"workdir_root": str(tmp_path), "data": str(tmp_path / "missing.jsonl"),
+                                      "teacher": str(tmp_path / "no-teacher")})
+    with pytest.raises(PipelineError) as refused:
+        run_pipeline(pipeline, dry_run=True, echo=lambda *_: None)
+    message = str(refused.value)
+    assert f"stage score reads {tmp_path / 'missing.jsonl'}" in message and str(tmp_path / "no-teacher") in message
+    assert "no earlier stage makes it" in message and "schedule" not in message  # later stages read what score makes
+    pipeline = load_pipeline(recipe, {"workdir_root": str(tmp_path), **paper_data(recipe, tmp_path)})
+    assert run_pipeline(pipeline, dry_run=True, echo=lambda *_: None)  # the data exists, the models are hub ids
