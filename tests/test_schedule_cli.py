@@ -147,3 +147,22 @@ def test_help_params_lists_every_field_with_its_paper_default():
     every = run("schedule", "--help-params", "all")
     assert every.exit_code == 0 and all(f"{m}: " in every.output for m in ("spectrum", "srd", "l2m", "dakd", "full"))
     assert run("schedule", "--help-params", "curriculum").exit_code == 2
+
+
+def test_a_schedule_of_a_teacher_only_table_says_why_it_shows_no_student_means(tmp_path):
+    from syllabus.core.table import write_table
+
+    frame = make_frame(12).drop("student_ce", "dds", "rouge_l", "output_ce", "student_output", strict=False)
+    table = write_table(frame, tmp_path / "teacher-table", {"kind": "difficulty_table", "student": None})
+    result = run("schedule", table.path, "--method", "full", "--out", tmp_path / "s")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "is a teacher-only table (scored with --student none), so it has no student scores" in said
+    assert "not readable" not in said
+    moved = run("schedule", write(tmp_path, make_frame(12)).path, "--method", "full", "--out", tmp_path / "s2")
+    assert moved.exit_code == 0
+    import shutil
+
+    shutil.rmtree(tmp_path / "table")
+    inspected = " ".join(run("inspect", tmp_path / "s2").output.split())
+    assert "cannot be read (moved, deleted or damaged); the schedule itself is whole" in inspected

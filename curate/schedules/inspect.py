@@ -115,9 +115,21 @@ def summarize_schedule(path: Path, column: str = "student_ce", ce_reduction: str
             f"{' '.join([loss_params, *flags]).strip()}"
         )
     if profile["mean"].null_count() == len(profile):
-        lines.append(f"  (mean {shown_column} n/a: the table {table['path']} is not readable or lacks numeric "
-                     f"{' and '.join(ce_columns(column, ce_reduction))})")
+        lines.append(f"  (mean {shown_column} n/a: {_why_no_means(table['path'], ce_columns(column, ce_reduction))})")
     return "\n".join(lines)
+
+
+def _why_no_means(table_path: str, columns: list[str]) -> str:
+    """Why a schedule's summary shows no means: a teacher-only table (no student, by design), or a table that
+    cannot be read or lacks the columns."""
+    try:
+        metadata = read_table(table_path, columns=["sample_id"]).metadata
+    except TableError:
+        return f"the table {table_path} cannot be read (moved, deleted or damaged); the schedule itself is whole"
+    if "student" in metadata and metadata["student"] is None and any(c.startswith("student") for c in columns):
+        return (f"{table_path} is a teacher-only table (scored with --student none), so it has no student scores; "
+                "full and random schedules need none, and a student's table made with --teacher-from has them")
+    return f"the table {table_path} lacks numeric {' and '.join(columns)}"
 
 
 def _labels(paths: list[Path]) -> list[str]:
