@@ -79,6 +79,7 @@ class RayBackend:
         except ImportError:
             raise BackendError("--backend ray needs Ray: pip install 'syllabus[ray]'") from None
         if not ray.is_initialized():
+            check_reachable(address)
             ray.init(address=address, log_to_driver=False)
         import ray.data
 
@@ -139,6 +140,38 @@ def _to_ipc(frame: pl.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.write_ipc(buffer)
     return buffer.getvalue()
+
+
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str | None, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Refuse a Ray address whose host:port takes no connection within `timeout_s`: `ray.init` would retry for
+    minutes (seen here: still retrying after 5) and then end in a ConnectionError traceback.
+
+    Args:
+        address: `host:port` or `ray://host:port`; None and "auto" (a local cluster, found by Ray) are not checked.
+
+    Raises:
+        BackendError: naming the address, the error and how long it waited.
+    """
+    import socket
+    import time
+
+    if not address or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise BackendError(f"--ray-address {address!r}: expected host:port (the address `ray start --head` prints), "
+                           "ray://host:port for a Ray client, or auto")
+    start = time.monotonic()
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        waited = time.monotonic() - start
+        raise BackendError(f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc}, after "
+                           f"{waited:.1f} s). Start one with `ray start --head` and pass the address it prints, or "
+                           "run without --backend ray") from None
 
 
 def open_backend(name: str, address: str | None = None, replicas: int | None = None,

@@ -144,3 +144,25 @@ def test_evaluation_on_ray_replicas_writes_the_local_runs_generations(tmp_path, 
         assert a.equals(b), name
     summaries = [json.loads((tmp_path / run / "summary.json").read_text()) for run in ("local", "ray")]
     assert summaries[0]["results"] == summaries[1]["results"]
+
+
+def test_an_unreachable_cluster_is_named_at_once(tmp_path, small_dolly, tiny_model):
+    """`ray.init` retries an address where no cluster runs for minutes, then raises ConnectionError."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "syllabus.curate", "score", str(small_dolly), "--out",
+                             str(tmp_path / "t"), "--student", str(tiny_model), "--teacher", str(tiny_model),
+                             "--gen-engine", "hf", "--ce-engine", "hf", "--backend", "ray", "--ray-address", address,
+                             "--quiet"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    said = " ".join(result.stderr.split())
+    assert f"--ray-address {address}: no Ray cluster answers there" in said and " s). Start one with" in said
+    assert time.monotonic() - start < 120
