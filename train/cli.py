@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -92,7 +93,12 @@ def run(
         from .loop import train
 
         final = train(cfg)
-    except (ConfigError, ScheduleError, TableError, ModelError, DataError, ValueError, WriteError,
-            MainProcessError) as exc:
+    except (ConfigError, ScheduleError, TableError, ModelError, DataError, ValueError, MainProcessError) as exc:
+        # under torchrun every rank checks the same inputs and refuses alike, and a MainProcessError repeats the
+        # main process's failure: rank 0 says it once, the others only exit
+        if int(os.environ.get("RANK", "0")) != 0:
+            raise typer.Exit(code=2) from None
         fail(str(exc))
+    except WriteError as exc:  # the main process writes; a rank's own write failure is its own to report
+        fail(str(exc) if int(os.environ.get("RANK", "0")) == 0 else f"rank {os.environ['RANK']}: {exc}")
     typer.echo(f"final checkpoint: {final}")
