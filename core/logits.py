@@ -100,6 +100,14 @@ def checked_logit_head(model: Any, name: str) -> LogitHead:
         theirs = model(input_ids=ids).logits.float()
     finally:
         model.train(was_training)
+    if not torch.isfinite(theirs).all():  # NaN or inf weights: a damaged or diverged model, not its architecture
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        raise ModelError(
+            f"{name} gives non-finite logits (NaN or inf)"
+            + (f": {len(bad)} weight tensor(s) hold NaN or inf, first {bad[0]}" if bad else "")
+            + ". The checkpoint is damaged or its training diverged; use an earlier checkpoint or download or save "
+            "the model again"
+        )
     error = (ours - theirs).abs().max().item()
     if not error <= 1e-2 * (1.0 + theirs.abs().max().item()):
         raise ModelError(

@@ -104,3 +104,13 @@ def test_logits_it_cannot_reproduce_are_refused():
     with pytest.raises(ModelError, match="does not reproduce"):
         checked_logit_head(Doubled(tf.LlamaConfig(**SMALL)), "doubled")
     checked_logit_head(tiny("llama", 0), "llama")  # the plain model passes
+
+
+def test_nan_weights_are_named_as_damage_not_blamed_on_the_architecture():
+    model = tiny("llama", 0)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ModelError, match=r"non-finite logits .NaN or inf.: 1 weight tensor.s. hold NaN or inf, first "
+                                         r"model.layers.1.mlp.down_proj.weight\. The checkpoint is damaged") as refused:
+        checked_logit_head(model, "student")
+    assert "architecture" not in str(refused.value)
