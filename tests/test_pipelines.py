@@ -177,7 +177,8 @@ def test_report_collects_results_training_and_stage_timings(tmp_path):
     (tmp_path / "compare" / "compare.md").write_text("| model | dollyeval |\n|---|---|\n| srd | 21.5 |\n")
     run = tmp_path / "runs" / "srd"
     run.mkdir(parents=True)
-    rows = [{"step": k, "tokens": 100, "tokens_per_second": 50.0, "loss": 3.0 - k} for k in (1, 2)]
+    rows = [{"step": k, "tokens": 100, "tokens_per_second": 50.0, "loss": 3.0 - k, "ce": 5.0 - k, "loss_name": "skl",
+             "kd_weight": 0.7} for k in (1, 2)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "tok')  # killed
     (tmp_path / ".pipeline").mkdir()
     for name, seconds, at in (("train-srd", 4.0, 2.0), ("score", 10.0, 1.0)):
@@ -185,7 +186,10 @@ def test_report_collects_results_training_and_stage_timings(tmp_path):
     (tmp_path / ".pipeline" / "broken.json").write_text('{"seconds": 1')  # damaged: left out, never a traceback
     text = write_report(tmp_path, "T").read_text()
     assert "| srd | 21.5 |" in text
-    assert "| srd | 2 | 200 | 4 | 1.000 |" in text  # steps, tokens, seconds (200 tokens at 50/s), last loss
+    # steps, tokens, seconds (200 tokens at 50/s), the ground truth's CE (comparable), the run's own loss (named)
+    assert "| srd | 2 | 200 | 4 | 3.000 | 1.000 (skl, kd_weight 0.7) |" in text
+    assert "losses do not compare across runs" in text
+    assert "trained for 2 optimizer steps at most" in text and "it does not rank the methods" in text
     assert "metrics.jsonl: 1 unreadable line(s) left out" in text and "broken" not in text
     result = runner.invoke(app, ["report", "--workdir", str(tmp_path / "typo")])
     assert result.exit_code == 2 and "typo is not a directory" in result.output and not (tmp_path / "typo").exists()
