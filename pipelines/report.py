@@ -65,8 +65,8 @@ def _training_summary(workdir: Path) -> list[str]:
             "| run | optimizer steps | response tokens | train seconds | last CE of the ground truth | last loss "
             "(its own objective) |",
             "|---|---:|---:|---:|---:|---:|", *rows, "",
-            "The CE of the ground truth is the same quantity in every run (the SFT term, nats per response token of the "
-            "last step's batch); each run's loss is its own objective (its KD loss and kd_weight), so losses do not "
+            "The CE of the ground truth is the same quantity in every run (the SFT term, nats per response token of "
+            "the last step's batch); each run's loss is its own objective (its KD loss and kd_weight), so losses do not "
             "compare across runs.", "", *figures, "", *[note + "\n" for note in notes]]
 
 

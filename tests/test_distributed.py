@@ -204,8 +204,9 @@ def test_killing_torchruns_process_group_stops_its_ranks_and_frees_the_run_direc
     # torchrun starts each rank in a session of its own: a kill -9 of its process group reaches only the launcher
     sched, _ = build_schedule(table.path, "full", tmp_path / "sched", {"epochs": 2})
     out, gate = tmp_path / "run", tmp_path / "gate"
-    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                                 PREEMPT, "train-pause", "1", "syllabus.train", *args(sched, out, tiny_model, tiny_teacher)],
+    command = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", PREEMPT, "train-pause", "1",
+               "syllabus.train", *args(sched, out, tiny_model, tiny_teacher)]
+    launcher = subprocess.Popen([sys.executable, *command],
                                 env={**os.environ, "OMP_NUM_THREADS": "1", "PREEMPT_GATE": str(gate)},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     paused = [tmp_path / f"gate.paused-{rank}" for rank in (0, 1)]

@@ -23,8 +23,8 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.yam
 runner = CliRunner()
 
 FAKE_STAGE = """#!{python}
-# A stand-in stage program: logs each call; `--out PATH` (or `--out=PATH`) writes PATH; `wait FILE` waits for FILE (20 s at most);
-# `linger FILE` waits too, ignoring SIGTERM (a stage that takes its time to stop).
+# A stand-in stage program: logs each call; `--out PATH` (or `--out=PATH`) writes PATH; `wait FILE` waits for FILE
+# (20 s at most); `linger FILE` waits too, ignoring SIGTERM (a stage that takes its time to stop).
 import json, os, resource, signal, sys, time
 
 hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]

@@ -241,7 +241,8 @@ def test_a_run_directory_of_an_earlier_version_is_resumed_and_replaced(tmp_path)
     claim_output(out, {"config": {"lr": 1}}, overwrite=False, what="training run", names=("checkpoint.bin",))
     assert (out / "checkpoint.bin").exists()
     (out / "_work" / "run.json").write_text(json.dumps({"config": {"lr": 1}}))
-    claim_output(out, {"config": {"lr": 2}}, overwrite=True, what="training run", names=("checkpoint.bin",))  # the same identity keys
+    # the same identity keys
+    claim_output(out, {"config": {"lr": 2}}, overwrite=True, what="training run", names=("checkpoint.bin",))
     assert not (out / "checkpoint.bin").exists()
     (out / "_work" / "run.json").write_text(json.dumps({"model": "m", "sets": []}))  # another kind's identity
     (out / "checkpoint.bin").write_text("weights")

@@ -22,8 +22,8 @@ SchedulerName = choices("SchedulerName", SCHEDULERS)
 PrecisionName = choices("PrecisionName", PRECISIONS)
 TrackerName = choices("TrackerName", TRACKERS)
 
-app = with_version(typer.Typer(cls=Commands, help="Syllabus trainer: white-box KD over curriculum schedules.", no_args_is_help=True,
-                               pretty_exceptions_enable=False, add_completion=False), "train")
+app = with_version(typer.Typer(cls=Commands, help="Syllabus trainer: white-box KD over curriculum schedules.",
+                               no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False), "train")
 
 
 @app.command()

@@ -123,7 +123,8 @@ class TrainConfig:
         settings.setdefault("alpha", 2.0 * settings["r"])
         if not (math.isfinite(settings["alpha"]) and settings["alpha"] > 0):  # the update's scale, alpha / r
             raise ConfigError(f"--lora {self.lora!r}: alpha scales the adapters' update (alpha / r) and must be a "
-                              f"positive number, got {settings['alpha']:g}; the usual is 2r (alpha={2 * settings['r']})")
+                              f"positive number, got {settings['alpha']:g}; the usual is 2r "
+                              f"(alpha={2 * settings['r']})")
         target = settings["target"]
         settings["target"] = target if target == "all-linear" else [t for t in target.split("+") if t]
         return settings
