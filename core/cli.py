@@ -5,7 +5,6 @@ forbidden directory) reported as one line by every command (`Commands`)."""
 from __future__ import annotations
 
 import errno
-import shutil
 from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -42,9 +41,10 @@ class Commands(TyperGroup):
 
 def write_failure(exc: OSError) -> str:
     """One line for an OSError of the disk's: the file, why, the free space there, and what to do."""
+    from syllabus.core.io import free_mib
+
     path = Path(exc.filename) if exc.filename else None
-    where = next((p for p in (path, *path.parents) if p.exists()), None) if path else None
-    free = f"; {shutil.disk_usage(where).free / 2**20:,.0f} MiB free there" if where else ""
+    free = f"; {free_mib(path):,.0f} MiB free there" if path else ""
     return (f"cannot write {path or 'an output'} ({exc.strerror or exc}){free}. Free some space (or fix the "
             "permissions) and run the same command again: what was finished is kept")
 

@@ -44,10 +44,15 @@ def writing(path: Path, what: str, cleanup: bool = False) -> Iterator[None]:
             shutil.rmtree(path, ignore_errors=True)
         if isinstance(exc, WriteError):  # named already, by a write inside the block
             raise
-        where = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
-        free = shutil.disk_usage(where).free / 2**20
+        free = free_mib(path)
         raise WriteError(f"cannot write the {what} to {path} ({exc}); {free:,.0f} MiB free there. Free some space "
                          "(or fix the permissions) and run the same command again: finished work is kept") from exc
+
+
+def free_mib(path: Path) -> float:
+    """The free space, in MiB, of the file system `path` is (or would be) on: its nearest existing ancestor's."""
+    where = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    return shutil.disk_usage(where).free / 2**20
 
 
 def read_json(path: Path) -> Any:
