@@ -417,8 +417,6 @@ def _read_paths(command: Any, ctx: Any) -> list[str]:
     text that can only be a path (absolute, ./ ../ ~, two or more slashes, or a data file's suffix), not a hub id
     (owner/name) nor a name (`default`, `dolly_dev_1000`); the value of a `key=value` parameter likewise. What it
     writes (`OUTPUT_OPTIONS`) is not read."""
-    import click
-
     paths = []
     for param in command.params:
         if set(getattr(param, "opts", ())) & set(OUTPUT_OPTIONS) or param.name not in ctx.params:
