@@ -5,6 +5,7 @@ forbidden directory) reported as one line by every command (`Commands`)."""
 from __future__ import annotations
 
 import errno
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -12,6 +13,7 @@ from typing import Any, NoReturn
 import typer
 from typer.core import TyperGroup
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # syllabus/
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)  # the disk's, not the code's
 
 
@@ -24,19 +26,41 @@ def fail(message: str) -> NoReturn:
 class Commands(TyperGroup):
     """A command group whose commands report a failed write as one line and exit 2, whichever command and wherever
     it writes: a `WriteError` (already named, with the space left and what was kept) as it is, and a bare OSError of
-    the disk's (full, read-only, forbidden) with the file, the space left there and what to do."""
+    the disk's (full, read-only, forbidden) with the file, the space left there and what to do. Syllabus's own
+    warnings print as one `warning: ...` line, without Python's file and source line."""
 
     def invoke(self, ctx: Any) -> Any:
         from syllabus.core.io import WriteError
 
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except WriteError as exc:
             fail(str(exc))
         except OSError as exc:
             if exc.errno not in WRITE_ERRNOS:
                 raise
             fail(write_failure(exc))
+
+
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    if _ours(filename):  # written for the user: the file and source line are noise to them
+        typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+    else:
+        _default_show_warning(message, category, filename, lineno, file, line)
+
+
+_default_show_warning = warnings.showwarning
+
+
+def _ours(filename: str) -> bool:
+    """Whether `filename` is in one of Syllabus's subpackages (not a virtualenv an editable install keeps beside them)."""
+    path = Path(filename).resolve()
+    if not path.is_relative_to(PACKAGE_DIR) or path == PACKAGE_DIR:
+        return False
+    return (PACKAGE_DIR / path.relative_to(PACKAGE_DIR).parts[0] / "__init__.py").exists()
 
 
 def write_failure(exc: OSError) -> str:

@@ -16,6 +16,7 @@ from syllabus.core.cli import value as choice_value
 from syllabus.core.config import field_defaults
 from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
 from syllabus.core.engines.base import GenerationParams
+from syllabus.core.precision import DTYPES
 from syllabus.core.templates import TEMPLATES
 
 from .data import PRESETS, SUFFIXES
@@ -27,6 +28,7 @@ GENERATION = field_defaults(GenerationParams)
 Engine = choices("Engine", ENGINE_CHOICES)
 Backend = choices("Backend", BACKENDS)
 Template = choices("Template", TEMPLATES)
+Dtype = choices("Dtype", DTYPES)
 Preset = choices("Preset", tuple(PRESETS))
 CeReduction = choices("CeReduction", ("sum", "mean"))  # schedules.common.CE_REDUCTIONS, without importing polars
 
@@ -70,7 +72,7 @@ def score(
     seed: int = typer.Option(GENERATION['seed']),
     gen_engine: Engine = typer.Option(SCORE['gen_engine'], help="auto: vllm if installed"),
     ce_engine: Engine = typer.Option(SCORE['ce_engine'], help="auto: vllm on GPU, hf on CPU"),
-    dtype: str = typer.Option(SCORE['dtype'], help="inference dtype (bf16 is ~9x faster than fp32 on AMX CPUs)"),
+    dtype: Dtype = typer.Option(SCORE['dtype'], help="inference dtype; auto: bfloat16 where the machine has native bf16 (GPUs, AVX512-BF16/AMX CPUs), else float32"),
     part_size: int = typer.Option(SCORE['part_size'], help="rows per resumable part"),
     batch_tokens: Optional[int] = typer.Option(None, help="padded tokens per transformers forward (default 2048 CPU, 16384 GPU)"),
     padding_free: Optional[bool] = typer.Option(
@@ -107,7 +109,7 @@ def score(
             response_field=response_field, template=choice_value(template), split=split, limit=limit, max_seq_len=max_seq_len,
             truncate=truncate,
             generation=GenerationParams(temperature, top_p, max_new_tokens, num_samples, seed),
-            gen_engine=choice_value(gen_engine), ce_engine=choice_value(ce_engine), dtype=dtype, part_size=part_size, batch_tokens=batch_tokens,
+            gen_engine=choice_value(gen_engine), ce_engine=choice_value(ce_engine), dtype=choice_value(dtype), part_size=part_size, batch_tokens=batch_tokens,
             padding_free=padding_free, pack_tokens=pack_tokens, teacher_topk=teacher_topk,
             num_shards=num_shards, shard_index=shard_index, tensor_parallel_size=tensor_parallel_size,
             backend=choice_value(backend), ray_address=ray_address, replicas=replicas,

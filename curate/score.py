@@ -27,6 +27,7 @@ import polars as pl
 from syllabus.core.backends import LocalBackend, PartFailure, RayBackend, open_backend
 from syllabus.core.io import atomic_write_parquet, read_parquet
 from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
+from syllabus.core.precision import resolve_dtype
 from syllabus.core.table import METADATA_FILE, Table, part_name, read_table, write_table
 from syllabus.core.tokens import Encoded, encode_pair
 from syllabus.core.topk_cache import (
@@ -426,8 +427,8 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
     Raises:
         ScoreError, DataError, ModelError: with what was wrong and what to do.
     """
-    try:
-        return _score(config, progress)
+    try:  # "auto" becomes this machine's format here, so the table and the run identity record the real one
+        return _score(dataclasses.replace(config, dtype=resolve_dtype(config.dtype)), progress)
     finally:
         release_output(Path(config.out))  # claimed (locked) for this process while it scores
 

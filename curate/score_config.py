@@ -9,6 +9,7 @@ from typing import Any
 
 from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
 from syllabus.core.engines.base import GenerationParams
+from syllabus.core.precision import DTYPES
 
 from . import data as data_mod
 
@@ -39,7 +40,7 @@ class ScoreConfig:
     generation: GenerationParams = field(default_factory=GenerationParams)
     gen_engine: str = "auto"
     ce_engine: str = "auto"
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # bfloat16 where native, else float32 (core/precision.py); resolved when scoring starts
     part_size: int = 256
     batch_tokens: int | None = None  # transformers CE batches; None: 2048 on CPU (cache-friendly), 16384 on GPU
     padding_free: bool | None = None  # transformers CE pass packed; None: where attention is flash-attention
@@ -63,6 +64,8 @@ class ScoreConfig:
             raise ScoreError(f"unknown template {self.template!r}; choose one of {', '.join(data_mod.TEMPLATES)}")
         if self.gen_engine not in ENGINE_CHOICES or self.ce_engine not in ENGINE_CHOICES:
             raise ScoreError(f"engines: --gen-engine and --ce-engine are one of {', '.join(ENGINE_CHOICES)}")
+        if self.dtype not in DTYPES:
+            raise ScoreError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if not 0 <= self.shard_index < self.num_shards:
             raise ScoreError(f"--shard-index must be in [0, {self.num_shards}), got {self.shard_index}")
         if self.part_size < 1 or self.max_seq_len < 2 or (self.batch_tokens is not None and self.batch_tokens < 1) \

@@ -11,6 +11,7 @@ from syllabus.core.cli import Commands, choices, fail, with_version
 from syllabus.core.cli import value as choice_value
 from syllabus.core.config import field_defaults
 from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
+from syllabus.core.precision import DTYPES
 from syllabus.core.templates import TEMPLATES
 
 from .protocol import EvalProtocol
@@ -18,6 +19,7 @@ from .protocol import EvalProtocol
 Engine = choices("Engine", ENGINE_CHOICES)
 Backend = choices("Backend", BACKENDS)
 Template = choices("Template", TEMPLATES)
+Dtype = choices("Dtype", DTYPES)
 PROTOCOL = field_defaults(EvalProtocol)  # the CLI's defaults are the protocol's (MiniLLM's)
 
 app = with_version(typer.Typer(cls=Commands, help="Evaluate students with the papers' protocol.", no_args_is_help=True,
@@ -55,7 +57,7 @@ def run(
     no_repeat_ngram_size: int = typer.Option(PROTOCOL["no_repeat_ngram_size"], help="0 turns n-gram blocking off"),
     template: Template = typer.Option(PROTOCOL["template"], help="prompts: the papers' Alpaca template, the model's chat template (for a student trained on chat-templated data), or each set's prompt as given"),
     engine: Engine = typer.Option("auto", help="auto: vllm if installed"),
-    dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32"),
+    dtype: Dtype = typer.Option("auto", help="auto: bfloat16 where the machine has native bf16 (GPUs, AVX512-BF16/AMX CPUs), else float32"),
     tensor_parallel_size: int = typer.Option(1, help="vLLM tensor parallelism (GPUs per engine)"),
     backend: Backend = typer.Option("local", help="where the (set, seed) jobs run: this process, or the engines of a Ray cluster (pip install 'syllabus[ray]')"),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster to join [default: the running one, else a local one]"),
@@ -73,7 +75,7 @@ def run(
     try:
         protocol = EvalProtocol(max_prompt_tokens, max_new_tokens, temperature, top_p, no_repeat_ngram_size,
                                 _seeds(seeds), choice_value(template))
-        config = EvalConfig(model, str(out), tuple(_csv(sets)), limit, protocol, choice_value(engine), dtype,
+        config = EvalConfig(model, str(out), tuple(_csv(sets)), limit, protocol, choice_value(engine), choice_value(dtype),
                             label=label, overwrite=overwrite, tensor_parallel_size=tensor_parallel_size,
                             backend=choice_value(backend), ray_address=ray_address, replicas=replicas)
         summary = evaluate(config, progress=not quiet)

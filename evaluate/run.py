@@ -13,6 +13,7 @@ Each (set, seed) file is written atomically when finished, so an interrupted run
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -26,12 +27,12 @@ from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
 from syllabus.core.engines.base import GenerationParams, request_seed
 from syllabus.core.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet
 from syllabus.core.models import load_tokenizer, resolve_model
+from syllabus.core.precision import DTYPES, resolve_dtype
 from syllabus.core.workdir import claim_output, release_output
 
 from .protocol import EvalProtocol, score_row
 from .sets import DEFAULT_SETS, EvalSet, EvalSetError, load_sets
 
-DTYPES = ("bfloat16", "float16", "float32")  # what both engines take
 
 
 class EvalRunError(ValueError):
@@ -46,7 +47,7 @@ class EvalConfig:
     limit: int | None = None
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
     engine: str = "auto"
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # bfloat16 where native, else float32 (core/precision.py); resolved when evaluating starts
     batch_tokens: int | None = None
     label: str | None = None
     overwrite: bool = False
@@ -192,8 +193,8 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     Returns:
         The summary (also written to OUT/summary.json).
     """
-    try:
-        return _evaluate(config, progress)
+    try:  # "auto" becomes this machine's format here, so the summary and the run identity record the real one
+        return _evaluate(dataclasses.replace(config, dtype=resolve_dtype(config.dtype)), progress)
     finally:
         release_output(Path(config.out))
 

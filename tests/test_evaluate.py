@@ -278,7 +278,7 @@ def test_compare_names_a_damaged_summary_and_the_remedy(eval_runs, tmp_path, dam
         (("--limit", "0"), "--limit must be >= 1, got 0"),
         (("--seeds", "10,x"), "--seeds takes comma-separated integers, got '10,x'"),
         (("--seeds", "10,20,10"), "--seeds repeats 10; give each seed once"),
-        (("--dtype", "float33"), "unknown dtype 'float33'; choose one of bfloat16, float16, float32"),
+        (("--dtype", "float33"), "'float33' is not one of 'auto',"),
         (("--temperature", "-1"), "temperature must be >= 0"),
         (("--top-p", "0"), "top_p must be in (0, 1]"),
         (("--no-repeat-ngram-size", "-1"), "no_repeat_ngram_size must be >= 0"),

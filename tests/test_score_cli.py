@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import weights_digest
+from syllabus.core.precision import resolve_dtype
 from syllabus.core.table import read_table
 from syllabus.curate.cli import app
 
@@ -61,6 +62,7 @@ def test_score_writes_a_complete_table(scored, tiny_model, tiny_teacher):
     assert meta["student"]["weights_sha256"] == weights_digest(tiny_model) and meta["template"] == "alpaca"
     assert meta["teacher"]["weights_sha256"] == weights_digest(tiny_teacher)
     assert meta["engines"]["generation"] == "hf" and meta["generation"]["temperature"] == 0.01
+    assert meta["engines"]["dtype"] == resolve_dtype("auto") != "auto"  # the format it ran in, not the setting
     assert "student_ce" in output and "status: ok=12" in output  # the end-of-run summary
     sidecar = json.loads((out / "metadata.json").read_text())
     parquet_meta = json.loads(pq.read_schema(next(out.glob("part-*.parquet"))).metadata[b"syllabus"])

@@ -573,3 +573,19 @@ def test_a_run_directory_is_trained_into_by_one_process_at_a_time(table, tmp_pat
     (out / "notes.md").unlink()
     assert runner.invoke(app, [*args, "--overwrite", "--max-steps", "1"]).exit_code == 0
     assert [r["step"] for r in metrics(out)] == [1]
+
+
+def test_the_default_precision_is_the_machines_and_the_run_records_the_resolved_one(table, tmp_path, tiny_model,
+                                                                                    tiny_teacher, monkeypatch):
+    from syllabus.core import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda: False)  # a CPU that would emulate bf16
+    precision._warn_no_bf16.cache_clear()
+    sched = schedule(table, tmp_path, "full", epochs=1)
+    out = tmp_path / "run"
+    args = [a for a in train_args(sched, out, tiny_model, tiny_teacher, "--max-steps", "1") if a not in ("--precision",
+                                                                                                          "fp32")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["config"]["precision"] == "fp32"
+    precision._warn_no_bf16.cache_clear()

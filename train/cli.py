@@ -12,8 +12,9 @@ from syllabus.core.cli import Commands, choices, fail, with_version
 from syllabus.core.cli import value as choice_value
 from syllabus.core.config import field_defaults
 from syllabus.core.loss_params import LOSSES
+from syllabus.core.precision import PRECISIONS
 
-from .config import PRECISIONS, SCHEDULERS, TRACKERS, TrainConfig
+from .config import SCHEDULERS, TRACKERS, TrainConfig
 
 TRAIN = field_defaults(TrainConfig)  # options default to None (= the YAML or these); help shows these
 
@@ -50,7 +51,7 @@ def run(
     max_seq_len: Optional[int] = typer.Option(
         None, help="longest prompt + response in tokens; a limit below a scheduled row's length is refused "
         "[default: the limit the table was scored with]"),
-    precision: Optional[PrecisionName] = typer.Option(None, help=f"bf16 autocast or fp32 [default: {TRAIN['precision']}]"),
+    precision: Optional[PrecisionName] = typer.Option(None, help=f"bf16 autocast or fp32; auto: bf16 where the machine has native bf16 (GPUs, AVX512-BF16/AMX CPUs) [default: {TRAIN['precision']}]"),
     seed: Optional[int] = typer.Option(None),
     disable_dropout: bool = typer.Option(False, help="train with dropout off (TRL's GKD default); the papers keep the "
                                          "model's dropout"),

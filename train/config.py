@@ -10,10 +10,10 @@ from typing import Any
 
 from syllabus.core.config import ConfigError, read_yaml, typed_fields
 from syllabus.core.loss_params import resolve_loss_params
+from syllabus.core.precision import PRECISIONS
 
 SCHEDULERS = ("cosine", "linear", "constant")
 CACHED = "cached"  # `teacher`: no model, the table's top-K cache (`curate score --teacher-topk K`)
-PRECISIONS = ("bf16", "fp32")
 TRACKERS = ("none", "tensorboard", "wandb", "trackio", "mlflow")  # `train run --report-to`
 
 
@@ -37,7 +37,7 @@ class TrainConfig:
     grad_accum: int = 1
     max_seq_len: int | None = None  # default: the table's scoring limit (rows are never cut differently than scored)
     max_grad_norm: float = 1.0
-    precision: str = "bf16"
+    precision: str = "auto"  # bf16 autocast where native, else fp32 (core/precision.py); resolved at setup
     seed: int = 0
     disable_dropout: bool = False  # the papers train with the model's dropout; TRL's GKD disables it by default
     loss_chunk_tokens: int = 1024

@@ -7,6 +7,7 @@ the optimizer, maybe re-score (DA-KD), then micro-batches -> loss -> step, with 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from syllabus.core.io import atomic_write_json
 from syllabus.core.logits import LogitHead, checked_logit_head
 from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
 from syllabus.core.packing import packing_is_exact, row_budget
+from syllabus.core.precision import resolve_precision
 from syllabus.core.processes import die_with_parent
 from syllabus.core.schedule import ScheduledEpoch, read_schedule
 from syllabus.core.table import Table, read_table
@@ -46,6 +48,8 @@ class TrainError(ValueError):
 def setup(config: TrainConfig) -> Run:
     from accelerate import Accelerator
 
+    # "auto" becomes this machine's format here, so the run identity, the snapshot and the card record the real one
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision))
     schedule = read_schedule(config.manifest)
     objectives = tuple(epoch_objective(epoch, config) for epoch in schedule.epochs)  # before any model loads
     rescores = any(epoch.plan.rescore for epoch in schedule.epochs)
