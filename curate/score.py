@@ -328,9 +328,10 @@ def part_reads_back(path: Path, rows: int) -> bool:
 
 
 def engine_options(config: ScoreConfig, kind: str) -> dict[str, Any]:
+    dtype = resolve_dtype(config.dtype)  # resolved already when scoring; a caller of its own may pass "auto"
     if kind == "vllm":
         return {
-            "dtype": config.dtype,
+            "dtype": dtype,
             "max_model_len": config.max_seq_len + config.generation.max_new_tokens,
             "tensor_parallel_size": config.tensor_parallel_size,
             "gpu_memory_utilization": config.gpu_memory_utilization,
@@ -340,7 +341,7 @@ def engine_options(config: ScoreConfig, kind: str) -> dict[str, Any]:
         }
     from syllabus.core.engines.hf_engine import default_batch_tokens
 
-    return {"dtype": config.dtype, "batch_tokens": config.batch_tokens or default_batch_tokens(),
+    return {"dtype": dtype, "batch_tokens": config.batch_tokens or default_batch_tokens(),
             "padding_free": config.padding_free, "pack_tokens": config.pack_tokens}
 
 

@@ -85,10 +85,11 @@ def resolve_engine(choice: str) -> str:
 
 def engine_options(config: EvalConfig, kind: str) -> dict[str, Any]:
     p = config.protocol
+    dtype = resolve_dtype(config.dtype)  # resolved already when evaluating; a caller of its own may pass "auto"
     if kind == "vllm":
-        return {"dtype": config.dtype, "max_model_len": p.max_prompt_tokens + p.max_new_tokens, "seed": 0,
+        return {"dtype": dtype, "max_model_len": p.max_prompt_tokens + p.max_new_tokens, "seed": 0,
                 "tensor_parallel_size": config.tensor_parallel_size}
-    return {"dtype": config.dtype, "batch_tokens": config.batch_tokens}
+    return {"dtype": dtype, "batch_tokens": config.batch_tokens}
 
 
 def job_rows(eval_set: EvalSet, seed: int, tokenizer: Any, protocol: EvalProtocol) -> pl.DataFrame:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from syllabus.core.engines import vllm_available
 from syllabus.core.engines.base import ScoringRequest
 from syllabus.core.engines.hf_engine import HFEngine
+from syllabus.core.precision import resolve_dtype
 from syllabus.core.table import read_table
 from syllabus.core.tokens import encode_pair
 from syllabus.curate.cli import app
@@ -78,14 +79,16 @@ def vllm_table(vllm_engine, tmp_path_factory, tiny_model, dolly_rows):
 def test_vllm_scoring_fills_every_column(vllm_table):
     frame = vllm_table.frame
     assert frame.height == 16 and (frame["status"] == "ok").all()
-    assert vllm_table.metadata["engines"] == {"generation": "vllm", "cross_entropy": "vllm", "dtype": "bfloat16"}
+    assert vllm_table.metadata["engines"] == {"generation": "vllm", "cross_entropy": "vllm",
+                                              "dtype": resolve_dtype("auto")}
     assert frame["student_ce"].is_not_null().all() and frame["output_ce"].is_not_null().all()
     assert (frame["student_ce"] == frame["teacher_ce"]).all()  # same model, same engine: dds exactly 1
     assert (frame["dds"] == 1.0).all()
 
 
 def test_vllm_and_transformers_agree_on_ce(vllm_table, tiny_model):
-    """Same model, same rows: vLLM bf16 prompt log-probs vs a transformers fp32 forward, within bf16 tolerance."""
+    """Same model, same rows: vLLM prompt log-probs (bf16 where native) vs a transformers fp32 forward, within bf16
+    tolerance."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
@@ -129,9 +132,14 @@ def test_vllm_prompt_logprobs_fill_the_top_k_cache(vllm_table, tiny_model):
 
 
 def test_vllm_in_a_ray_replica_writes_the_local_table(vllm_table, tmp_path, tiny_model):
-    """`--backend ray`: the engine starts inside a Ray actor (one replica, a small KV cache beside this process's
-    engine) and the table is the one the in-process engine wrote."""
+    """`--backend ray`: the engine starts inside a Ray actor (one replica) and the table is the one the in-process
+    engine wrote."""
+    from syllabus.core.engines import close_engine
+
     ray = pytest.importorskip("ray")
+    # The in-process engine holds half the RAM as KV cache (the CPU default): its table is written, so close it. The
+    # replica's share (0.15 of RAM) holds the weights, the profiling peak and the KV cache in fp32 too; 0.05 did not.
+    close_engine()
     out = tmp_path / "table"
     ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False)
     try:
@@ -139,7 +147,7 @@ def test_vllm_in_a_ray_replica_writes_the_local_table(vllm_table, tmp_path, tiny
             "score", str(vllm_table.metadata["dataset"]["source"]), "--out", str(out), "--student", str(tiny_model),
             "--teacher", str(tiny_model), "--gen-engine", "vllm", "--ce-engine", "vllm",
             "--max-new-tokens", str(MAX_NEW_TOKENS), "--max-seq-len", str(MAX_SEQ_LEN), "--teacher-topk", str(TOPK),
-            "--part-size", "8", "--quiet", "--backend", "ray", "--replicas", "1", "--gpu-memory-utilization", "0.05",
+            "--part-size", "8", "--quiet", "--backend", "ray", "--replicas", "1", "--gpu-memory-utilization", "0.15",
         ])
     finally:
         ray.shutdown()
@@ -149,6 +157,15 @@ def test_vllm_in_a_ray_replica_writes_the_local_table(vllm_table, tmp_path, tiny
     assert a["student_output"].to_list() == b["student_output"].to_list()  # seeded per request: the same samples
     for column in ("student_ce", "teacher_ce", "output_ce"):
         assert a[column].to_list() == pytest.approx(b[column].to_list(), rel=1e-3), column
+
+
+def test_an_engine_that_cannot_start_names_its_memory_share_and_the_remedy(vllm_table, tiny_model):
+    from syllabus.core.engines import close_engine
+    from syllabus.core.engines.vllm_engine import VLLMEngine
+
+    close_engine()  # (the memory check counts what other engines hold)
+    with pytest.raises(RuntimeError, match=r"0\.001 of the RAM for weights and KV cache.*--gpu-memory-utilization"):
+        VLLMEngine(str(tiny_model), dtype="float32", max_model_len=MAX_SEQ_LEN, gpu_memory_utilization=0.001)
 
 
 @pytest.fixture(scope="module")

@@ -54,20 +54,31 @@ class VLLMEngine:
         guard_children()  # the engine's processes must not outlive a killed run
 
         cpu = _on_cpu()
-        self.llm = LLM(
-            model=model_path,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization or (0.5 if cpu else 0.9),
-            enforce_eager=cpu if enforce_eager is None else enforce_eager,
-            enable_prefix_caching=False,
-            enable_chunked_prefill=False,
-            max_num_batched_tokens=max(max_model_len, 8192),
-            seed=seed,
-            max_logprobs=max_logprobs,
-            logits_processors=[PROCESSOR_FQCN],  # no_repeat_ngram_size, for requests that ask for it
-        )
+        share = gpu_memory_utilization or (0.5 if cpu else 0.9)
+        try:
+            self.llm = LLM(
+                model=model_path,
+                dtype=dtype,
+                max_model_len=max_model_len,
+                tensor_parallel_size=tensor_parallel_size,
+                gpu_memory_utilization=share,
+                enforce_eager=cpu if enforce_eager is None else enforce_eager,
+                enable_prefix_caching=False,
+                enable_chunked_prefill=False,
+                max_num_batched_tokens=max(max_model_len, 8192),
+                seed=seed,
+                max_logprobs=max_logprobs,
+                logits_processors=[PROCESSOR_FQCN],  # no_repeat_ngram_size, for requests that ask for it
+            )
+        except RuntimeError as exc:
+            if "initialization failed" not in str(exc):
+                raise
+            # vLLM's reason is in its log (a Ray replica's: the worker's log), not in this exception
+            raise RuntimeError(
+                f"vLLM could not start an engine for {model_path} ({dtype}, {share:g} of the "
+                f"{'RAM' if cpu else 'GPU memory'} for weights and KV cache): {exc} The usual cause is a share that "
+                "cannot hold the weights and a KV cache of max_model_len tokens, or more memory than is free; raise or "
+                "lower --gpu-memory-utilization, or use a smaller --max-seq-len") from None
 
     def close(self) -> None:
         engine = getattr(self.llm, "llm_engine", None)
