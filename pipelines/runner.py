@@ -572,10 +572,12 @@ def _run_stages(pipeline: Pipeline, lock: int | None, only: list[str] | None, ec
         if dry_run:
             continue
         start = time.perf_counter()
-        code = _run_stage(stage, lock, pipeline.env)
+        engine_log = pipeline.workdir / ".pipeline" / "logs" / f"{stage.name}.vllm.log"
+        code = _run_stage(stage, lock, pipeline.env, engine_log)
         if code != 0:
+            kept = f" vLLM's log of the stage: {engine_log}." if engine_log.exists() else ""
             raise PipelineError(
-                f"stage {stage.name} failed (exit {code}): {shlex.join(stage.argv)}. Finished stages are kept; "
+                f"stage {stage.name} failed (exit {code}): {shlex.join(stage.argv)}.{kept} Finished stages are kept; "
                 "fix the cause and run the pipeline again to continue from here."
             )
         seconds = time.perf_counter() - start
@@ -607,15 +609,47 @@ def _stop_with_runner() -> Callable[[], None] | None:
     return preexec
 
 
-def _run_stage(stage: Stage, lock: int, defaults: dict[str, str]) -> int:
+def engine_logging(log: Path) -> dict[str, Any]:
+    """A logging config (`logging.config.dictConfig`) for vLLM's loggers: everything from INFO on to `log`, and
+    only errors to the terminal.
+
+    vLLM reads it from VLLM_LOGGING_CONFIG_PATH in every process it starts. Its warnings at start and shutdown
+    ("This model does not officially support disabling chunked prefill ...", "force killing remaining process")
+    are about settings Syllabus makes on purpose (core/engines/vllm_engine.py) or about its own clean-up; between
+    the stage lines they read as faults. The file keeps them for whoever needs them.
+    """
+    line = {"format": "%(levelname)s %(asctime)s %(process)d %(name)s: %(message)s", "datefmt": "%m-%d %H:%M:%S"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"line": line},
+        "handlers": {
+            "file": {"class": "logging.FileHandler", "filename": str(log), "formatter": "line", "level": "INFO"},
+            "terminal": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "line",
+                         "level": "ERROR"},
+        },
+        "loggers": {"vllm": {"handlers": ["file", "terminal"], "level": "INFO", "propagate": False}},
+    }
+
+
+def _run_stage(stage: Stage, lock: int, defaults: dict[str, str], engine_log: Path) -> int:
     """Run one stage; it dies with this process and inherits the lock, so the workdir stays locked while it lives.
-    Its environment is the user's, with the recipe's `env` for what the user did not set.
+    Its environment is the user's, with the recipe's `env` for what the user did not set, and vLLM's log going to
+    `engine_log` (errors to the terminal too) unless the user configures vLLM's logging.
 
     Returns:
         The stage's exit code.
     """
     argv = [program_path(stage.argv[0]), *stage.argv[1:]]
     env = {**defaults, **os.environ}
+    if "VLLM_LOGGING_CONFIG_PATH" not in env and env.get("VLLM_CONFIGURE_LOGGING", "1") != "0":
+        config = engine_log.with_suffix(".logging.json")
+        try:
+            engine_log.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(config, engine_logging(engine_log))
+            env["VLLM_LOGGING_CONFIG_PATH"] = str(config)
+        except OSError:  # (a full disk) the stage still runs, with vLLM's log on the terminal
+            pass
     try:
         proc = subprocess.Popen(argv, env=env, pass_fds=(lock,), preexec_fn=_stop_with_runner())
     except OSError as exc:

@@ -24,7 +24,8 @@ runner = CliRunner()
 
 FAKE_STAGE = """#!{python}
 # A stand-in stage program: logs each call; `--out PATH` (or `--out=PATH`) writes PATH; `wait FILE` waits for FILE
-# (20 s at most); `linger FILE` waits too, ignoring SIGTERM (a stage that takes its time to stop).
+# (20 s at most); `linger FILE` waits too, ignoring SIGTERM (a stage that takes its time to stop); `vllmlog` logs
+# through vLLM's own logger, as an engine does.
 import json, os, resource, signal, sys, time
 
 hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
@@ -37,6 +38,14 @@ outs += [sys.argv[sys.argv.index("--out") + 1]] if "--out" in sys.argv else []
 for path in outs:
     with open(path, "w") as out:
         out.write(str(time.time()))
+if sys.argv[1:2] == ["vllmlog"]:
+    from syllabus.core.engines.vllm_engine import _configure_logging
+    from vllm.logger import init_logger
+
+    _configure_logging()  # what VLLMEngine does before it starts vLLM's engine
+    engine = init_logger("vllm.fake_engine")
+    engine.warning("a warning for the log file")
+    engine.error("an error for the terminal")
 if sys.argv[1:2] == ["linger"]:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if sys.argv[1:2] in (["wait"], ["linger"]):
@@ -516,3 +525,13 @@ def test_a_dry_run_names_what_a_stage_reads_that_nothing_makes(tmp_path):
     assert "no earlier stage makes it" in message and "schedule" not in message  # later stages read what score makes
     pipeline = load_pipeline(recipe, {"workdir_root": str(tmp_path), **paper_data(recipe, tmp_path)})
     assert run_pipeline(pipeline, dry_run=True, echo=lambda *_: None)  # the data exists, the models are hub ids
+
+
+def test_vllms_log_goes_to_the_stages_log_file_and_only_its_errors_to_the_terminal(tmp_path, fake_stage, capfd):
+    pytest.importorskip("vllm")
+    recipe = fake_recipe(tmp_path / "r.yaml", tmp_path / "work", [{"name": "a", "cmd": "fakestage vllmlog"}])
+    run_pipeline(load_pipeline(recipe), echo=lambda *_: None)
+    terminal = capfd.readouterr().err
+    assert "an error for the terminal" in terminal and "a warning for the log file" not in terminal
+    log = (tmp_path / "work" / ".pipeline" / "logs" / "a.vllm.log").read_text()
+    assert "WARNING" in log and "vllm.fake_engine: a warning for the log file" in log and "an error" in log

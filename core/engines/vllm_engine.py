@@ -31,6 +31,20 @@ def _on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
+def _configure_logging() -> None:
+    """Apply vLLM's logging settings now (VLLM_LOGGING_CONFIG_PATH: `syllabus run` sends vLLM's log to the stage's
+    log file), before vLLM is imported: vLLM applies them only when its engine starts, and what it logs before (on
+    import, and the engine arguments' warnings) goes through no handler at all, so Python prints it bare."""
+    import json
+    import logging.config
+    import os
+    from pathlib import Path
+
+    path = os.environ.get("VLLM_LOGGING_CONFIG_PATH")
+    if path and os.environ.get("VLLM_CONFIGURE_LOGGING", "1") != "0":
+        logging.config.dictConfig(json.loads(Path(path).read_text()))  # the file vLLM reads itself, later
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -49,6 +63,7 @@ class VLLMEngine:
         import os
 
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # engine start-up chatter; set INFO to see it
+        _configure_logging()
         from vllm import LLM
 
         guard_children()  # the engine's processes must not outlive a killed run
