@@ -271,7 +271,8 @@ def packing_tokens(config: TrainConfig, models: dict[str, Any]) -> int | None:
     budget = row_budget(list(models.values()), config.pack_tokens)
     wrong = [name for name, model in models.items() if not packing_is_exact(model, budget)]
     if wrong:
-        warnings.warn(f"the {' and '.join(wrong)} attend across packed samples (their attention does not read "
+        verb = "attends" if len(wrong) == 1 else "attend"
+        warnings.warn(f"the {' and '.join(wrong)} {verb} across packed samples (their attention does not read "
                       "position_ids as sample boundaries): training on padded batches", stacklevel=2)
         return None
     return budget
