@@ -1,6 +1,10 @@
 """One way to read settings for every command: YAML file < `key=value` pairs < explicit options, each value checked
 against the type of its dataclass field, unknown names refused with the valid ones listed.
 
+A setting is declared once, as a field of its command's config dataclass: `lr: float = setting(1e-5, "peak
+learning rate")` gives it a name, a type, a default and a help text, and `core/cli.py:config_options` makes the
+command-line option from that field (docs/architecture.md, "Where a new setting goes").
+
 Pure Python (PyYAML is imported only to read), so a CLI can validate before anything heavy is imported.
 
 Conversions are the ones a person means and nothing more: an int passes for a float, an integral float for an
@@ -20,6 +24,44 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A setting is unknown, of the wrong type, or unreadable; the message names it and where it came from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What a config field's command-line option needs beyond the field's own name, type and default."""
+
+    help: str
+    flags: tuple[str, ...] = ()  # the option's names if not --field-name: ("--out", "-o"), ("--padding-free/--padded",)
+    choices: tuple[str, ...] = ()  # the values allowed (the option lists them; YAML is checked against them too)
+    path: bool = False  # the value names a file or directory (a recipe's dry run checks that it exists)
+    shown: str | None = None  # the default as --help prints it, where the value would not say it (None: "the table's")
+    argument: bool = False  # a positional argument, not an option
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+            **option: Any) -> Any:
+    """A dataclass field declared with its help text (and its option's names, choices, ...: `Setting`), so that the
+    command line, the YAML keys and the config share one name, one type, one default and one help text."""
+    return dataclasses.field(default=default, default_factory=factory,
+                             metadata={"setting": Setting(help=help, **option)})
+
+
+def setting_of(field: dataclasses.Field) -> Setting | None:
+    """The `Setting` a field was declared with (None: a field with no command-line option)."""
+    return field.metadata.get("setting")
+
+
+def check_choices(config: Any, error: type[ValueError] = ConfigError) -> None:
+    """Refuse a field whose value is not one of its setting's choices (None passes where the field allows it).
+
+    Raises:
+        `error`: naming the field, the value and the choices.
+    """
+    for f in dataclasses.fields(config):
+        spec = setting_of(f)
+        value = getattr(config, f.name)
+        if spec and spec.choices and value is not None and value not in spec.choices:
+            raise error(f"{f.name} must be one of {', '.join(spec.choices)}, got {value!r}")
 
 
 def _number(kind: type, value: Any) -> Any:
@@ -84,6 +126,8 @@ def _convert(annotation: Any, value: Any) -> Any:
 
 
 def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is tuple and typing.get_args(annotation)[:1] in ((int,), (float,)):
+        return "comma-separated integers" if typing.get_args(annotation)[0] is int else "comma-separated numbers"
     if typing.get_origin(annotation) is None and hasattr(annotation, "__name__"):
         return annotation.__name__
     return str(annotation).replace("typing.", "")
@@ -123,7 +167,38 @@ def typed_fields(cls: type, values: Mapping[str, Any], where: str, error: type[V
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise error(f"{where}: unknown {what}(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    return {key: typed_value(key, hints[key], value, error) for key, value in values.items()}
+    out = {}
+    for key, value in values.items():
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, Mapping):  # a group of settings (generation:)
+            out[key] = hints[key](**typed_fields(hints[key], value, f"{where}: {key}", error, what))
+        else:
+            out[key] = typed_value(key, hints[key], value, error)
+    return out
+
+
+def from_sources(cls: type, yaml_path: Path | None, given: Mapping[str, Any], where: str,
+                 error: type[ValueError] = ConfigError) -> Any:
+    """The config `cls` from a YAML file (`--config`), then the values given on the command line over it, then the
+    fields' defaults for the rest: flag > YAML > default. A field that is itself a dataclass (a group of settings)
+    takes a mapping, merged the same way key by key.
+
+    Raises:
+        `error`: an unknown key, a value of the wrong type, a required setting given nowhere, or a value the
+            config refuses.
+    """
+    values = read_yaml(yaml_path, error=error) if yaml_path is not None else {}
+    for key, value in given.items():
+        if isinstance(value, Mapping) and isinstance(values.get(key), Mapping):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+        where_else = "--config" if yaml_path is None else str(yaml_path)
+        raise error(f"missing setting(s): {', '.join(missing)} (give {flags}, or set them in {where_else})")
+    return cls(**typed_fields(cls, values, str(yaml_path or where), error, what="setting"))
 
 
 def read_yaml(path: Path, option: str = "--config", error: type[ValueError] = ConfigError) -> dict[str, Any]:

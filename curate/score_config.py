@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
+from syllabus.core import settings
+from syllabus.core.config import check_choices, setting
 from syllabus.core.engines.base import GenerationParams
-from syllabus.core.precision import DTYPES
+from syllabus.core.settings import check_placement
 
 from . import data as data_mod
 
@@ -18,54 +19,69 @@ class ScoreError(ValueError):
     """A scoring run cannot start or continue (bad arguments, mismatched resume, incompatible inputs)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScoreConfig:
-    """Everything a scoring run depends on. Its JSON form (minus `out`/`overwrite`) is the run's identity."""
+    """Everything a scoring run depends on. Its JSON form (minus `out`/`overwrite`) is the run's identity.
+    `curate score`'s options and its `--config` YAML keys are these fields (the sampling ones under `generation:`
+    in YAML)."""
 
-    data: str
-    out: str
-    student: str | None = "default"  # None: a teacher-only table, to reuse with --teacher-from
-    teacher: str | None = "default"
-    teacher_from: str | None = None
-    preset: str = "minillm"
-    instruction_field: str | None = None
-    input_field: str | None = None
-    prompt_field: str | None = None
-    response_field: str | None = None
-    template: str = "alpaca"
-    split: str = "train"
-    limit: int | None = None
-    max_seq_len: int = 1024
-    truncate: bool = False
+    data: str = setting("dolly_dev_1000", "jsonl/json/parquet/csv file, a directory of them, a datasets hub id, or "
+                        "dolly_dev_1000", argument=True)
+    out: str = setting(help="table directory to write (resumed if it holds this same run)", flags=("--out", "-o"),
+                       path=True)
+    student: str | None = setting("default", "student: local HF directory, hub id, `default` (pruned SmolLM2), or "
+                                  "`none` (a teacher-only table, to reuse with --teacher-from)")
+    teacher: str | None = setting("default", "teacher: local HF directory, hub id, or `default` (ignored with "
+                                  "--teacher-from)")
+    teacher_from: str | None = setting(None, "reuse teacher_ce (and, with --teacher-topk, the top-K cache) from "
+                                       "this table instead of running the teacher", path=True)
+    preset: str = setting("minillm", "field preset: minillm (prompt/instruction/input/output) or dolly",
+                          choices=tuple(data_mod.PRESETS))
+    instruction_field: str | None = setting(None, "override the preset's instruction field")
+    input_field: str | None = setting(None, "override the preset's input/context field")
+    prompt_field: str | None = setting(None, "override the preset's ready-made prompt field")
+    response_field: str | None = setting(None, "override the preset's response field (string or list)")
+    template: str = settings.template("alpaca (MiniLLM's template), chat (the tokenizer's) or none (the prompt as "
+                                      "is)")
+    split: str = setting("train", "split, for hub datasets")
+    limit: int | None = setting(None, "score only the first N usable rows")
+    max_seq_len: int = setting(1024, "prompt + response tokens; longer rows get status too_long")
+    truncate: bool = setting(False, "truncate over-long rows instead of marking them too_long")
     generation: GenerationParams = field(default_factory=GenerationParams)
-    gen_engine: str = "auto"
-    ce_engine: str = "auto"
-    dtype: str = "auto"  # bfloat16 where native, else float32 (core/precision.py); resolved when scoring starts
-    part_size: int = 256
-    batch_tokens: int | None = None  # transformers CE batches; None: 2048 on CPU (cache-friendly), 16384 on GPU
-    padding_free: bool | None = None  # transformers CE pass packed; None: where attention is flash-attention
-    pack_tokens: int = 512  # packed CE rows under sdpa/eager (hf_engine.SCORING_PACK_TOKENS); flash: one per forward
-    teacher_topk: int = 0  # keep the teacher's top K at every response token (core/topk_cache.py); 0: no cache
-    num_shards: int = 1
-    shard_index: int = 0
-    tensor_parallel_size: int = 1
-    backend: str = "local"  # where the passes run: this process, or a Ray cluster (curate/backends.py)
-    ray_address: str | None = None
-    replicas: int | None = None  # Ray: engines to run; None: one per tensor_parallel_size GPUs (one without GPUs)
-    gpu_memory_utilization: float | None = None
+    gen_engine: str = settings.engine("student's generation")
+    ce_engine: str = settings.engine("cross-entropy passes", auto="vllm on GPU, hf on CPU")
+    dtype: str = settings.dtype()
+    part_size: int = setting(256, "rows per resumable part")
+    batch_tokens: int | None = setting(None, "padded tokens per transformers forward",
+                                       shown="2048 on CPU (cache-friendly), 16384 on GPU")
+    padding_free: bool | None = setting(None, "transformers CE pass: pack rows end to end, or length-sorted padded "
+                                        "batches", flags=("--padding-free/--padded",),
+                                        shown="packed where attention is flash-attention; padded elsewhere, faster "
+                                        "on CPU")
+    pack_tokens: int = setting(512, "longest packed row of the transformers CE pass (sdpa, eager; "
+                               "flash-attention packs a row per forward)")  # hf_engine.SCORING_PACK_TOKENS
+    teacher_topk: int = setting(0, "also keep the teacher's top K log-probs at every response token beside the "
+                                "table, so that `train run --teacher cached` needs no teacher (0: no cache; 128, "
+                                "the measured choice, costs about 1 KB per response token: docs/methods.md, 'K+1 "
+                                "bins')")  # core/topk_cache.py
+    num_shards: int = setting(1, "split the rows into N shards by sample_id (many machines)")
+    shard_index: int = setting(0, "which shard this run scores")
+    tensor_parallel_size: int = settings.tensor_parallel_size()
+    backend: str = settings.backend()  # where the passes run (core/backends.py)
+    ray_address: str | None = settings.ray_address()
+    replicas: int | None = settings.replicas()
+    gpu_memory_utilization: float | None = setting(None, "vLLM memory share", shown="0.9 on GPU, 0.5 on CPU")
     enforce_eager: bool | None = None
-    keep_every: int = 2
-    overwrite: bool = False
+    keep_every: int = settings.keep_every()
+    overwrite: bool = setting(False, "replace OUT if it holds a different run")
 
     def __post_init__(self) -> None:
-        if self.preset not in data_mod.PRESETS:
-            raise ScoreError(f"unknown preset {self.preset!r}; choose one of {', '.join(data_mod.PRESETS)}")
-        if self.template not in data_mod.TEMPLATES:
-            raise ScoreError(f"unknown template {self.template!r}; choose one of {', '.join(data_mod.TEMPLATES)}")
-        if self.gen_engine not in ENGINE_CHOICES or self.ce_engine not in ENGINE_CHOICES:
-            raise ScoreError(f"engines: --gen-engine and --ce-engine are one of {', '.join(ENGINE_CHOICES)}")
-        if self.dtype not in DTYPES:
-            raise ScoreError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.student == "none":  # the command line's word for a teacher-only table
+            object.__setattr__(self, "student", None)
+        if self.teacher_from is not None:  # the teacher's scores come from that table
+            object.__setattr__(self, "teacher", None)
+        check_choices(self, ScoreError)
+        check_placement(self, ScoreError)
         if not 0 <= self.shard_index < self.num_shards:
             raise ScoreError(f"--shard-index must be in [0, {self.num_shards}), got {self.shard_index}")
         if self.part_size < 1 or self.max_seq_len < 2 or (self.batch_tokens is not None and self.batch_tokens < 1) \
@@ -78,12 +94,6 @@ class ScoreConfig:
             raise ScoreError("a teacher-only table (--student none) needs a --teacher")
         if self.teacher_topk < 0:
             raise ScoreError(f"--teacher-topk must be >= 0 (0: no cache), got {self.teacher_topk}")
-        if self.backend not in BACKENDS:
-            raise ScoreError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        if self.backend == "local" and (self.ray_address or self.replicas):
-            raise ScoreError("--ray-address and --replicas need --backend ray")
-        if self.replicas is not None and self.replicas < 1:
-            raise ScoreError(f"--replicas must be >= 1, got {self.replicas}")
         if self.limit is not None and self.limit < 1:
             raise ScoreError(f"--limit must be >= 1, got {self.limit}")
 

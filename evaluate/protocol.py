@@ -6,7 +6,8 @@ import re
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
 
-from syllabus.core.templates import TEMPLATES
+from syllabus.core import settings
+from syllabus.core.config import check_choices, setting
 
 DEFAULT_SEEDS = (10, 20, 30, 40, 50)
 
@@ -15,18 +16,23 @@ DEFAULT_SEEDS = (10, 20, 30, 40, 50)
 class EvalProtocol:
     """Sampling settings of the papers' tables (MiniLLM protocol). Runs compare only under equal protocols."""
 
-    max_prompt_tokens: int = 256  # prompts are cut to their first 256 tokens
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0  # and no top-k
-    no_repeat_ngram_size: int = 6
-    seeds: tuple[int, ...] = DEFAULT_SEEDS
-    template: str = "alpaca"  # how a row's instruction becomes a prompt: the papers' Alpaca, the chat template, or as given
+    max_prompt_tokens: int = setting(256, "prompts are cut to their first N tokens")
+    max_new_tokens: int = setting(256, "longest generation in tokens")
+    temperature: float = setting(1.0, "sampling temperature")
+    top_p: float = setting(1.0, "nucleus sampling: sample from the smallest set of tokens whose probability reaches "
+                           "p")  # and no top-k
+    no_repeat_ngram_size: int = setting(6, "block repeated n-grams of this size (0: off)")
+    seeds: tuple[int, ...] = setting(DEFAULT_SEEDS, "comma-separated sampling seeds, one generation of every set each")
+    template: str = settings.template("the papers' Alpaca template, the model's chat template (for a student "
+                                      "trained on chat-templated data), or each set's prompt as given")
 
     def __post_init__(self) -> None:
         # the sampling checks repeat GenerationParams', so that a bad value fails before a model loads
         if not self.seeds:
             raise ValueError("at least one seed is needed")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"--seeds repeats {', '.join(map(str, repeated))}; give each seed once")
         if self.max_prompt_tokens < 1 or self.max_new_tokens < 1:
             raise ValueError("max_prompt_tokens and max_new_tokens must be >= 1")
         if self.temperature < 0:
@@ -35,8 +41,7 @@ class EvalProtocol:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.no_repeat_ngram_size < 0:
             raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
-        if self.template not in TEMPLATES:
-            raise ValueError(f"unknown template {self.template!r}; choose one of {', '.join(TEMPLATES)}")
+        check_choices(self, ValueError)
 
     def as_dict(self) -> dict:
         """The protocol as runs record and `compare` checks it; the papers' Alpaca template is left out, so runs

@@ -16,61 +16,26 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from syllabus.core.backends import PartFailure, open_backend
-from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
 from syllabus.core.engines.base import GenerationParams, request_seed
 from syllabus.core.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet
 from syllabus.core.models import load_tokenizer, resolve_model
-from syllabus.core.precision import DTYPES, resolve_dtype
+from syllabus.core.precision import resolve_dtype
 from syllabus.core.workdir import claim_output, release_output
 
+from .config import EvalConfig
 from .protocol import EvalProtocol, score_row
-from .sets import DEFAULT_SETS, EvalSet, EvalSetError, load_sets
-
+from .sets import EvalSet, EvalSetError, load_sets
 
 
 class EvalRunError(ValueError):
     """(set, seed) jobs failed on the engines (named, with the error); the finished ones are kept."""
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    model: str
-    out: str
-    sets: tuple[str, ...] = DEFAULT_SETS
-    limit: int | None = None
-    protocol: EvalProtocol = field(default_factory=EvalProtocol)
-    engine: str = "auto"
-    dtype: str = "auto"  # bfloat16 where native, else float32 (core/precision.py); resolved when evaluating starts
-    batch_tokens: int | None = None
-    label: str | None = None
-    overwrite: bool = False
-    tensor_parallel_size: int = 1  # vLLM: GPUs per engine
-    backend: str = "local"  # where the (set, seed) jobs run: this process, or a Ray cluster
-    ray_address: str | None = None
-    replicas: int | None = None  # Ray: engines to run; None: one per tensor_parallel_size GPUs (one without GPUs)
-
-    def __post_init__(self) -> None:
-        if self.engine not in ENGINE_CHOICES:
-            raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINE_CHOICES)}")
-        if not self.sets:
-            raise ValueError("--sets is empty")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {self.limit}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
-        if self.backend == "local" and (self.ray_address or self.replicas):
-            raise ValueError("--ray-address and --replicas need --backend ray")
-        if self.tensor_parallel_size < 1 or (self.replicas is not None and self.replicas < 1):
-            raise ValueError("--tensor-parallel-size and --replicas must be >= 1")
 
 
 def resolve_engine(choice: str) -> str:

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import typer
 
-from syllabus.core.cli import Commands, fail, with_version
+from syllabus.core.cli import fail, new_app
 
-app = with_version(typer.Typer(cls=Commands, help="Syllabus pipelines: one command per recipe.", no_args_is_help=True,
-                               pretty_exceptions_enable=False, add_completion=False), "syllabus")
+app = new_app("Syllabus pipelines: one command per recipe.", "syllabus")
 
 
 def _vars(items: list[str]) -> dict[str, str]:
@@ -25,9 +24,9 @@ def _vars(items: list[str]) -> dict[str, str]:
 @app.command()
 def run(
     recipe: Path = typer.Argument(..., help="pipeline YAML, e.g. pipelines/demo.yaml"),
-    dry_run: bool = typer.Option(False, help="validate every stage's arguments and show what would run"),
-    only: list[str] = typer.Option([], help="run only these stages (repeatable)"),
-    set_: list[str] = typer.Option([], "--set", help="override a recipe variable: key=value (repeatable)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate every stage's arguments and show what would run"),
+    only: list[str] = typer.Option([], metavar="STAGE", help="run only these stages (repeatable)"),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="override a recipe variable: key=value (repeatable)"),
 ) -> None:
     """Run the recipe's stages in order; finished stages (same fingerprint) are skipped."""
     from .runner import PipelineError, load_pipeline, run_pipeline

@@ -276,7 +276,7 @@ def test_compare_names_a_damaged_summary_and_the_remedy(eval_runs, tmp_path, dam
     "extra, message",
     [
         (("--limit", "0"), "--limit must be >= 1, got 0"),
-        (("--seeds", "10,x"), "--seeds takes comma-separated integers, got '10,x'"),
+        (("--seeds", "10,x"), "parameter seeds: expected comma-separated integers, got '10,x'"),
         (("--seeds", "10,20,10"), "--seeds repeats 10; give each seed once"),
         (("--dtype", "float33"), "'float33' is not one of 'auto',"),
         (("--temperature", "-1"), "temperature must be >= 0"),

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from syllabus.core.config import ConfigError, read_yaml, typed_fields
-from syllabus.core.loss_params import resolve_loss_params
+from syllabus.core import settings
+from syllabus.core.config import ConfigError, check_choices, from_sources, setting
+from syllabus.core.loss_params import LOSSES, resolve_loss_params
 from syllabus.core.precision import PRECISIONS
 
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -19,47 +20,65 @@ TRACKERS = ("none", "tensorboard", "wandb", "trackio", "mlflow")  # `train run -
 
 @dataclass(frozen=True)
 class TrainConfig:
-    manifest: str
-    out: str
-    student: str = "default"
-    teacher: str = "default"  # a model, or CACHED
-    table: str | None = None  # default: the table the schedule was built from (manifest's table path)
-    loss: str | None = None  # override every epoch's loss (loss ablations over one schedule)
-    loss_params: dict[str, float] = field(default_factory=dict)
-    kd_weight: float | None = None  # override every epoch's kd_weight
-    lr: float = 1e-5  # DA-KD's reproducibility card: AdamW, cosine, 1e-5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    scheduler: str = "cosine"
-    micro_batch_size: int = 8
-    padding_free: bool = True  # pack each micro-batch's samples end to end (same samples, same loss, no padding)
-    pack_tokens: int = 512  # longest packed row (or sample) under sdpa/eager; flash-attention packs one row
-    grad_accum: int = 1
-    max_seq_len: int | None = None  # default: the table's scoring limit (rows are never cut differently than scored)
-    max_grad_norm: float = 1.0
-    precision: str = "auto"  # bf16 autocast where native, else fp32 (core/precision.py); resolved at setup
-    seed: int = 0
-    disable_dropout: bool = False  # the papers train with the model's dropout; TRL's GKD disables it by default
-    loss_chunk_tokens: int = 1024
-    save_every_steps: int = 50  # resumable state; HF checkpoints come at stage ends and at the end
-    rescore_batch_tokens: int | None = None  # DA-KD re-scoring forward batches (default: the scoring engine's)
-    keep_every: int = 2
-    eval_sets: tuple[str, ...] = ()  # evaluate at stage ends (keep the best checkpoint by average ROUGE-L)
-    eval_limit: int | None = 100
-    eval_seeds: tuple[int, ...] = (10,)
-    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs, benchmarks)
-    report_to: str = "none"  # an experiment tracker, through accelerate's (metrics.jsonl is written either way)
-    lora: str | None = None  # train LoRA adapters instead of every weight: "r=16,alpha=32,dropout=0.05,target=all-linear"
-    fsdp: bool = False  # shard the student over the processes (FSDP2); an accelerate FSDP config sets it too
-    resume: bool = False
-    overwrite: bool = False
+    """Every `train run` setting: the command's options and the `--config` YAML keys are these fields."""
+
+    manifest: str = setting(help="schedule directory (manifest.json + epoch shards)", path=True)
+    out: str = setting(help="run directory", flags=("--out", "-o"), path=True)
+    student: str = setting("default", "student: directory, hub id or `default` (pruned SmolLM2)")
+    teacher: str = setting("default", "teacher: directory, hub id, `default`, or `cached`: no model, the table's "
+                           "top-K cache (`curate score --teacher-topk K`)")  # a model, or CACHED
+    table: str | None = setting(None, "difficulty table", path=True, shown="the one the schedule names")
+    loss: str | None = setting(None, "override every epoch's loss (loss ablations over one schedule)",
+                               choices=LOSSES, shown="each epoch's, from the schedule")
+    loss_params: dict[str, float] = setting(help="loss parameter key=value (skew, beta, lambda), repeatable",
+                                            flags=("--loss-param",), factory=dict)
+    kd_weight: float | None = setting(None, "override every epoch's kd_weight", shown="each epoch's")
+    lr: float = setting(1e-5, "peak learning rate")  # DA-KD's reproducibility card: AdamW, cosine, 1e-5
+    weight_decay: float = setting(0.0, "AdamW weight decay (L2M-KD uses 0.01)")
+    warmup_ratio: float = setting(0.0, "share of each LR horizon spent warming up")
+    scheduler: str = setting("cosine", "LR schedule", choices=SCHEDULERS)
+    micro_batch_size: int = setting(8, "samples per forward and backward pass")
+    padding_free: bool = setting(True, "pack each micro-batch's samples end to end (no compute on padding; same "
+                                 "samples and loss) or pad them", flags=("--padding-free/--padded",),
+                                 shown="padding-free where the models' attention allows it")
+    pack_tokens: int = setting(512, "longest packed row in tokens, sdpa and eager attention (flash-attention packs "
+                               "one row)")
+    grad_accum: int = setting(1, "micro-batches per optimizer step")
+    max_seq_len: int | None = setting(None, "longest prompt + response in tokens; a limit below a scheduled row's "
+                                      "length is refused", shown="the limit the table was scored with")
+    max_grad_norm: float = setting(1.0, "clip the global gradient norm to this before each optimizer step")
+    precision: str = setting("auto", "bf16 autocast or fp32; auto: bf16 where the machine has native bf16 (GPUs, "
+                             "AVX512-BF16/AMX CPUs)", choices=PRECISIONS)  # resolved at setup (core/precision.py)
+    seed: int = setting(0, "seed of the data order, the dropout and the sampling")
+    disable_dropout: bool = setting(False, "train with dropout off (TRL's GKD default); the papers keep the model's "
+                                    "dropout")
+    loss_chunk_tokens: int = setting(1024, "response tokens per chunk of the KD loss (bounds the memory of the "
+                                     "vocabulary-wide logits)")
+    save_every_steps: int = setting(50, "resumable snapshot interval in optimizer steps (Hugging Face checkpoints "
+                                    "come at stage ends and at the end)")
+    rescore_batch_tokens: int | None = setting(None, "DA-KD: tokens per forward of the re-scoring between epochs",
+                                               shown="the scoring engine's")
+    keep_every: int = settings.keep_every()
+    eval_sets: tuple[str, ...] = setting(help="comma-separated sets to evaluate at stage ends (the best checkpoint "
+                                         "by average ROUGE-L is kept)", factory=tuple)
+    eval_limit: int | None = setting(100, "first N rows of each set evaluated at stage ends")
+    eval_seeds: tuple[int, ...] = setting((10,), "comma-separated sampling seeds of the stage-end evaluations")
+    max_steps: int | None = setting(None, "stop after N optimizer steps (smoke runs, benchmarks)")
+    report_to: str = setting("none", "also log every step to this tracker (OUT/trackers for the local ones; "
+                             "metrics.jsonl is written either way)", choices=TRACKERS)
+    lora: str | None = setting(None, "train LoRA adapters, not every weight (pip install 'syllabus[lora]'): "
+                               "r=16,alpha=32,dropout=0.05,target=all-linear (or q_proj+v_proj); checkpoints hold "
+                               "the merged model and the adapter in adapter/")
+    fsdp: bool = setting(False, "shard the student's weights, gradients and optimizer state over the processes "
+                         "(FSDP2, one unit per decoder layer); an accelerate FSDP config does the same")
+    resume: bool = setting(False, "continue the run in --out from its last snapshot (a fresh --out simply starts)")
+    overwrite: bool = setting(False, "start over in --out; with --resume, replace --out only if it holds another "
+                              "run")
 
     def __post_init__(self) -> None:
         checks = [
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
-            (self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}"),
-            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
             (self.micro_batch_size >= 1 and self.grad_accum >= 1, "micro_batch_size and grad_accum must be >= 1"),
             (self.max_seq_len is None or self.max_seq_len >= 2, "max_seq_len must be >= 2"),
             (self.loss_chunk_tokens >= 1, "loss_chunk_tokens must be >= 1"),
@@ -67,8 +86,8 @@ class TrainConfig:
             (self.kd_weight is None or 0 <= self.kd_weight <= 1, "kd_weight must be in [0, 1]"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.save_every_steps >= 1, "save_every_steps must be >= 1"),
-            (self.report_to in TRACKERS, f"report_to must be one of {TRACKERS}"),
         ]
+        check_choices(self)
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -85,19 +104,14 @@ class TrainConfig:
             raise ConfigError("--loss-param needs --loss: the schedule's own losses keep their parameters")
 
     @classmethod
-    def from_sources(cls, yaml_path: Path | None, overrides: dict[str, Any]) -> TrainConfig:
-        """YAML values first, then explicit command-line values (None = not given), each checked against its field.
+    def from_sources(cls, yaml_path: Path | None, given: dict[str, Any]) -> TrainConfig:
+        """YAML values first, then the values given on the command line, each checked against its field.
 
         Raises:
             ConfigError: an unknown YAML key, a value of the wrong type (`lr: abc`), a missing manifest or out
                 directory, or a value out of range.
         """
-        values = read_yaml(yaml_path) if yaml_path is not None else {}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        missing = [k for k in ("manifest", "out") if k not in values]
-        if missing:
-            raise ConfigError(f"missing setting(s): {', '.join(missing)}")
-        return cls(**typed_fields(cls, values, str(yaml_path or "train run"), what="setting"))
+        return from_sources(cls, yaml_path, given, "train run")
 
     def lora_settings(self) -> dict[str, Any] | None:
         """`lora` as LoRA settings: rank r, alpha (default 2r), dropout (0.05) and target modules (`+`-separated

@@ -6,6 +6,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from syllabus.core.config import setting
+
 if TYPE_CHECKING:
     from syllabus.core.logits import TopK
 
@@ -20,12 +22,12 @@ def request_seed(seed: int, key: str) -> int:
 class GenerationParams:
     """Sampling settings. Defaults follow SRD's "reflection": near-greedy decoding (temperature 0.01)."""
 
-    temperature: float = 0.01
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    num_samples: int = 1
-    seed: int = 0
-    no_repeat_ngram_size: int = 0  # 0 = off; the MiniLLM evaluation protocol uses 6
+    temperature: float = setting(0.01, "student sampling temperature (SRD: near-greedy)")
+    top_p: float = setting(1.0, "nucleus sampling: sample from the smallest set of tokens whose probability reaches p")
+    max_new_tokens: int = setting(256, "longest student generation in tokens")
+    num_samples: int = setting(1, "generations per prompt; rouge_l and output_ce are their means")
+    seed: int = setting(0, "sampling seed")
+    no_repeat_ngram_size: int = 0  # 0 = off; the MiniLLM evaluation protocol uses 6 (EvalProtocol sets it)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:

@@ -31,7 +31,7 @@ class FullConfig:
     temperature: float = 1.0  # fixed temperature
     kd_weight: float = 1.0  # fixed KD weight
     loss: str = "kld"  # the papers' baselines use KLD
-    loss_params: dict[str, float] = field(default_factory=dict)
+    loss_params: dict[str, float] = field(default_factory=dict)  # the loss's parameters: skew, beta, lambda
 
     def __post_init__(self) -> None:
         check_at_least("epochs", self.epochs, 1)
@@ -54,7 +54,7 @@ class RandomConfig:
     temperature: float | None = None  # default 1.0, or per epoch from `sizes_from`
     kd_weight: float | None = None  # default 1.0, or per epoch from `sizes_from`
     loss: str | None = None  # default kld, or per epoch from `sizes_from`
-    loss_params: dict[str, float] = field(default_factory=dict)
+    loss_params: dict[str, float] = field(default_factory=dict)  # the loss's parameters: skew, beta, lambda
 
     def __post_init__(self) -> None:
         given = [name for name in ("fraction", "size", "sizes_from") if getattr(self, name) is not None]

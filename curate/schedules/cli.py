@@ -43,17 +43,19 @@ def schedule(
     table: Path = typer.Argument(..., help="difficulty table directory (from `curate score`)"),
     out: Path = typer.Option(..., "--out", "-o", help="schedule directory to write"),
     method: Optional[MethodName] = typer.Option(None, "--method", "-m", help="the curriculum method"),
-    param: list[str] = typer.Option([], "--param", "-p", help="a method parameter as key=value (repeatable); "
+    param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE",
+                                    help="a method parameter as key=value (repeatable); "
                                     "--help-params lists them"),
     epochs: Optional[int] = typer.Option(None, help="epochs (srd, l2m: a multiple of the stages) [default: the "
                                          "paper's]"),
     loss: Optional[LossName] = typer.Option(None, help="KD loss of every epoch [default: the method's]"),
-    loss_param: list[str] = typer.Option([], help="loss parameter key=number, repeatable: skew, beta, lambda"),
+    loss_param: list[str] = typer.Option([], metavar="KEY=VALUE",
+                                         help="loss parameter key=number, repeatable: skew, beta, lambda"),
     seed: Optional[int] = typer.Option(None, help="seed of every random draw [default: 0]"),
     reverse: Optional[bool] = typer.Option(None, "--reverse/--no-reverse", help="hard-to-easy ablation"),
     config: Optional[Path] = typer.Option(None, help="YAML with any of these keys and the method's parameters "
                                           "(-p and options override it)"),
-    overwrite: bool = typer.Option(False, help="replace --out if it holds another schedule"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it holds another schedule"),
     help_params: Optional[str] = typer.Option(None, "--help-params", metavar="METHOD", is_eager=True,
                                               callback=_show_params, help="list a method's parameters (or all) "
                                               "with the paper's defaults, and exit"),

@@ -55,7 +55,7 @@ class DAKDConfig:
     temperature: float = 1.0  # fixed temperature
     kd_weight: float = 1.0  # Algorithm 1 back-propagates BDL alone
     loss: str = "bdl"  # Eq. 4; lambda = 0.9 is the loss default
-    loss_params: dict[str, float] = field(default_factory=dict)
+    loss_params: dict[str, float] = field(default_factory=dict)  # the loss's parameters: skew, beta, lambda
 
     def __post_init__(self) -> None:
         check_at_least("epochs", self.epochs, 1)

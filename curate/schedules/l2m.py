@@ -60,7 +60,7 @@ class L2MConfig:
     temperature: float = 1.0  # fixed temperature
     restart_optimizer: bool = True  # restart optimizer + LR schedule per stage
     loss: str = "skl"  # Eq. 6 is the skew KL with a per-stage skew
-    loss_params: dict[str, float] = field(default_factory=dict)
+    loss_params: dict[str, float] = field(default_factory=dict)  # the loss's parameters: skew, beta, lambda
 
     def __post_init__(self) -> None:
         check_at_least("stages", self.stages, 1)

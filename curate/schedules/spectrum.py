@@ -67,7 +67,7 @@ class SpectrumConfig:
     temperature_last: float = 2.0  # tau of epoch n
     kd_weight: float = 0.7  # 1 - alpha, Eq. 7's SFT weight alpha = 0.3 (off-policy KD)
     loss: str = "kld"  # SpectrumKD is a plug-in over a base KD loss; KLD is its main baseline
-    loss_params: dict[str, float] = field(default_factory=dict)
+    loss_params: dict[str, float] = field(default_factory=dict)  # the loss's parameters: skew, beta, lambda
 
     def __post_init__(self) -> None:
         check_range("early_share", self.early_share, 0.0, 1.0)

@@ -64,8 +64,8 @@ RANK_TIES = ("ordinal", "min")
 class SRDConfig:
     """SRD parameters; defaults from appendix B.3 (instruction following)."""
 
-    stages: int = 3  # n
-    epochs_per_stage: int = 8  # p
+    stages: int = 3  # n: baby-step stages, the kept rows cut easy to hard into n parts, each stage adding one
+    epochs_per_stage: int = 8  # p: epochs of each stage (the total is n * p)
     keep_share: float = 0.75  # lambda: share of the rows kept (the easiest by fused rank)
     rrf_k: int = 60  # reciprocal rank fusion constant
     ce_column: str = "output_ce"  # output_ce (paper, Eq. 4) or student_ce (reference code)
@@ -79,7 +79,7 @@ class SRDConfig:
     kd_weight_last: float = 0.9  # 1 - alpha_n (SFT ratio 0.1)
     restart_optimizer: bool = True  # restart optimizer + LR schedule per stage (reference code)
     loss: str = "kld"  # SRD is a plug-in over a base KD loss; its main tables use KLD
-    loss_params: dict[str, float] = field(default_factory=dict)
+    loss_params: dict[str, float] = field(default_factory=dict)  # the loss's parameters: skew, beta, lambda
 
     def __post_init__(self) -> None:
         check_at_least("stages", self.stages, 1)
