@@ -1,6 +1,7 @@
 """Atomic file writes: every output goes to a temporary file in its directory and is renamed into place, so a crash
 never leaves a half-written file behind (datatrove's habit; the completion markers of tables, schedules and runs
-rely on it). And the one way to read those JSON files back, with errors that name the file, line and column."""
+rely on it). And the one way to read those JSON files back, with errors that name the file, line and column, and
+the one JSONL reader (`jsonl_lines`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 if TYPE_CHECKING:
     import polars as pl
@@ -86,6 +87,64 @@ def _replaced(path: Path, what: str) -> Iterator[Path]:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+BLANK = "blank line"
+
+
+def jsonl_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """Every line of a JSONL file as (1-based line, the JSON object or None, what is wrong with it or None); blank
+    lines come as (line, None, BLANK). Lines are bytes split at "\n" only (str.splitlines would also split inside
+    a record, at U+2028), so that one undecodable line does not fail the file; a UTF-8 byte-order mark is dropped.
+    The caller decides what a bad line means: a reject with its reason (curate), or an error (evaluate)."""
+    for line_no, raw in enumerate(lines, start=1):
+        if line_no == 1:
+            raw = raw.removeprefix(UTF8_BOM)
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield line_no, None, (f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save "
+                                  "the file as UTF-8")
+            continue
+        if not line.strip():
+            yield line_no, None, BLANK
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield line_no, None, f"malformed JSON ({exc.msg} at column {exc.colno})"
+            continue
+        if not isinstance(record, dict):
+            yield line_no, None, f"the line is a JSON {json_type(record)}, not an object"
+            continue
+        yield line_no, record, None
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type: object, array, string, number, boolean, null."""
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(value), "null")
+
+
+def swap_directory(new: Path, final: Path) -> None:
+    """Put the finished directory `new` where `final` is, with two renames (a directory cannot be renamed over a
+    non-empty one): a crash between them leaves `final.old`, which `recover_directory` puts back."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_directory(final: Path, marker: str) -> None:
+    """After a crash inside `swap_directory`: put `final.old` back when `final` has no `marker` file and it has."""
+    old = final.with_name(final.name + ".old")
+    if not (final / marker).exists() and (old / marker).exists():
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(old, final)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -14,6 +14,7 @@ Pure Python (no torch, no polars), so the schedule CLI and the trainer's setup s
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -204,3 +205,12 @@ def epoch_order(sample_ids: list[str], seed: int, epoch: int) -> list[str]:
     import numpy as np
 
     return [sample_ids[i] for i in np.random.default_rng([seed, epoch]).permutation(len(sample_ids))]
+
+
+def fingerprint_manifest(schedule_dir: Path) -> str:
+    """sha256 over manifest.json and every shard, so a run records exactly which curriculum it trained on."""
+    h = hashlib.sha256()
+    for path in [schedule_dir / "manifest.json", *sorted(schedule_dir.glob("epoch-*.parquet"))]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()

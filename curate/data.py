@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from syllabus.core.io import UTF8_BOM, jsonl_lines
 from syllabus.core.templates import TEMPLATES, format_prompt
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")  # matched in any case: DATA.JSONL is a .jsonl file
 EMBEDDED = {"dolly_dev_1000": Path(__file__).parent / "embedded" / "dolly_dev_1000.jsonl"}  # see embedded/README.md
-UTF8_BOM = b"\xef\xbb\xbf"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 Row = tuple[int, dict[str, Any] | None, str | None]  # (1-based line, record or None, why it is unusable)
@@ -138,27 +138,7 @@ def iter_records(path: Path) -> Iterator[Row]:
 
 def _jsonl_records(path: Path) -> Iterator[Row]:
     with path.open("rb") as f:  # bytes: one undecodable line must not fail the file
-        for line_no, raw in enumerate(f, start=1):
-            if line_no == 1:
-                raw = raw.removeprefix(UTF8_BOM)
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                byte = f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1}"
-                yield line_no, None, f"not UTF-8 ({byte}); save the file as UTF-8"
-                continue
-            if not line.strip():
-                yield line_no, None, "blank line"
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield line_no, None, f"malformed JSON ({exc.msg} at column {exc.colno})"
-                continue
-            if not isinstance(record, dict):
-                yield line_no, None, f"expected a JSON object, got {_kind(record)}"
-                continue
-            yield line_no, record, None
+        yield from jsonl_lines(f)
 
 
 def _json_records(path: Path) -> Iterator[Row]:

@@ -9,12 +9,12 @@ that a set's numbers never silently come from fewer rows than it holds).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from syllabus.core.io import BLANK, json_type, jsonl_lines
 from syllabus.core.templates import ALPACA_NO_INPUT, format_prompt
 
 from .protocol import extract_final_number
@@ -70,30 +70,13 @@ class EvalSet:
     sha256: str
 
 
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(type(value), "null")
-
-
 def _records(path: Path, raw: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (1-based line, record) for every non-blank line of a jsonl file."""
-    for line_no, data in enumerate(raw.split(b"\n"), start=1):  # "\n" only: str.splitlines also splits at U+2028
-        try:
-            line = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise EvalSetError(f"{path}:{line_no}: not UTF-8 text (byte {exc.start + 1} of the line); "
-                               "save the file as UTF-8") from None
-        if not line.strip():
+    """Yield (1-based line, record) for every non-blank line of a jsonl file; a bad line is an error."""
+    for line_no, record, problem in jsonl_lines(raw.split(b"\n")):
+        if problem == BLANK:
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EvalSetError(f"{path}:{line_no}: malformed JSON ({exc.msg} at column {exc.colno}); "
-                               "each line must be one JSON object") from None
-        if not isinstance(record, dict):
-            raise EvalSetError(f"{path}:{line_no}: the line is a JSON {_json_type(record)}, not an object; "
-                               "each line must be one JSON object")
+        if problem is not None:
+            raise EvalSetError(f"{path}:{line_no}: {problem}; each line must be one JSON object")
         yield line_no, record
 
 
@@ -109,7 +92,7 @@ def _fix(kind: str) -> str:
 def _text(value: Any, what: str, where: str, kind: str) -> str:
     """`value` if it is non-empty text, else an error naming `what` (e.g. "field `prompt`") at `where`."""
     if not isinstance(value, str):
-        raise EvalSetError(f"{where}: {what} is a JSON {_json_type(value)}, not a string; {_fix(kind)}")
+        raise EvalSetError(f"{where}: {what} is a JSON {json_type(value)}, not a string; {_fix(kind)}")
     if not value.strip():
         raise EvalSetError(f"{where}: {what} is empty; {_fix(kind)}")
     return value

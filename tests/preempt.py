@@ -24,16 +24,16 @@ def _kill() -> None:
 
 
 def kill_at_train_step(step: int) -> None:
-    from syllabus.train import state
+    from syllabus.train import metrics
 
-    write = state.MetricsLog.write
+    write = metrics.MetricsLog.write
 
     def write_or_die(self, record, main_process):  # step `step` is done; its snapshot (if any) is not yet taken
         if record["step"] >= step:
             _kill()
         write(self, record, main_process)
 
-    state.MetricsLog.write = write_or_die
+    metrics.MetricsLog.write = write_or_die
 
 
 def kill_after_score_parts(parts: int) -> None:
@@ -56,9 +56,9 @@ def pause_at_train_step(step: int) -> None:
     import time
     from pathlib import Path
 
-    from syllabus.train import state
+    from syllabus.train import metrics
 
-    write = state.MetricsLog.write
+    write = metrics.MetricsLog.write
     gate = Path(os.environ["PREEMPT_GATE"])
 
     def write_then_wait(self, record, main_process):
@@ -69,7 +69,7 @@ def pause_at_train_step(step: int) -> None:
             while not gate.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
 
-    state.MetricsLog.write = write_then_wait
+    metrics.MetricsLog.write = write_then_wait
 
 
 POINTS = {"train-step": kill_at_train_step, "score-part": kill_after_score_parts, "train-pause": pause_at_train_step}

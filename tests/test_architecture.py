@@ -108,6 +108,6 @@ def test_the_checker_sees_relative_and_lazy_imports(tmp_path):
     """The rules above are only as good as `imports_of`: it must find a lazy, relative import."""
     probe = ROOT / "train" / "loop.py"
     found = imports_of(probe)
-    assert "syllabus.train.state" in found  # `from . import state as state_io`
+    assert "syllabus.train.snapshot" in found  # `from . import snapshot`
     assert "syllabus.evaluate.run" in found  # imported inside evaluate_stage
     assert "syllabus.core.schedule" in found

@@ -85,7 +85,7 @@ def test_bad_rows_are_rejected_with_file_line_field_and_reason(tmp_path):
     assert by_line[3].field == "instruction" and "missing" in by_line[3].reason
     assert by_line[4].field == "output" and by_line[4].reason == "empty response"
     assert by_line[5].field == "output"
-    assert "JSON object" in by_line[6].reason
+    assert "not an object" in by_line[6].reason
     assert "duplicate of" in by_line[7].reason and ":1" in by_line[7].reason
     assert all(r.source_file == str(src) for r in loaded.rejects)
 
@@ -191,7 +191,7 @@ def test_undecodable_bytes_bom_blank_and_non_object_lines_reject_only_their_line
     by_line = {r.source_line: r.reason for r in loaded.rejects}
     assert set(by_line) == {2, 3, 4}
     assert "not UTF-8" in by_line[2] and "0xe9" in by_line[2]
-    assert by_line[3] == "blank line" and "a string" in by_line[4]
+    assert by_line[3] == "blank line" and "a JSON string" in by_line[4]
     # .json and .csv: a BOM is read, a bad byte rejects its row only.
     (tmp_path / "a.json").write_bytes(b'\xef\xbb\xbf[{"instruction": "Q?", "output": "A."}, '
                                       b'{"instruction": "Q\xe9?", "output": "B."}]')

@@ -218,7 +218,7 @@ def test_every_eval_set_row_must_be_of_the_sets_kind_with_text_fields(tmp_path, 
         ("[1, 2]", ":2: the line is a JSON array, not an object"),
         ('"Name a colour."', ":2: the line is a JSON string, not an object"),
         ('{"prompt": "Name a colour.", ', ":2: malformed JSON (Expecting property name"),
-        ('{"prompt": "caf\xe9", "output": "x"}'.encode("latin-1"), ":2: not UTF-8 text (byte 16 of the line)"),
+        ('{"prompt": "caf\xe9", "output": "x"}'.encode("latin-1"), ":2: not UTF-8 text (byte 0xe9 at column 16)"),
     ],
 )
 def test_eval_set_lines_that_are_not_json_objects_name_their_line(tmp_path, line, message):

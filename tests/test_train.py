@@ -21,7 +21,7 @@ from helpers import scored_table
 from syllabus.core.table import write_table
 from syllabus.curate.schedules.build import build_schedule
 from syllabus.train.cli import app
-from syllabus.train.state import fingerprint_manifest
+from syllabus.core.schedule import fingerprint_manifest
 
 runner = CliRunner()
 PREEMPT = str(Path(__file__).with_name("preempt.py"))
@@ -184,6 +184,37 @@ def test_unknown_yaml_setting_is_refused(table, tmp_path, tiny_model, tiny_teach
     assert result.exit_code == 2 and "unknown setting(s) learning_rate" in result.output
 
 
+def test_the_best_checkpoint_is_swapped_in_whole_and_only_by_a_better_one(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from syllabus.core.io import WriteError
+    from syllabus.train.checkpoints import keep_best
+
+    run = SimpleNamespace(out=tmp_path)
+    stages = []
+    for k in (1, 2, 3):
+        stages.append(tmp_path / "checkpoints" / f"stage-{k}")
+        stages[-1].mkdir(parents=True)
+        (stages[-1] / "config.json").write_text(str(k))
+    best = tmp_path / "checkpoints" / "best"
+    assert keep_best(run, stages[0], 1, 10.0) and (best / "config.json").read_text() == "1"
+    assert not keep_best(run, stages[1], 2, 5.0) and (best / "config.json").read_text() == "1"
+    os.replace(best, best.with_name("best.old"))  # killed between the two renames of a swap
+    assert keep_best(run, stages[1], 2, 20.0) and (best / "config.json").read_text() == "2"
+    assert json.loads((best.parent / "best.json").read_text()) == {"checkpoint": "stage-2", "stage": 2, "average": 20.0}
+
+    def full_disk(src, dst):
+        Path(dst).mkdir()
+        (Path(dst) / "config.json").write_text("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copytree", full_disk)
+    with pytest.raises(WriteError, match="best checkpoint"):
+        keep_best(run, stages[2], 3, 30.0)
+    assert (best / "config.json").read_text() == "2"  # the best so far is whole, and the half copy is gone
+    assert sorted(p.name for p in best.parent.iterdir()) == ["best", "best.json", "stage-1", "stage-2", "stage-3"]
+
+
 @pytest.mark.slow
 def test_stage_end_evaluation_keeps_the_best_checkpoint(table, tmp_path, tiny_model, tiny_teacher):
     sched = schedule(table, tmp_path, "srd", epochs=2, stages=2, keep_share=1.0, ce_column="student_ce")
@@ -331,7 +362,7 @@ def test_a_bad_stage_end_evaluation_set_fails_before_training(table, tmp_path, t
 
 
 def test_resume_drops_a_metrics_line_cut_short_by_a_crash(tmp_path):
-    from syllabus.train.state import MetricsLog
+    from syllabus.train.metrics import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "lo')
@@ -544,7 +575,7 @@ def test_an_adapter_directory_stands_for_its_merged_model(tmp_path, tiny_model):
 @pytest.mark.slow
 def test_a_run_directory_is_trained_into_by_one_process_at_a_time(table, tmp_path, tiny_model, tiny_teacher):
     from syllabus.core.workdir import foreign_entries
-    from syllabus.train.state import RUN_NAMES
+    from syllabus.train.run import RUN_NAMES
 
     sched = schedule(table, tmp_path, "full", epochs=2)
     out, gate = tmp_path / "run", tmp_path / "gate"

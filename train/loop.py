@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -26,18 +25,20 @@ from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer,
 from syllabus.core.packing import packing_is_exact, row_budget
 from syllabus.core.precision import resolve_precision
 from syllabus.core.processes import die_with_parent
-from syllabus.core.schedule import ScheduledEpoch, read_schedule
+from syllabus.core.schedule import Schedule, ScheduledEpoch, fingerprint_manifest, read_schedule
 from syllabus.core.table import Table, read_table
 from syllabus.core.topk_cache import TopKCache
 from syllabus.core.workdir import claim_output, release_output
 
-from . import state as state_io
+from . import snapshot
+from .checkpoints import card_facts, keep_best, save_checkpoint
 from .config import CACHED, TrainConfig
 from .data import Batch, SampleStore, cached_bins, collate, epoch_micro_batches, length_limit, read_shard, step_groups
 from .distributed import lockstep_passes, on_main, rank_seed, shard_student, shard_teacher
 from .losses import Objective
+from .metrics import MetricsLog
 from .rescore import check_rescore_params, rescore_epoch, rescore_pool
-from .run import Run
+from .run import RUN_NAMES, Progress, Run
 from .student import DistillStudent
 
 
@@ -46,19 +47,46 @@ class TrainError(ValueError):
 
 
 def setup(config: TrainConfig) -> Run:
-    from accelerate import Accelerator
-
+    """Everything the loop needs, built and checked in order: the inputs first (schedule, losses, table, models),
+    so that a wrong one is refused before any model loads; then the models, the data, and the run directory."""
     # "auto" becomes this machine's format here, so the run identity, the snapshot and the card record the real one
     config = dataclasses.replace(config, precision=resolve_precision(config.precision))
+    schedule, objectives = _setup_schedule(config)
+    table = _setup_table(config, schedule)
+    student_ref, teacher_ref, cache = _setup_model_refs(config, table)
+    accelerator, sharded = _setup_accelerator(config)
+    torch.manual_seed(rank_seed(config.seed, accelerator.process_index))  # before LoRA draws its initial weights
+    model = _setup_student(config, student_ref)
+    teacher, teacher_head = _setup_teacher(config, teacher_ref, accelerator, sharded)
+    pack_tokens = packing_tokens(config, {"student": model, **({"teacher": teacher} if teacher is not None else {})})
+    tokenizer = load_tokenizer(student_ref)
+    store, run_ids = _setup_data(config, schedule, table, tokenizer)
+    if cache is not None:
+        _check_cache_for_student(cache, tokenizer, run_ids, objectives, config.manifest, model)
+    identity = run_identity(config, schedule, table, student_ref, teacher_ref, cache)
+    on_main(accelerator, lambda: _claim_run_dir(config, identity, schedule))
+    return Run(config=config, out=Path(config.out), schedule=schedule, table=table, accelerator=accelerator,
+               student=DistillStudent(model, config.loss_chunk_tokens, cache.teacher_vocab_size if cache else None),
+               teacher=teacher, teacher_head=teacher_head, cache=cache, tokenizer=tokenizer, store=store,
+               pack_tokens=pack_tokens, manifest_fingerprint=identity["manifest_fingerprint"], objectives=objectives,
+               on_stage_end=evaluate_stage if config.eval_sets else None, sharded=sharded)
+
+
+def _setup_schedule(config: TrainConfig) -> tuple[Schedule, tuple[Objective, ...]]:
+    """The schedule and each epoch's loss, checked (with DA-KD's re-scoring parameters and the eval sets)."""
     schedule = read_schedule(config.manifest)
-    objectives = tuple(epoch_objective(epoch, config) for epoch in schedule.epochs)  # before any model loads
-    rescores = any(epoch.plan.rescore for epoch in schedule.epochs)
-    if rescores:
+    objectives = tuple(epoch_objective(epoch, config) for epoch in schedule.epochs)
+    if any(epoch.plan.rescore for epoch in schedule.epochs):
         check_rescore_params(schedule.params)
     if config.eval_sets:  # a bad set fails now, not at the first stage end
         from syllabus.evaluate.sets import load_sets
 
         load_sets(config.eval_sets, config.eval_limit)
+    return schedule, objectives
+
+
+def _setup_table(config: TrainConfig, schedule: Schedule) -> Table:
+    """The table the schedule was built from (or --table, which must be that table)."""
     table_path = config.table or schedule.table_path
     table = read_table(table_path)
     if table.fingerprint != schedule.table_fingerprint:
@@ -66,66 +94,94 @@ def setup(config: TrainConfig) -> Run:
             f"{config.manifest} was built from a table with fingerprint {schedule.table_fingerprint[:16]}, but "
             f"{table_path} has {table.fingerprint[:16]}: rebuild the schedule from this table, or pass the right --table"
         )
+    return table
+
+
+def _setup_model_refs(config: TrainConfig, table: Table) -> tuple[ModelRef, ModelRef | None, TopKCache | None]:
+    """The student and the teacher (None with `--teacher cached`, then the table's top-K cache), tokenizers checked."""
     student_ref = resolve_model(config.student, "student", config.keep_every)
     cache = open_teacher_cache(table) if config.teacher == CACHED else None
     teacher_ref = None if cache else resolve_model(config.teacher, "teacher", config.keep_every)
     if teacher_ref is not None:
         check_same_tokenizer(student_ref, teacher_ref)
-    cpu = not torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no", cpu=cpu,
-                              kwargs_handlers=process_group_options(config), **tracker_options(config))
-    sharded = check_distributed(accelerator, config)
-    torch.manual_seed(rank_seed(config.seed, accelerator.process_index))
-    model = load_student(student_ref, config.disable_dropout)
-    checked_logit_head(model, f"student {student_ref.name}")  # refuse, before training, logits we cannot reproduce
-    if config.lora:
-        model = with_lora(model, config.lora_settings())
+    return student_ref, teacher_ref, cache
+
+
+def _setup_accelerator(config: TrainConfig) -> tuple[Any, bool]:
+    """The accelerator, and whether the student is sharded over the processes (FSDP)."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no",
+                              cpu=not torch.cuda.is_available(), kwargs_handlers=process_group_options(config),
+                              **tracker_options(config))
+    return accelerator, check_distributed(accelerator, config)
+
+
+def _setup_student(config: TrainConfig, ref: ModelRef) -> Any:
+    """The student in fp32 and train mode, its logits checked reproducible, with LoRA adapters when asked."""
+    model = load_student(ref, config.disable_dropout)
+    checked_logit_head(model, f"student {ref.name}")  # refuse, before training, logits we cannot reproduce
+    return with_lora(model, config.lora_settings()) if config.lora else model
+
+
+def _setup_teacher(config: TrainConfig, ref: ModelRef | None, accelerator: Any,
+                   sharded: bool) -> tuple[Any, LogitHead | None]:
+    """The frozen teacher and its logit head on the training device (None, None with a top-K cache)."""
+    if ref is None:
+        return None, None
     # sharded models load on the CPU: `fully_shard` moves them to the device a unit at a time
-    device = "cpu" if sharded else accelerator.device
-    teacher, teacher_head = load_teacher(teacher_ref, config.precision, device) if teacher_ref else (None, None)
-    if sharded and teacher is not None:
-        teacher_head = shard_teacher(teacher, teacher_head, accelerator)
-    pack_tokens = packing_tokens(config, {"student": model, **({"teacher": teacher} if teacher is not None else {})})
-    tokenizer = load_tokenizer(student_ref)
-    chat = table.metadata.get("template") == "chat"
+    teacher, head = load_teacher(ref, config.precision, "cpu" if sharded else accelerator.device)
+    return teacher, shard_teacher(teacher, head, accelerator) if sharded else head
+
+
+def _setup_data(config: TrainConfig, schedule: Schedule, table: Table, tokenizer: Any) -> tuple[SampleStore, set[str]]:
+    """The tokenised samples of every row the run may train on or re-score (each epoch's shard checked against
+    them), and those rows' ids."""
     shards = [read_shard(epoch.shard) for epoch in schedule.epochs]
-    run_ids = set().union(*shards)  # every row this run may train on or re-score
-    if rescores:
+    run_ids = set().union(*shards)
+    if any(epoch.plan.rescore for epoch in schedule.epochs):
         run_ids.update(rescore_pool(table)["sample_id"])
+    chat = table.metadata.get("template") == "chat"
     store = SampleStore(table.frame, tokenizer, length_limit(table, config.max_seq_len, run_ids), chat)
     for epoch, shard_ids in zip(schedule.epochs, shards):
         store.check(shard_ids, str(epoch.shard))
-    if cache is not None:
-        check_teacher_cache(cache, tokenizer, run_ids, objectives, config.manifest)
-        rows = model.get_output_embeddings().weight.shape[0]
-        if cache.teacher_vocab_size is None and rows > len(tokenizer):
-            warnings.warn(f"{cache.path} does not record its teacher's vocabulary size (scored before Syllabus kept "
-                          f"it), and the student has {rows - len(tokenizer)} more output rows than its tokenizer has "
-                          "tokens: those rows count in the KD tail bin. Score the table again with --teacher-topk "
-                          "to have them left out, as a live teacher leaves them out", stacklevel=1)
-    identity = {
-        # stopping and snapshot settings do not change what a step computes, so a resumed run may change them
-        "config": {k: v for k, v in config.as_dict().items()  # (fsdp: how, not what; the snapshot records it)
+    return store, run_ids
+
+
+def _check_cache_for_student(cache: TopKCache, tokenizer: Any, run_ids: set[str], objectives: tuple[Objective, ...],
+                             manifest: str, model: Any) -> None:
+    """`check_teacher_cache`, and a warning where an old cache would count the student's extra output rows."""
+    check_teacher_cache(cache, tokenizer, run_ids, objectives, manifest)
+    rows = model.get_output_embeddings().weight.shape[0]
+    if cache.teacher_vocab_size is None and rows > len(tokenizer):
+        warnings.warn(f"{cache.path} does not record its teacher's vocabulary size (scored before Syllabus kept "
+                      f"it), and the student has {rows - len(tokenizer)} more output rows than its tokenizer has "
+                      "tokens: those rows count in the KD tail bin. Score the table again with --teacher-topk "
+                      "to have them left out, as a live teacher leaves them out", stacklevel=1)
+
+
+def run_identity(config: TrainConfig, schedule: Schedule, table: Table, student_ref: ModelRef,
+                 teacher_ref: ModelRef | None, cache: TopKCache | None) -> dict[str, Any]:
+    """What makes a run this run (a resume must match it): the settings that change what a step computes, the
+    curriculum, the table and the models. Stopping, snapshot and tracking settings are left out, so that a resumed
+    run may change them (fsdp: how, not what; the snapshot records it)."""
+    return {
+        "config": {k: v for k, v in config.as_dict().items()
                    if k not in ("resume", "overwrite", "max_steps", "save_every_steps", "report_to", "fsdp")},
-        "manifest_fingerprint": state_io.fingerprint_manifest(schedule.path),
+        "manifest_fingerprint": fingerprint_manifest(schedule.path),
         "table_fingerprint": table.fingerprint,
         "student": student_ref.identity(),
         "teacher": teacher_ref.identity() if teacher_ref is not None else
         {"cached": cache.fingerprint, "k": cache.k, "model": cache.record.get("teacher")},
     }
+
+
+def _claim_run_dir(config: TrainConfig, identity: dict[str, Any], schedule: Schedule) -> None:
+    """Claim --out for this run (main process): --overwrite alone starts over; with --resume it replaces only
+    another run's directory; never anything but a run's files."""
     out = Path(config.out)
-    # --overwrite alone starts over; with --resume it replaces only another run's directory; never anything but a run
-
-    def claim() -> None:
-        claim_output(out, identity, config.overwrite, what="training run", restart=not config.resume,
-                     names=state_io.RUN_NAMES)
-        atomic_write_json(out / "config.json", {**identity, "schedule": schedule.manifest})
-
-    on_main(accelerator, claim)
-    student = DistillStudent(model, config.loss_chunk_tokens, cache.teacher_vocab_size if cache else None)
-    return Run(config, out, schedule, table, accelerator, student, teacher,
-               teacher_head, cache, tokenizer, store, pack_tokens, identity["manifest_fingerprint"], objectives,
-               on_stage_end=evaluate_stage if config.eval_sets else None, sharded=sharded)
+    claim_output(out, identity, config.overwrite, what="training run", restart=not config.resume, names=RUN_NAMES)
+    atomic_write_json(out / "config.json", {**identity, "schedule": schedule.manifest})
 
 
 STAGE_EVAL_TIMEOUT_HOURS = 4
@@ -411,21 +467,22 @@ def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, o
             "grad_norm": float(grad_norm)}
 
 
-def fit(run: Run) -> Path:
+def fit(run: Run, progress: Progress) -> Path:
+    """Train from `progress` (a fresh one, or a resumed run's) to the end of the schedule or `max_steps`; returns the
+    final checkpoint."""
     from tqdm.auto import tqdm
 
     config, acc, schedule = run.config, run.accelerator, run.schedule
-    progress = run.progress
     model = shard_student(run.student, acc) if run.sharded else acc.prepare(run.student)
     # The optimizer and scheduler stay unwrapped: the LR horizon is counted in this rank's optimizer steps
     # (accelerate's scheduler wrapper would step it once per process).
     optimizer, scheduler = build_optimizer(run, progress.optimizer_epoch)
     if progress.global_step > 0:
-        state_io.restore(run, model, optimizer, scheduler)
+        snapshot.restore(run, model, optimizer, scheduler)
     total_steps = sum(steps_in_epoch(p, config, acc.num_processes) for p in schedule.epochs)
     bar = tqdm(total=total_steps, initial=progress.global_step, desc="train", unit="step",
                disable=not acc.is_main_process, dynamic_ncols=True)
-    metrics = state_io.MetricsLog(run.out / "metrics.jsonl", progress.global_step, acc.is_main_process)
+    metrics = MetricsLog(run.out / "metrics.jsonl", progress.global_step, acc.is_main_process)
     start_tracking(run)
     stage_ends = schedule.stage_ends()
     stopped = False
@@ -458,21 +515,21 @@ def fit(run: Run) -> Path:
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", kd=f"{stats['kd']:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
             if progress.global_step % config.save_every_steps == 0:
-                state_io.save(run, model, optimizer, scheduler)
+                snapshot.save(run, progress, model, optimizer, scheduler)
             if config.max_steps is not None and progress.global_step >= config.max_steps:
                 stopped = True
                 break
         if stopped:
             break
         progress.finish_epoch()
-        state_io.save(run, model, optimizer, scheduler)
+        snapshot.save(run, progress, model, optimizer, scheduler)
         if epoch.index in stage_ends:
-            checkpoint = state_io.save_checkpoint(run, model, f"stage-{plan.stage}")
+            checkpoint = save_checkpoint(run, progress, model, f"stage-{plan.stage}")
             if run.on_stage_end is not None and acc.is_main_process:
-                run.on_stage_end(run, checkpoint, plan.stage)
+                run.on_stage_end(run, checkpoint, plan.stage, progress.global_step)
     bar.close()
-    state_io.save(run, model, optimizer, scheduler)
-    final = state_io.save_checkpoint(run, model, "final")
+    snapshot.save(run, progress, model, optimizer, scheduler)
+    final = save_checkpoint(run, progress, model, "final")
     # Drop the DDP wrapper (held here and by accelerate) before the process group is destroyed: freed afterwards, its
     # reducer would destroy the group itself while holding the GIL, and gloo's worker threads, which need the GIL to
     # free the last broadcast's tensors, would deadlock with it (tests/test_distributed.py hung so at exit)
@@ -491,7 +548,7 @@ def micro_batch(run: Run, sample_ids: list[str], objective: Objective) -> Batch:
     return batch
 
 
-def evaluate_stage(run: Run, checkpoint: Path, stage: int) -> None:
+def evaluate_stage(run: Run, checkpoint: Path, stage: int, global_step: int) -> None:
     """Evaluate a stage checkpoint on the dev sets (the papers keep the best checkpoint by ROUGE-L)."""
     from syllabus.evaluate.protocol import EvalProtocol
     from syllabus.evaluate.run import EvalConfig, evaluate
@@ -504,14 +561,8 @@ def evaluate_stage(run: Run, checkpoint: Path, stage: int) -> None:
                                                         template=run.table.metadata.get("template", "alpaca")),
                                   engine="hf", overwrite=True),
                        progress=False)
-    score = summary["results"]["average"]
-    write_model_card(checkpoint, state_io.card_facts(run), summary)  # the card shows its evaluation
-    best_file = run.out / "checkpoints" / "best.json"
-    best = json.loads(best_file.read_text()) if best_file.exists() else None
-    if best is None or score > best["average"]:
-        shutil.rmtree(run.out / "checkpoints" / "best", ignore_errors=True)
-        shutil.copytree(checkpoint, run.out / "checkpoints" / "best")
-        atomic_write_json(best_file, {"checkpoint": checkpoint.name, "stage": stage, "average": score})
+    write_model_card(checkpoint, card_facts(run, global_step), summary)  # the card shows its evaluation
+    keep_best(run, checkpoint, stage, summary["results"]["average"])
 
 
 def train(config: TrainConfig) -> Path:
@@ -526,12 +577,10 @@ def _setup_and_fit(config: TrainConfig) -> Path:
     if os.environ.get("TORCHELASTIC_RUN_ID"):  # a rank of torchrun (or accelerate launch): it dies with its launcher
         die_with_parent()
     run = setup(config)
-    existing = state_io.load_progress(run)  # --resume on a fresh directory simply starts
+    existing = snapshot.load_progress(run)  # --resume on a fresh directory simply starts
     if existing is not None and not config.resume:
         raise TrainError(
             f"{run.out} holds this run, stopped at step {existing.global_step}; pass --resume to continue it "
             "or --overwrite to start over"
         )
-    if existing is not None:
-        run.progress = existing  # fit restores the weights and optimizer once the student is placed (or sharded)
-    return fit(run)
+    return fit(run, existing or Progress())  # fit restores the weights and optimizer once the student is placed

@@ -1,10 +1,11 @@
 """What a training run is made of once set up: the `Run` record that `loop.setup` builds and everything else reads
-(the loop, the run-directory state, DA-KD re-scoring), and `Progress`, where the run stands."""
+(the loop, snapshots and checkpoints, DA-KD re-scoring), and `Progress`, where the run stands: the one thing that
+changes as it trains, passed beside the run."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,12 @@ from .config import TrainConfig
 from .data import SampleStore
 from .losses import Objective
 from .student import DistillStudent
+
+
+STATE = "state"  # OUT/state: the latest snapshot (train/snapshot.py)
+# Every top-level name a training run writes in its directory (besides _work): all that --overwrite may delete
+RUN_NAMES = ("config.json", "metrics.jsonl", "rescore.jsonl", "checkpoints", "eval", "trackers",
+             STATE, f"{STATE}.tmp", f"{STATE}.old")
 
 
 @dataclass
@@ -41,9 +48,9 @@ class Progress:
         self.epoch_ids = None
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Run:
-    """Everything `setup` builds before the loop starts.
+    """Everything `setup` builds before the loop starts; it does not change while the run trains.
 
     `objectives[i]` is epoch i's loss (the manifest's, or the config's override for a loss ablation), checked once
     at setup. `on_stage_end` is the stage-end evaluation (None when no eval sets were asked for).
@@ -63,6 +70,10 @@ class Run:
     pack_tokens: int | None  # padding-free rows of at most this many tokens; None: padded batches
     manifest_fingerprint: str
     objectives: tuple[Objective, ...]
-    on_stage_end: Callable[[Run, Path, int], None] | None = None
+    on_stage_end: Callable[[Run, Path, int, int], None] | None = None  # (run, checkpoint, stage, global step)
     sharded: bool = False  # the student is sharded over the processes (FSDP)
-    progress: Progress = field(default_factory=Progress)
+
+
+def unwrapped(run: Run, model: Any) -> Any:
+    """The Hugging Face student inside the (accelerate-wrapped) `DistillStudent`."""
+    return run.accelerator.unwrap_model(model).model

@@ -1,12 +1,9 @@
-"""Run-directory state: exact-resume snapshots, Hugging Face checkpoints and the metrics log.
+"""Exact-resume snapshots of a training run:
 
-    OUT/config.json              resolved config + manifest and table fingerprints (written at start)
-    OUT/metrics.jsonl            one line per optimizer step
-    OUT/state/                   latest resumable snapshot: student weights, optimizer, scheduler, progress, and
-                                 each rank's random generators (rng-<rank>.pt); under FSDP the student and the
+    OUT/state/                   the latest snapshot: student weights, optimizer, scheduler, progress, and each
+                                 rank's random generators (rng-<rank>.pt); under FSDP the student and the
                                  optimizer are in sharded/ instead, each rank's shard as it holds it
                                  (torch.distributed.checkpoint), never gathered on one process
-    OUT/checkpoints/<name>/      Hugging Face format (safetensors + tokenizer + config), at stage ends and "final"
 
 A snapshot is written to `state.tmp/` and swapped in with renames, so a crash never leaves a half-written state.
 On many processes the main process writes everything but the generators (and FSDP shards), which each rank writes
@@ -15,9 +12,7 @@ for itself.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import pickle
 import shutil
 from dataclasses import asdict
@@ -26,34 +21,14 @@ from typing import Any
 
 import torch
 
-from syllabus.core.cards import KNOWN_LICENSES, write_model_card
-from syllabus.core.io import atomic_write_json, writing
-from syllabus.core.models import merge_lora
+from syllabus.core.io import atomic_write_json, recover_directory, swap_directory, writing
 
 from .distributed import on_main
-from .run import Progress, Run
-
-STATE = "state"
-# Every top-level name a training run writes in its directory (besides _work): all that --overwrite may delete
-RUN_NAMES = ("config.json", "metrics.jsonl", "rescore.jsonl", "checkpoints", "eval", "trackers",
-             STATE, f"{STATE}.tmp", f"{STATE}.old")
+from .run import STATE, Progress, Run, unwrapped
 
 
 class StateError(ValueError):
     """A run directory's snapshot cannot be read back."""
-
-
-def fingerprint_manifest(schedule_dir: Path) -> str:
-    """sha256 over manifest.json and every shard, so a run records exactly which curriculum it trained on."""
-    h = hashlib.sha256()
-    for path in [schedule_dir / "manifest.json", *sorted(schedule_dir.glob("epoch-*.parquet"))]:
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-def _unwrapped(run: Run, model: Any) -> Any:
-    return run.accelerator.unwrap_model(model).model
 
 
 SHARDED = "sharded"  # the FSDP snapshot's directory in state/
@@ -107,31 +82,14 @@ def _sharded_reader(path: Path) -> Any:
     return PlainMetadataReader(path)
 
 
-def full_weights(run: Run, model: Any) -> dict[str, torch.Tensor] | None:
-    """Under FSDP, the student's whole state dict under the Hugging Face model's names, gathered from every rank's
-    shard into the main process's CPU memory (a collective: every rank calls it; the others get an empty dict).
-    None when the student is not sharded: `save_pretrained` reads the model itself."""
-    if not run.sharded:
-        return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    # one entry per parameter, as `_unique_tensors` keeps: the gathered copies of tied weights no longer share storage
-    names: dict[int, list[str]] = {}
-    for name, param in model.model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(name)
-    tied = {name for group in names.values() for name in group[1:]}
-    return {key: v for k, v in state.items() if (key := k.removeprefix("model.")) not in tied}
-
-
-def save(run: Run, model: Any, optimizer: Any, scheduler: Any) -> None:
+def save(run: Run, progress: Progress, model: Any, optimizer: Any, scheduler: Any) -> None:
     """Snapshot everything resume needs: each rank its generators, then the main process the rest, swapped in whole.
 
     Raises (on every rank):
         OSError: the snapshot cannot be written (the last whole one stays); MainProcessError on the other ranks.
     """
     acc = run.accelerator
-    tmp, final, old = run.out / f"{STATE}.tmp", run.out / STATE, run.out / f"{STATE}.old"
+    tmp = run.out / f"{STATE}.tmp"
 
     def start() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -144,17 +102,13 @@ def save(run: Run, model: Any, optimizer: Any, scheduler: Any) -> None:
             if run.sharded:  # the shards are in tmp/sharded already
                 torch.save({"scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
             else:
-                save_file(_unique_tensors(_unwrapped(run, model).state_dict()), tmp / "student.safetensors")
+                save_file(_unique_tensors(unwrapped(run, model).state_dict()), tmp / "student.safetensors")
                 torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                            tmp / "optimizer.pt")
-            run.progress.num_processes = acc.num_processes
-            run.progress.fsdp = run.sharded
-            atomic_write_json(tmp / "progress.json", asdict(run.progress))
-            shutil.rmtree(old, ignore_errors=True)
-            if final.exists():
-                os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            progress.num_processes = acc.num_processes
+            progress.fsdp = run.sharded
+            atomic_write_json(tmp / "progress.json", asdict(progress))
+            swap_directory(tmp, run.out / STATE)
 
     on_main(acc, start)
     # the generators dropout draws from, so that a resumed run draws the same masks on every rank
@@ -191,12 +145,7 @@ def load_progress(run: Run) -> Progress | None:
     """
     out, acc = run.out, run.accelerator
 
-    def recover() -> None:
-        old = out / f"{STATE}.old"  # a crash between the two renames of `save`
-        if not (out / STATE / "progress.json").exists() and (old / "progress.json").exists():
-            os.replace(old, out / STATE)
-
-    on_main(acc, recover)
+    on_main(acc, lambda: recover_directory(out / STATE, "progress.json"))  # a crash between `save`'s renames
     path = out / STATE / "progress.json"
     if not path.exists():
         return None
@@ -235,7 +184,7 @@ def restore(run: Run, model: Any, optimizer: Any, scheduler: Any) -> None:
                 "over with --overwrite") from None
         set_state_dict(model, optimizer, model_state_dict=state["student"], optim_state_dict=state["optimizer"])
     else:
-        load_student(run.out, _unwrapped(run, model))
+        load_student(run.out, unwrapped(run, model))
     load_optimizer(run.out, None if run.sharded else optimizer, scheduler, run.accelerator.process_index)
 
 
@@ -276,73 +225,3 @@ def _plain_values(path: Path) -> dict[str, Any]:
             f"{path}: not a snapshot of plain values ({type(exc).__name__}); it was not written by `train run` or is "
             "corrupt. Start the run over with --overwrite, or restore the directory from where it came"
         ) from None
-
-
-def save_checkpoint(run: Run, model: Any, name: str) -> Path:
-    """A Hugging Face checkpoint (safetensors + tokenizer + config) plus what produced it (written by the main
-    process; every rank returns its path)."""
-    path = run.out / "checkpoints" / name
-    weights = full_weights(run, model)  # under FSDP, gathered onto the main process by every rank
-
-    def write() -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with writing(tmp, "checkpoint", cleanup=True):
-            shutil.rmtree(tmp, ignore_errors=True)
-            student = _unwrapped(run, model)
-            if run.config.lora:  # the adapter, and the merged model beside it, which every reader takes as is
-                student.save_pretrained(tmp / "adapter", safe_serialization=True)
-                # merged into a fresh base load: merging the training model in place and back would leave rounding
-                merge_lora(tmp / "adapter", torch.float32).save_pretrained(tmp, safe_serialization=True)
-            else:
-                student.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
-            run.tokenizer.save_pretrained(tmp)
-            write_model_card(tmp, card_facts(run), shown_as=path)  # the card names where it ends up
-            atomic_write_json(tmp / "syllabus_train.json", {
-                "global_step": run.progress.global_step,
-                "epoch": run.progress.epoch,
-                "manifest_fingerprint": run.manifest_fingerprint,
-                "table_fingerprint": run.table.fingerprint,
-                "method": run.schedule.method,
-            })
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(tmp, path)
-
-    on_main(run.accelerator, write)
-    return path
-
-
-def card_facts(run: Run) -> dict[str, Any]:
-    """What a checkpoint's model card says made it (`core.cards.model_card`)."""
-    identity = json.loads((run.out / "config.json").read_text())
-    source = (run.table.metadata.get("dataset") or {}).get("source")
-    return {"student": identity["student"], "teacher": identity["teacher"], "method": run.schedule.method,
-            "epochs": run.schedule.manifest.get("epochs", []), "config": run.config.as_dict(),
-            "global_step": run.progress.global_step,
-            "table": {"path": str(run.table.path), "fingerprint": run.table.fingerprint, "source": source,
-                      "license": KNOWN_LICENSES.get(source)}}
-
-
-class MetricsLog:
-    """Append-only metrics; on resume, lines past the restored step are dropped so steps never repeat, and so is a
-    line cut short by a crash in the middle of its append."""
-
-    def __init__(self, path: Path, resume_step: int, main_process: bool = True) -> None:
-        self.path = path
-        if main_process and path.exists():
-            kept = [line for line in path.read_text(errors="replace").splitlines()
-                    if (record := _record(line)) is not None and record["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, record: dict[str, Any], main_process: bool) -> None:
-        if main_process:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def _record(line: str) -> dict[str, Any] | None:
-    """A metrics line as a record, or None for a line that is not one (cut short by a crash)."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
