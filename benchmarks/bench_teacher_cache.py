@@ -10,7 +10,7 @@ On the embedded pair (teacher SmolLM2-135M-Instruct, bf16; the pruned student) a
   with `--teacher-topk K`, each into a fresh directory, the variants interleaved `--repeats` times; the pass's
   seconds come from the table's `pass_stats` (the fastest repeat of each: a shared machine only ever slows a run).
 - bytes per token: the cache's size on disk over its response tokens (cache.json).
-- training: `train run` on the full-data schedule of that table, `--teacher cached` against `--teacher default`,
+- training: `train run` on the full-data schedule of that table, `--teacher cached` against `--teacher default-teacher`,
   same seed and steps (micro-batch 8, bf16); tokens/s is the median of the steps after the first (metrics.jsonl),
   peak memory the child process's maximum resident set size.
 

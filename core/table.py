@@ -34,7 +34,10 @@ PART_GLOB = "part-*.parquet"
 TABLE_FILES = (METADATA_FILE, PART_GLOB, "rejects.jsonl", CARD_FILE)  # every name a table's writers put in its directory
 TOPK_CACHE_DIR = "teacher-topk"  # the teacher's top-K cache (core/topk_cache.py)
 TABLE_DIRS = (TOPK_CACHE_DIR,)  # the subdirectories a table's writers make
-SCORE_COLUMNS = ("student_ce", "teacher_ce", "dds", "rouge_l", "output_ce")
+SCORE_COLUMNS = ("student_ce", "teacher_ce", "dds", "rouge_l", "output_ce")  # what `curate score` measures
+# The leading columns of every table, in the order `curate score` writes them (docs/formats.md has them all).
+LEAD_COLUMNS = ("sample_id", "prompt", "response", "prompt_tokens", "response_tokens", "student_ce", "teacher_ce",
+                "dds", "student_output", "rouge_l", "output_ce", "status")
 # Columns that define a table's content for its fingerprint (text columns are covered by sample_id).
 # output_tokens too: summed CEs (the schedules' default) multiply output_ce by it.
 FINGERPRINT_COLUMNS = ("sample_id", "status", "prompt_tokens", "response_tokens", "output_tokens", *SCORE_COLUMNS)
@@ -42,6 +45,14 @@ NUMERIC_COLUMNS = (*SCORE_COLUMNS, "prompt_tokens", "response_tokens", "output_t
 # Metadata keys `write_table` computes from the rows it writes (a merge must not copy them from its inputs).
 DERIVED_KEYS = ("table_fingerprint", "num_rows", "columns", "parts")
 _SHOWN = 5  # ids or file names quoted in a message before "and N more"
+
+
+def with_dds(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with DDS (DA-KD Eq. 1) = student_ce / teacher_ce: null when teacher_ce is not > 0 (or either is
+    missing). The one definition, for scoring (`curate score`) and for DA-KD's re-scoring during training."""
+    return frame.with_columns(
+        dds=pl.when(pl.col("teacher_ce") > 0).then(pl.col("student_ce") / pl.col("teacher_ce")).otherwise(None)
+    )
 
 
 class TableError(ValueError):

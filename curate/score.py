@@ -28,7 +28,7 @@ from syllabus.core.backends import LocalBackend, PartFailure, RayBackend, open_b
 from syllabus.core.io import atomic_write_parquet, read_parquet
 from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
 from syllabus.core.precision import resolve_dtype
-from syllabus.core.table import METADATA_FILE, Table, part_name, read_table, write_table
+from syllabus.core.table import LEAD_COLUMNS, METADATA_FILE, Table, part_name, read_table, with_dds, write_table
 from syllabus.core.tokens import Encoded, encode_pair
 from syllabus.core.topk_cache import (
     CACHE_DIR,
@@ -378,13 +378,6 @@ def base_frame(prep: Prepared) -> pl.DataFrame:
     )
 
 
-def with_dds(frame: pl.DataFrame) -> pl.DataFrame:
-    """DDS (DA-KD Eq. 1) = student_ce / teacher_ce; null when teacher_ce is not > 0 (or either is missing)."""
-    return frame.with_columns(
-        dds=pl.when(pl.col("teacher_ce") > 0).then(pl.col("student_ce") / pl.col("teacher_ce")).otherwise(None)
-    )
-
-
 def assemble(prep: Prepared, student_gen: pl.DataFrame, student_ce: pl.DataFrame, teacher_ce: pl.DataFrame) -> pl.DataFrame:
     """Join the passes on sample_id and derive dds."""
     frame = (
@@ -397,8 +390,7 @@ def assemble(prep: Prepared, student_gen: pl.DataFrame, student_ce: pl.DataFrame
     frame = with_dds(frame).with_columns(
         status=pl.when(missing_teacher).then(pl.lit("error: no teacher_ce in --teacher-from table")).otherwise(pl.col("status")),
     )
-    lead = ["sample_id", "prompt", "response", "prompt_tokens", "response_tokens", "student_ce", "teacher_ce", "dds",
-            "student_output", "rouge_l", "output_ce", "status"]
+    lead = list(LEAD_COLUMNS)
     return frame.select(lead + [c for c in frame.columns if c not in lead])
 
 

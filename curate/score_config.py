@@ -10,6 +10,7 @@ from typing import Any
 from syllabus.core import settings
 from syllabus.core.config import check_choices, setting
 from syllabus.core.engines.base import GenerationParams
+from syllabus.core.models import DEFAULT_STUDENT, DEFAULT_TEACHER, recorded_name
 from syllabus.core.settings import check_placement
 
 from . import data as data_mod
@@ -29,9 +30,11 @@ class ScoreConfig:
                         "dolly_dev_1000", argument=True)
     out: str = setting(help="table directory to write (resumed if it holds this same run)", flags=("--out", "-o"),
                        path=True)
-    student: str | None = setting("default", "student: local HF directory, hub id, `default` (pruned SmolLM2), or "
+    student: str | None = setting(DEFAULT_STUDENT, "student: local HF directory, hub id, default-student (the "
+                                  "embedded pair's, pruned SmolLM2), or "
                                   "`none` (a teacher-only table, to reuse with --teacher-from)")
-    teacher: str | None = setting("default", "teacher: local HF directory, hub id, or `default` (ignored with "
+    teacher: str | None = setting(DEFAULT_TEACHER, "teacher: local HF directory, hub id, or default-teacher (the "
+                                  "embedded SmolLM2-135M-Instruct; ignored with "
                                   "--teacher-from)")
     teacher_from: str | None = setting(None, "reuse teacher_ce (and, with --teacher-topk, the top-K cache) from "
                                        "this table instead of running the teacher", path=True)
@@ -117,6 +120,8 @@ class ScoreConfig:
             ident.pop(key)
         if not self.teacher_topk:  # absent when unused: runs scored before the cache existed keep their identity
             ident.pop("teacher_topk")
+        for role in ("student", "teacher"):  # the embedded pair, however it was named
+            ident[role] = recorded_name(ident[role], role)
         for key in ("data", "student", "teacher", "teacher_from"):  # one file, however the user spelled its path
             if ident[key] is not None and Path(ident[key]).expanduser().exists():
                 ident[key] = str(Path(ident[key]).expanduser().resolve())

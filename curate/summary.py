@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from syllabus.core.table import Table
+from syllabus.core.table import SCORE_COLUMNS, Table
 
-METRICS = ("student_ce", "teacher_ce", "dds", "rouge_l", "output_ce", "prompt_tokens", "response_tokens")
+METRICS = (*SCORE_COLUMNS, "prompt_tokens", "response_tokens")
 QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from syllabus.core import settings
 from syllabus.core.config import ConfigError, check_choices, from_sources, setting
 from syllabus.core.loss_params import LOSSES, resolve_loss_params
+from syllabus.core.models import DEFAULT_STUDENT, DEFAULT_TEACHER
 from syllabus.core.precision import PRECISIONS
 
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -24,9 +25,10 @@ class TrainConfig:
 
     manifest: str = setting(help="schedule directory (manifest.json + epoch shards)", path=True)
     out: str = setting(help="run directory", flags=("--out", "-o"), path=True)
-    student: str = setting("default", "student: directory, hub id or `default` (pruned SmolLM2)")
-    teacher: str = setting("default", "teacher: directory, hub id, `default`, or `cached`: no model, the table's "
-                           "top-K cache (`curate score --teacher-topk K`)")  # a model, or CACHED
+    student: str = setting(DEFAULT_STUDENT, "student: directory, hub id or default-student (the embedded pair's, "
+                           "pruned SmolLM2)")
+    teacher: str = setting(DEFAULT_TEACHER, "teacher: directory, hub id, default-teacher, or `cached`: no model, "
+                           "the table's top-K cache (`curate score --teacher-topk K`)")  # a model, or CACHED
     table: str | None = setting(None, "difficulty table", path=True, shown="the one the schedule names")
     loss: str | None = setting(None, "override every epoch's loss (loss ablations over one schedule)",
                                choices=LOSSES, shown="each epoch's, from the schedule")

@@ -21,7 +21,8 @@ import torch
 from syllabus.core.cards import write_model_card
 from syllabus.core.io import atomic_write_json
 from syllabus.core.logits import LogitHead, checked_logit_head
-from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
+from syllabus.core.models import (ModelRef, check_same_tokenizer, load_tokenizer, recorded_name, resolve_model,
+                                   tokenizer_fingerprint)
 from syllabus.core.packing import packing_is_exact, row_budget
 from syllabus.core.precision import resolve_precision
 from syllabus.core.processes import die_with_parent
@@ -165,13 +166,17 @@ def run_identity(config: TrainConfig, schedule: Schedule, table: Table, student_
     """What makes a run this run (a resume must match it): the settings that change what a step computes, the
     curriculum, the table and the models. Stopping, snapshot and tracking settings are left out, so that a resumed
     run may change them (fsdp: how, not what; the snapshot records it)."""
+    settings = {k: v for k, v in config.as_dict().items()
+                if k not in ("resume", "overwrite", "max_steps", "save_every_steps", "report_to", "fsdp")}
+    for role in ("student", "teacher"):  # the embedded pair, however it was named
+        settings[role] = recorded_name(settings[role], role)
     return {
-        "config": {k: v for k, v in config.as_dict().items()
-                   if k not in ("resume", "overwrite", "max_steps", "save_every_steps", "report_to", "fsdp")},
+        "config": settings,
         "manifest_fingerprint": fingerprint_manifest(schedule.path),
         "table_fingerprint": table.fingerprint,
-        "student": student_ref.identity(),
-        "teacher": teacher_ref.identity() if teacher_ref is not None else
+        "student": {**student_ref.identity(), "name": recorded_name(student_ref.name, "student")},
+        "teacher": {**teacher_ref.identity(), "name": recorded_name(teacher_ref.name, "teacher")}
+        if teacher_ref is not None else
         {"cached": cache.fingerprint, "k": cache.k, "model": cache.record.get("teacher")},
     }
 

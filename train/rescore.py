@@ -16,7 +16,7 @@ import torch
 from syllabus.core.engines.base import ScoringRequest
 from syllabus.core.engines.hf_engine import default_batch_tokens, response_nll, scoring_forwards
 from syllabus.core.packing import attention_is_varlen
-from syllabus.core.table import Table
+from syllabus.core.table import Table, with_dds
 from syllabus.curate.schedules import dakd
 
 from .distributed import most_over_ranks, on_main, pad_forwards, rank_seed, split_map
@@ -80,9 +80,7 @@ def rescore_epoch(run: Run, epoch: int, model: Any) -> list[str]:
     if run.sharded:
         model.reshard()
     student.train(was_training)
-    scored = pool.with_columns(student_ce=pl.Series(student_ce)).with_columns(
-        dds=pl.col("student_ce") / pl.col("teacher_ce")
-    )
+    scored = with_dds(pool.with_columns(student_ce=pl.Series(student_ce)))  # the pool's teacher_ce are all > 0
     params = run.schedule.params
     selected = dakd.select_epoch(scored.select("sample_id", "dds"), epoch=epoch,
                                  num_epochs=len(run.schedule.epochs), seed=run.schedule.seed, **dakd.selection_params(params))
