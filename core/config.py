@@ -176,17 +176,30 @@ def typed_fields(cls: type, values: Mapping[str, Any], where: str, error: type[V
     return out
 
 
+def _grouped(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """YAML keys named as the options are (`temperature: 0.5`) moved into the group they belong to
+    (`generation: {temperature: 0.5}`), which a YAML file may also spell out."""
+    hints = typing.get_type_hints(cls)
+    own = {f.name for f in dataclasses.fields(cls)}
+    for group in (f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])):
+        members = {f.name for f in dataclasses.fields(hints[group])} - own
+        moved = {key: values.pop(key) for key in list(values) if key in members}
+        if moved:
+            values[group] = {**(values.get(group) or {}), **moved}
+    return values
+
+
 def from_sources(cls: type, yaml_path: Path | None, given: Mapping[str, Any], where: str,
                  error: type[ValueError] = ConfigError) -> Any:
     """The config `cls` from a YAML file (`--config`), then the values given on the command line over it, then the
     fields' defaults for the rest: flag > YAML > default. A field that is itself a dataclass (a group of settings)
-    takes a mapping, merged the same way key by key.
+    takes a mapping, merged the same way key by key; in YAML its keys may also stand at the top (`seeds: [10]`).
 
     Raises:
         `error`: an unknown key, a value of the wrong type, a required setting given nowhere, or a value the
             config refuses.
     """
-    values = read_yaml(yaml_path, error=error) if yaml_path is not None else {}
+    values = _grouped(cls, read_yaml(yaml_path, error=error) if yaml_path is not None else {})
     for key, value in given.items():
         if isinstance(value, Mapping) and isinstance(values.get(key), Mapping):
             values[key] = {**values[key], **value}

@@ -32,9 +32,8 @@ app.add_typer(models_app, name="models")
 @config_options(ScoreConfig)
 def score(
     given: dict[str, Any],
-    config: Optional[Path] = typer.Option(None, help="YAML with any of these settings by field name "
-                                          "(max_seq_len: 512; generation: {temperature: 0.7}); the options given "
-                                          "here win"),
+    config: Optional[Path] = typer.Option(None, help="YAML with any of these settings by name (max_seq_len: 512, "
+                                          "temperature: 0.7); the options given here win"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Score a dataset into a Parquet difficulty table (student/teacher CE, DDS, student output, ROUGE-L)."""

@@ -23,8 +23,8 @@ class ScoreError(ValueError):
 @dataclass(frozen=True, kw_only=True)
 class ScoreConfig:
     """Everything a scoring run depends on. Its JSON form (minus `out`/`overwrite`) is the run's identity.
-    `curate score`'s options and its `--config` YAML keys are these fields (the sampling ones under `generation:`
-    in YAML)."""
+    `curate score`'s options and its `--config` YAML keys are these fields (the sampling ones may also go under
+    `generation:` in YAML)."""
 
     data: str = setting("dolly_dev_1000", "jsonl/json/parquet/csv file, a directory of them, a datasets hub id, or "
                         "dolly_dev_1000", argument=True)

@@ -22,8 +22,8 @@ def _csv(value: str) -> list[str]:
 @config_options(EvalConfig)
 def run(
     given: dict[str, Any],
-    config: Optional[Path] = typer.Option(None, help="YAML with any of these settings by field name (limit: 50; "
-                                          "protocol: {seeds: [10, 20]}); the options given here win"),
+    config: Optional[Path] = typer.Option(None, help="YAML with any of these settings by name (limit: 50, "
+                                          "seeds: [10, 20]); the options given here win"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Generate and score on each set under each seed; write generations, summary.json and summary.md."""

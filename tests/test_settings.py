@@ -189,6 +189,7 @@ def test_every_boolean_flag_wins_over_the_yaml_and_the_yaml_over_the_default(mon
     ("evaluate", "sets", "sets: [dollyeval]\n", ["--sets", "selfinst,sni"], ("dollyeval",), ("selfinst", "sni"),
      EvalConfig(model="m", out="o").sets),
     ("evaluate", "seeds", "protocol: {seeds: [1]}\n", ["--seeds", "2,3"], (1,), (2, 3), (10, 20, 30, 40, 50)),
+    ("evaluate", "max_new_tokens", "max_new_tokens: 32\n", ["--max-new-tokens", "16"], 32, 16, 256),  # as the option
 ])
 def test_one_option_of_each_type_flag_over_yaml_over_default(monkeypatch, tmp_path, stage, name, yaml_text, flags,
                                                               from_yaml, from_flag, default):

@@ -19,8 +19,8 @@ app = new_app("Syllabus trainer: white-box KD over curriculum schedules.", "trai
 @config_options(TrainConfig)
 def run(
     given: dict[str, Any],
-    config: Optional[Path] = typer.Option(None, help="YAML with any of these settings by field name (lr: 1e-4); "
-                                          "the options given here win"),
+    config: Optional[Path] = typer.Option(None, help="YAML with any of these settings by name (lr: 1e-4, "
+                                          "micro_batch_size: 4); the options given here win"),
 ) -> None:
     """Train the student on the schedule's epochs, with the manifest's loss, temperature and kd_weight per epoch."""
     from syllabus.core.config import ConfigError
