@@ -44,7 +44,7 @@ def reference_generate(model_dir: Path, prompts: list[list[int]], batch_size: in
 
 
 def syllabus_generate(model_dir: Path, prompts: list[list[int]]) -> dict:
-    from syllabus.core.engines import close_engine, open_engine
+    from syllabus.core.engines import open_engine
     from syllabus.core.engines.base import GenerationParams, request_seed
 
     t0 = time.perf_counter()
@@ -54,7 +54,7 @@ def syllabus_generate(model_dir: Path, prompts: list[list[int]]) -> dict:
     t0 = time.perf_counter()
     gens = engine.generate(prompts, params, [request_seed(10, f"dollyeval:{i}") for i in range(len(prompts))])
     seconds = time.perf_counter() - t0
-    close_engine()
+    engine.close()
     tokens = sum(len(g[0].token_ids) for g in gens)
     return {"tokens": tokens, "seconds": round(seconds, 1), "tokens_per_second": round(tokens / seconds, 1),
             "engine_start_seconds": round(start_s, 1)}

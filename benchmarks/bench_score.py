@@ -76,7 +76,7 @@ def ce_engine_speeds(rows: list[dict], model_dir: Path) -> dict:
     """Teacher forcing of the same rows on each engine (engine start excluded, one warm-up batch)."""
     from transformers import AutoTokenizer
 
-    from syllabus.core.engines import close_engine, open_engine
+    from syllabus.core.engines import open_engine
     from syllabus.core.engines.base import ScoringRequest
     from syllabus.core.tokens import encode_pair
 
@@ -95,7 +95,7 @@ def ce_engine_speeds(rows: list[dict], model_dir: Path) -> dict:
         engine.response_nll(requests)
         seconds = time.perf_counter() - t0
         out[kind] = {"tokens": tokens, "seconds": round(seconds, 1), "tokens_per_second": round(tokens / seconds, 1)}
-        close_engine()
+        engine.close()
     return out
 
 

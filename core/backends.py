@@ -23,7 +23,10 @@ from typing import Any
 
 import polars as pl
 
-Worker = Callable[[pl.DataFrame], pl.DataFrame]  # picklable: it is sent to every replica
+from syllabus.core.engines import EngineSlot
+
+Worker = Callable[[pl.DataFrame, EngineSlot], pl.DataFrame]  # picklable: sent to every replica; takes its engine
+# from the slot of the process it runs in
 
 
 class BackendError(ValueError):
@@ -45,19 +48,27 @@ class PartFailure:
 
 
 class LocalBackend:
-    """The parts in order, in this process; an error stops the pass at once (finished parts are on disk)."""
+    """The parts in order, in this process, with the engine this backend holds (kept across parts and passes of
+    the same model; closed with the backend); an error stops the pass at once (finished parts are on disk)."""
 
     name = "local"
+
+    def __init__(self) -> None:
+        self.engines = EngineSlot()
 
     def map_parts(self, worker: Worker, parts: Iterator[tuple[int, pl.DataFrame]]
                   ) -> Iterator[tuple[int, pl.DataFrame | PartFailure]]:
         for k, rows in parts:
-            yield k, worker(rows)
+            yield k, worker(rows, self.engines)
 
     def close(self) -> None:
-        from syllabus.core.engines import close_engine
+        self.engines.close()
 
-        close_engine()
+    def __enter__(self) -> LocalBackend:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class RayBackend:
@@ -117,7 +128,13 @@ class RayBackend:
                 yield k, pl.read_ipc(io.BytesIO(out["frame"]))
 
     def close(self) -> None:
-        """The replicas end with the dataset; the cluster stays up for the next pass."""
+        """The replicas end with the dataset (their engines with them); the cluster stays up for the next pass."""
+
+    def __enter__(self) -> RayBackend:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class _Replica:
@@ -126,11 +143,12 @@ class _Replica:
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
+        self.engines = EngineSlot()  # this actor's; it lives as long as the actor
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         k, rows = int(batch["part"][0]), pl.read_ipc(io.BytesIO(batch["rows"][0]))
         try:
-            return {"part": [k], "frame": [_to_ipc(self.worker(rows))], "error": [""], "sample_ids": [[]]}
+            return {"part": [k], "frame": [_to_ipc(self.worker(rows, self.engines))], "error": [""], "sample_ids": [[]]}
         except Exception as exc:  # reported by the driver with the part's samples; other parts go on
             return {"part": [k], "frame": [b""], "error": [f"{type(exc).__name__}: {exc}"],
                     "sample_ids": [rows["sample_id"].to_list()]}

@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 
+from syllabus.core.engines import EngineSlot
 from syllabus.core.engines.base import GenerationParams, ScoringRequest, request_seed
 from syllabus.core.rouge import rouge_l
 from syllabus.core.topk_cache import topk_columns
@@ -55,11 +56,10 @@ class PassWorker:
     generation: GenerationParams | None = None
     tokenizer: Any = None
 
-    def __call__(self, rows: pl.DataFrame) -> pl.DataFrame:
-        """The part's frame: `sample_id`, the pass's columns, and `_tokens` (the tokens it processed)."""
-        from syllabus.core.engines import open_engine  # kept open across parts: one start per process
-
-        engine = open_engine(self.engine, self.model_path, **self.options)
+    def __call__(self, rows: pl.DataFrame, engines: EngineSlot) -> pl.DataFrame:
+        """The part's frame: `sample_id`, the pass's columns, and `_tokens` (the tokens it processed). The engine
+        comes from the slot of the process it runs in, kept open across parts: one start per process."""
+        engine = engines.get(self.engine, self.model_path, **self.options)
         return self._generate(engine, rows) if self.kind == GEN else self._cross_entropy(engine, rows)
 
     def _generate(self, engine: Any, rows: pl.DataFrame) -> pl.DataFrame:

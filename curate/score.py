@@ -443,22 +443,23 @@ def _score(config: ScoreConfig, progress: bool) -> Table:
     # Order matters for memory: all student work first (sharing one engine when gen and CE engines agree),
     # then the teacher, so only one model is ever loaded.
     stats: dict[str, dict[str, float]] = {}
-    backend = open_backend(config.backend, config.ray_address, config.replicas, config.tensor_parallel_size)
-    if prep.student is not None:
-        student_gen = run_pass("student-gen", work, prep, gen_worker(prep, gen_kind), backend, progress, stats)
-        student_ce = run_pass("student-ce", work, prep, ce_worker(prep, prep.student, ce_kind, "student_ce"), backend,
-                              progress, stats)
-    else:  # teacher-only table: the student columns stay null
-        student_gen = pl.DataFrame(schema={"sample_id": pl.String, "student_output": pl.String, "rouge_l": pl.Float64,
-                                           "output_ce": pl.Float64, "output_tokens": pl.Int64})
-        student_ce = pl.DataFrame(schema={"sample_id": pl.String, "student_ce": pl.Float64})
-    topk = config.teacher_topk
-    if prep.teacher_table is not None:
-        teacher_ce = teacher_from_table(prep)
-    else:
-        teacher_ce = run_pass("teacher-ce", work, prep, ce_worker(prep, prep.teacher, ce_kind, "teacher_ce", topk),
-                              backend, progress, stats, keep=TOPK_COLUMNS if topk else ())
-    backend.close()
+    # The backend holds the engine (one, reused by the student's passes); it closes it when the passes end or fail.
+    with open_backend(config.backend, config.ray_address, config.replicas, config.tensor_parallel_size) as backend:
+        if prep.student is not None:
+            student_gen = run_pass("student-gen", work, prep, gen_worker(prep, gen_kind), backend, progress, stats)
+            student_ce = run_pass("student-ce", work, prep, ce_worker(prep, prep.student, ce_kind, "student_ce"),
+                                  backend, progress, stats)
+        else:  # teacher-only table: the student columns stay null
+            student_gen = pl.DataFrame(schema={"sample_id": pl.String, "student_output": pl.String,
+                                               "rouge_l": pl.Float64, "output_ce": pl.Float64,
+                                               "output_tokens": pl.Int64})
+            student_ce = pl.DataFrame(schema={"sample_id": pl.String, "student_ce": pl.Float64})
+        topk = config.teacher_topk
+        if prep.teacher_table is not None:
+            teacher_ce = teacher_from_table(prep)
+        else:
+            teacher_ce = run_pass("teacher-ce", work, prep, ce_worker(prep, prep.teacher, ce_kind, "teacher_ce", topk),
+                                  backend, progress, stats, keep=TOPK_COLUMNS if topk else ())
     frame = assemble(prep, student_gen, student_ce, teacher_ce)
     (out / METADATA_FILE).unlink(missing_ok=True)  # the table is incomplete while its cache is rewritten
     cache = None

@@ -15,8 +15,7 @@ from .sets import DEFAULT_SETS
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     """Everything an evaluation run depends on. `evaluate run`'s options and its `--config` YAML keys are these
-    fields (the sampling protocol's may also go under
-    `protocol:` in YAML)."""
+    fields (the sampling protocol's may also go under `protocol:` in YAML)."""
 
     model: str = setting(help="model directory, hub id, or default-student / default-teacher (the embedded pair)")
     out: str = setting(help="run directory (resumed if it holds this same run)", flags=("--out", "-o"), path=True)

@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 
 from syllabus.core.backends import PartFailure, open_backend
+from syllabus.core.engines import EngineSlot
 from syllabus.core.engines.base import GenerationParams, request_seed
 from syllabus.core.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet
 from syllabus.core.models import load_tokenizer, resolve_model
@@ -87,12 +88,10 @@ class EvalWorker:
     tokenizer: Any
     protocol: EvalProtocol
 
-    def __call__(self, rows: pl.DataFrame) -> pl.DataFrame:
-        """The job's generations and per-row scores (x100)."""
-        from syllabus.core.engines import open_engine
-
+    def __call__(self, rows: pl.DataFrame, engines: EngineSlot) -> pl.DataFrame:
+        """The job's generations and per-row scores (x100), on the engine of the slot of the process it runs in."""
         p = self.protocol
-        engine = open_engine(self.engine, self.model_path, **self.options)
+        engine = engines.get(self.engine, self.model_path, **self.options)
         params = GenerationParams(temperature=p.temperature, top_p=p.top_p, max_new_tokens=p.max_new_tokens,
                                   seed=int(rows["seed"][0]), no_repeat_ngram_size=p.no_repeat_ngram_size)
         gens = engine.generate(rows["prompt"].to_list(), params, rows["request_seed"].to_list())
@@ -194,21 +193,21 @@ def _evaluate(config: EvalConfig, progress: bool) -> dict[str, Any]:
     path = {job: out / "generations" / f"{job[0]}-seed{job[1]}.parquet" for job in jobs}
     todo = [job for job in jobs if not path[job].exists()]
     rows = {job: job_rows(sets[job[0]], job[1], tokenizer, config.protocol) for job in todo}  # every prompt checked
-    backend = open_backend(config.backend, config.ray_address, config.replicas, config.tensor_parallel_size)
     worker = EvalWorker(kind, str(model.path), engine_options(config, kind), tokenizer, config.protocol)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="evaluate", unit="set-seed",
                disable=not progress, dynamic_ncols=True)
     tokens, start, failures = 0, time.perf_counter(), []
-    for k, frame in backend.map_parts(worker, ((k, rows[job]) for k, job in enumerate(todo))):
-        if isinstance(frame, PartFailure):
-            failures.append(f"{todo[k][0]} seed {todo[k][1]}: {frame.error}")
-            continue
-        atomic_write_parquet(frame, path[todo[k]])
-        tokens += int(frame["generation_tokens"].sum())
-        bar.update(1)
-        bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+    # the backend holds the engine and closes it when the jobs end or fail
+    with open_backend(config.backend, config.ray_address, config.replicas, config.tensor_parallel_size) as backend:
+        for k, frame in backend.map_parts(worker, ((k, rows[job]) for k, job in enumerate(todo))):
+            if isinstance(frame, PartFailure):
+                failures.append(f"{todo[k][0]} seed {todo[k][1]}: {frame.error}")
+                continue
+            atomic_write_parquet(frame, path[todo[k]])
+            tokens += int(frame["generation_tokens"].sum())
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
     bar.close()
-    backend.close()
     if failures:
         raise EvalRunError(f"{len(failures)} of {len(todo)} (set, seed) job(s) failed on the {backend.name} backend; "
                            "the others are written. Fix the cause and run the same command again: it runs only "

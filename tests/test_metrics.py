@@ -116,3 +116,20 @@ def test_truncation_keeps_the_instruction_and_cuts_the_response_first(tiny_model
     assert len(cut.prompt_ids) == min(len(full_prompt), max(64 - len(full_response), 32))
     assert cut.prompt_ids == full_prompt[: len(cut.prompt_ids)]
     assert cut.response_ids == full_response[: len(cut.response_ids)]
+
+
+def test_an_engine_slot_reuses_its_engine_and_closes_it_before_another_starts(tiny_model, tiny_teacher, monkeypatch):
+    """The slot a backend owns: the same model and settings get the open engine (one start), another model closes
+    it first (one model in memory), and closing the slot closes the engine."""
+    from syllabus.core.backends import LocalBackend
+
+    closed = []
+    monkeypatch.setattr(HFEngine, "close", lambda self: closed.append(self))
+    with LocalBackend() as backend:
+        first = backend.engines.get("hf", str(tiny_model), dtype="float32")
+        assert backend.engines.get("hf", str(tiny_model), dtype="float32") is first and not closed
+        other = backend.engines.get("hf", str(tiny_teacher), dtype="float32")
+        assert other is not first and closed == [first]
+        assert list(backend.map_parts(lambda rows, engines: engines.get("hf", str(tiny_teacher), dtype="float32"),
+                                      iter([(0, pl.DataFrame())]))) == [(0, other)]  # the workers get this slot
+    assert closed == [first, other]  # the backend closed what it held

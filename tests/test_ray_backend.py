@@ -29,10 +29,10 @@ def fail_on_marked_sample() -> None:
 
     bad, call = os.environ["FAIL_SAMPLE"], passes.PassWorker.__call__
 
-    def failing(self, rows):
+    def failing(self, rows, engines):
         if self.column == "teacher_ce" and bad in rows["sample_id"].to_list():
             raise RuntimeError("injected failure")
-        return call(self, rows)
+        return call(self, rows, engines)
 
     passes.PassWorker.__call__ = failing
 

@@ -24,16 +24,19 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.skipif(not vllm_av
 MAX_SEQ_LEN, MAX_NEW_TOKENS, TOPK = 512, 12, 5
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def vllm_engine(tiny_model):
-    """The engine the CLI run below will reuse (same options => same cached engine, one start)."""
+    """A scoring engine with the settings `curate score` gives it, closed after the test: an engine on CPU holds
+    half the RAM as KV cache, so no two are open at once."""
     from syllabus.core.engines import open_engine
     from syllabus.core.engines.base import GenerationParams
     from syllabus.curate.score import ScoreConfig, engine_options
 
     config = ScoreConfig(data="-", out="-", generation=GenerationParams(max_new_tokens=MAX_NEW_TOKENS),
                          max_seq_len=MAX_SEQ_LEN, teacher_topk=TOPK)
-    return open_engine("vllm", str(tiny_model), **engine_options(config, "vllm"))
+    engine = open_engine("vllm", str(tiny_model), **engine_options(config, "vllm"))
+    yield engine
+    engine.close()
 
 
 def test_vllm_generation_logprobs_are_raw_and_seeded(vllm_engine, tiny_model, dolly_rows):
@@ -59,7 +62,7 @@ def test_vllm_generation_logprobs_are_raw_and_seeded(vllm_engine, tiny_model, do
 
 
 @pytest.fixture(scope="module")
-def vllm_table(vllm_engine, tmp_path_factory, tiny_model, dolly_rows):
+def vllm_table(tmp_path_factory, tiny_model, dolly_rows):
     import json
 
     root = tmp_path_factory.mktemp("vllm")
@@ -134,12 +137,9 @@ def test_vllm_prompt_logprobs_fill_the_top_k_cache(vllm_table, tiny_model):
 def test_vllm_in_a_ray_replica_writes_the_local_table(vllm_table, tmp_path, tiny_model):
     """`--backend ray`: the engine starts inside a Ray actor (one replica) and the table is the one the in-process
     engine wrote."""
-    from syllabus.core.engines import close_engine
-
     ray = pytest.importorskip("ray")
-    # The in-process engine holds half the RAM as KV cache (the CPU default): its table is written, so close it. The
-    # replica's share (0.15 of RAM) holds the weights, the profiling peak and the KV cache in fp32 too; 0.05 did not.
-    close_engine()
+    # The replica's share (0.15 of RAM) holds the weights, the profiling peak and the KV cache in fp32 too; 0.05 did
+    # not. (The in-process engine that wrote vllm_table closed with its run.)
     out = tmp_path / "table"
     ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False)
     try:
@@ -160,21 +160,21 @@ def test_vllm_in_a_ray_replica_writes_the_local_table(vllm_table, tmp_path, tiny
 
 
 def test_an_engine_that_cannot_start_names_its_memory_share_and_the_remedy(vllm_table, tiny_model):
-    from syllabus.core.engines import close_engine
     from syllabus.core.engines.vllm_engine import VLLMEngine
 
-    close_engine()  # (the memory check counts what other engines hold)
     with pytest.raises(RuntimeError, match=r"0\.001 of the RAM for weights and KV cache.*--gpu-memory-utilization"):
         VLLMEngine(str(tiny_model), dtype="float32", max_model_len=MAX_SEQ_LEN, gpu_memory_utilization=0.001)
 
 
-@pytest.fixture(scope="module")
-def eval_engine(vllm_table, tiny_model):
-    """Evaluation's engine (other max_model_len than scoring's): opened here, reused by the CLI run below."""
+@pytest.fixture
+def eval_engine(tiny_model):
+    """Evaluation's engine (other max_model_len than scoring's), closed after the test."""
     from syllabus.core.engines import open_engine
     from syllabus.evaluate.run import EvalConfig, engine_options
 
-    return open_engine("vllm", str(tiny_model), **engine_options(EvalConfig(model="-", out="-"), "vllm"))
+    engine = open_engine("vllm", str(tiny_model), **engine_options(EvalConfig(model="-", out="-"), "vllm"))
+    yield engine
+    engine.close()
 
 
 def test_no_repeat_ngram_blocking_runs_inside_vllm(eval_engine, tiny_model, dolly_rows):
@@ -195,7 +195,7 @@ def test_no_repeat_ngram_blocking_runs_inside_vllm(eval_engine, tiny_model, doll
         assert len(set(gen.token_ids)) == len(gen.token_ids) and not set(gen.token_ids) & set(prompt), seq
 
 
-def test_evaluate_run_on_vllm(eval_engine, tiny_model, tmp_path):
+def test_evaluate_run_on_vllm(tiny_model, tmp_path):
     import json
 
     from syllabus.evaluate.cli import app as eval_app
