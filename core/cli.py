@@ -20,7 +20,7 @@ from typing import Any, NoReturn, Optional
 import typer
 from typer.core import TyperGroup
 
-from syllabus.core.config import parse_pairs, setting_of
+from syllabus.core.config import field_default, is_required, parse_pairs, setting_of
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # syllabus/
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)  # the disk's, not the code's
@@ -211,19 +211,11 @@ def _option_type(field: dataclasses.Field, hint: Any) -> Any:
     return Optional[kind]
 
 
-def _default(field: dataclasses.Field) -> Any:
-    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return field.default_factory()  # type: ignore[misc]
-    return None if field.default is dataclasses.MISSING else field.default
-
-
 def _option(field: dataclasses.Field, hint: Any) -> Any:
-    spec, bare, default = setting_of(field), _bare(hint), _default(field)
+    spec, bare, default = setting_of(field), _bare(hint), field_default(field)
     flags = spec.flags or (f"--{field.name.replace('_', '-')}" + (f"/--no-{field.name.replace('_', '-')}"
                                                                    if bare is bool else ""),)
-    required = field.default is dataclasses.MISSING and \
-        field.default_factory is dataclasses.MISSING  # type: ignore[misc]
-    help_text = spec.help + ("  [required: here or in --config]" if required else _shown(spec, default))
+    help_text = spec.help + ("  [required: here or in --config]" if is_required(field) else _shown(spec, default))
     if isinstance(default, tuple):
         default = ",".join(map(str, default)) or None
     if typing.get_origin(bare) is dict:

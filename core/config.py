@@ -205,8 +205,7 @@ def from_sources(cls: type, yaml_path: Path | None, given: Mapping[str, Any], wh
             values[key] = {**values[key], **value}
         else:
             values[key] = value
-    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in values
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in values and is_required(f)]
     if missing:
         flags = ", ".join("--" + name.replace("_", "-") for name in missing)
         where_else = "--config" if yaml_path is None else str(yaml_path)
@@ -259,12 +258,18 @@ def parse_pairs(items: Iterable[str], option: str, error: type[ValueError] = Con
     return out
 
 
+def is_required(field: dataclasses.Field) -> bool:
+    """Whether a field has no default (nor default factory): a setting that must be given."""
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING  # type: ignore[misc]
+
+
+def field_default(field: dataclasses.Field) -> Any:
+    """A field's default, its default factory called (None for a required field)."""
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return None if field.default is dataclasses.MISSING else field.default
+
+
 def field_defaults(cls: type) -> dict[str, Any]:
-    """Each field's default (default factories called): the one place a CLI reads its defaults from."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
-    return out
+    """Each field's default (default factories called), required fields left out."""
+    return {f.name: field_default(f) for f in dataclasses.fields(cls) if not is_required(f)}

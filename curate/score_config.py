@@ -31,11 +31,10 @@ class ScoreConfig:
     out: str = setting(help="table directory to write (resumed if it holds this same run)", flags=("--out", "-o"),
                        path=True)
     student: str | None = setting(DEFAULT_STUDENT, "student: local HF directory, hub id, default-student (the "
-                                  "embedded pair's, pruned SmolLM2), or "
-                                  "`none` (a teacher-only table, to reuse with --teacher-from)")
-    teacher: str | None = setting(DEFAULT_TEACHER, "teacher: local HF directory, hub id, or default-teacher (the "
-                                  "embedded SmolLM2-135M-Instruct; ignored with "
+                                  "embedded pair's, pruned SmolLM2), or `none` (a teacher-only table, to reuse with "
                                   "--teacher-from)")
+    teacher: str | None = setting(DEFAULT_TEACHER, "teacher: local HF directory, hub id, or default-teacher (the "
+                                  "embedded SmolLM2-135M-Instruct; ignored with --teacher-from)")
     teacher_from: str | None = setting(None, "reuse teacher_ce (and, with --teacher-topk, the top-K cache) from "
                                        "this table instead of running the teacher", path=True)
     preset: str = setting("minillm", "field preset: minillm (prompt/instruction/input/output) or dolly",
