@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def padding_share(lengths: list[int], batch_tokens: int, pack_tokens: int | None, part_size: int = 256) -> float:
     """The share of computed tokens that are padding, scoring in parts of `part_size` rows as `curate score` does."""
-    from syllabus.core.engines.hf_engine import scoring_forwards
+    from syllabus.core.scoring import scoring_forwards
 
     computed = 0
     for start in range(0, len(lengths), part_size):
@@ -52,7 +52,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from syllabus.core.engines.base import ScoringRequest
-    from syllabus.core.engines.hf_engine import response_nll
+    from syllabus.core.scoring import response_nll
 
     teacher_dir, student_dir, tokenizer, encoded = embedded_dolly()
     requests = [ScoringRequest(e.ids, len(e.prompt_ids)) for e in encoded.values()]

@@ -9,7 +9,7 @@ yet trained, so far from the teacher (KL about 12 nats per token). The second us
 `heal` stage of `pipelines/results.yaml`), what distillation starts from in the recipes.
 
 A cache keeps, per response token, the teacher's top-K log-probs and the log of the mass outside them, at temperature
-1 (`hf_engine.token_scores`, as `curate score` would store them: fp32 log-probs, int32 ids); the loss then takes the
+1 (`core.scoring.token_scores`, as `curate score` would store them: fp32 log-probs, int32 ids); the loss then takes the
 divergence over K+1 bins (`chunked_loss_sums(teacher_bins=...)`), softening the bins at tau != 1 with the tail spread
 evenly over its ids (an approximation: `bench_topk_temperature.py`). This compares that loss, and its gradient over
 every student parameter, with the loss against the live teacher (full vocabulary) on the same micro-batches.
@@ -72,7 +72,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from syllabus.core.engines.hf_engine import token_scores
+    from syllabus.core.scoring import token_scores
     from syllabus.core.logits import logit_head
     from syllabus.train.data import collate
     from syllabus.train.losses import Objective, chunked_loss_sums

@@ -27,7 +27,7 @@ from .models import ModelError
 
 class TopK(NamedTuple):
     """A model's next-token distributions at N positions reduced to their top K: what the CE pass captures
-    (`hf_engine.token_scores`), what a top-K teacher cache keeps, and how the loss takes such a teacher
+    (`core.scoring.token_scores`), what a top-K teacher cache keeps, and how the loss takes such a teacher
     (`train.losses.chunked_loss_sums(teacher_bins=...)`)."""
 
     ids: torch.Tensor  # (N, K) token ids, most probable first

@@ -339,7 +339,7 @@ def engine_options(config: ScoreConfig, kind: str) -> dict[str, Any]:
             "seed": config.generation.seed,
             "max_logprobs": max(1, config.teacher_topk),
         }
-    from syllabus.core.engines.hf_engine import default_batch_tokens
+    from syllabus.core.scoring import default_batch_tokens
 
     return {"dtype": dtype, "batch_tokens": config.batch_tokens or default_batch_tokens(),
             "padding_free": config.padding_free, "pack_tokens": config.pack_tokens}

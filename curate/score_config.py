@@ -61,7 +61,7 @@ class ScoreConfig:
                                         shown="packed where attention is flash-attention; padded elsewhere, faster "
                                         "on CPU")
     pack_tokens: int = setting(512, "longest packed row of the transformers CE pass (sdpa, eager; "
-                               "flash-attention packs a row per forward)")  # hf_engine.SCORING_PACK_TOKENS
+                               "flash-attention packs a row per forward)")  # core.scoring.SCORING_PACK_TOKENS
     teacher_topk: int = setting(0, "also keep the teacher's top K log-probs at every response token beside the "
                                 "table, so that `train run --teacher cached` needs no teacher (0: no cache; 128, "
                                 "the measured choice, costs about 1 KB per response token: docs/methods.md, 'K+1 "

@@ -111,3 +111,13 @@ def test_the_checker_sees_relative_and_lazy_imports(tmp_path):
     assert "syllabus.train.snapshot" in found  # `from . import snapshot`
     assert "syllabus.evaluate.run" in found  # imported inside evaluate_stage
     assert "syllabus.core.schedule" in found
+
+
+def test_stages_reach_engines_only_through_their_contracts():
+    """An engine is opened by `core.engines` (`EngineSlot`, `open_engine`) and spoken to through `core.engines.base`;
+    a stage that imports an engine module reaches into its internals (the trainer once took the transformers
+    engine's scoring pass: it lives in `core.scoring`, shared)."""
+    contracts = {"syllabus.core.engines", "syllabus.core.engines.base"}
+    wrong = [f"{module} -> {target}" for module, targets in graph().items() if layer(module) != "core"
+             for target in targets if target.startswith("syllabus.core.engines") and target not in contracts]
+    assert not wrong, "stages importing an engine's module: " + ", ".join(sorted(wrong))

@@ -63,7 +63,7 @@ def test_the_chunked_loss_takes_a_teacher_as_its_top_k(loss, tau):
     targets = torch.randint(0, vocab, (tokens,), generator=generator)
     teacher = torch.log_softmax(torch.randn(tokens, vocab, generator=generator, dtype=torch.float64) * 2, -1)
     ids = teacher.topk(k, dim=-1).indices
-    # int32 ids, as the CE pass captures them (`hf_engine.token_scores`)
+    # int32 ids, as the CE pass captures them (`core.scoring.token_scores`)
     bins = TopK(ids.to(torch.int32), teacher.gather(1, ids).float(), coarsened(teacher, ids)[:, -1].float())
     objective = Objective(loss, temperature=tau, kd_weight=kd_weight)
     kwargs = {_KWARGS.get(key, key): v for key, v in objective.params.items()}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from syllabus.core.engines.base import ScoringRequest
-from syllabus.core.engines.hf_engine import response_nll
+from syllabus.core.scoring import response_nll
 from syllabus.core.logits import checked_logit_head
 from syllabus.core.models import ModelError
 from syllabus.core.tokens import Encoded

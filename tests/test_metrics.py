@@ -11,8 +11,9 @@ from rouge_score import rouge_scorer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from syllabus.core.engines.base import GenerationParams, ScoringRequest
-from syllabus.core.engines.hf_engine import HFEngine, length_batches
+from syllabus.core.engines.hf_engine import HFEngine
 from syllabus.core.rouge import rouge_l
+from syllabus.core.scoring import length_batches
 from syllabus.core.tokens import encode_pair
 
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from syllabus.core.engines import hf_engine
+from syllabus.core import scoring
 from syllabus.core.engines.base import ScoringRequest
-from syllabus.core.engines.hf_engine import response_nll, response_scores, scoring_forwards, scoring_pack_tokens
 from syllabus.core.logits import logit_head
 from syllabus.core.loss_params import LOSSES
 from syllabus.core.packing import ONE_ROW, best_fit_rows, pack_sequences, packing_is_exact, row_budget
+from syllabus.core.scoring import response_nll, response_scores, scoring_forwards, scoring_pack_tokens
 from syllabus.core.tokens import encode_pair
 from syllabus.train.data import collate
 from syllabus.train.losses import Objective
@@ -101,10 +101,10 @@ def test_scoring_packs_where_asked_or_where_attention_is_varlen(models, monkeypa
     assert scoring_pack_tokens(student, True, 700) == 700 and scoring_pack_tokens(student, False, 700) is None
     monkeypatch.setattr(student.config, "_attn_implementation", "flash_attention_2")
     probed = []
-    monkeypatch.setattr(hf_engine, "packing_is_exact", lambda model, budget: probed.append(budget) or True)
+    monkeypatch.setattr(scoring, "packing_is_exact", lambda model, budget: probed.append(budget) or True)
     assert scoring_pack_tokens(student, None, 700) == ONE_ROW  # flash-attention: one packed row per forward
     assert probed == [ONE_ROW]  # probed in that layout
-    monkeypatch.setattr(hf_engine, "packing_is_exact", lambda model, budget: False)  # attention would cross samples
+    monkeypatch.setattr(scoring, "packing_is_exact", lambda model, budget: False)  # attention would cross samples
     with pytest.warns(UserWarning, match="padded batches instead"):
         assert scoring_pack_tokens(student, True, 700) is None
 

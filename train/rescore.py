@@ -14,8 +14,8 @@ import polars as pl
 import torch
 
 from syllabus.core.engines.base import ScoringRequest
-from syllabus.core.engines.hf_engine import default_batch_tokens, response_nll, scoring_forwards
 from syllabus.core.packing import attention_is_varlen
+from syllabus.core.scoring import default_batch_tokens, response_nll, scoring_forwards
 from syllabus.core.table import Table, with_dds
 from syllabus.curate.schedules import dakd
 
@@ -55,7 +55,7 @@ def rescore_epoch(run: Run, epoch: int, model: Any) -> list[str]:
         requests.append(ScoringRequest(enc.ids, len(enc.prompt_ids)))
     student = run.accelerator.unwrap_model(model).model
     # Packed where the training batches are and attention is varlen; padded, length-sorted batches elsewhere,
-    # faster on CPU (`hf_engine.scoring_pack_tokens`). run.pack_tokens is None with --padded or non-exact packing.
+    # faster on CPU (`core.scoring.scoring_pack_tokens`). run.pack_tokens is None with --padded or non-exact packing.
     pack_tokens = run.pack_tokens if run.pack_tokens is not None and attention_is_varlen(student) else None
     was_training = student.training
     student.eval()
