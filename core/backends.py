@@ -19,7 +19,7 @@ import io
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import polars as pl
 
@@ -47,7 +47,20 @@ class PartFailure:
         return f"part {self.part} (samples {shown}): {self.error}"
 
 
-class LocalBackend:
+class _Closing:
+    """A backend is a context manager: `with open_backend(...) as backend:` closes its engines, on failure too."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class LocalBackend(_Closing):
     """The parts in order, in this process, with the engine this backend holds (kept across parts and passes of
     the same model; closed with the backend); an error stops the pass at once (finished parts are on disk)."""
 
@@ -64,14 +77,8 @@ class LocalBackend:
     def close(self) -> None:
         self.engines.close()
 
-    def __enter__(self) -> LocalBackend:
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-class RayBackend:
+class RayBackend(_Closing):
     """The parts on `replicas` Ray actors, each with its own engine; parts arrive in the order they finish.
 
     Args:
@@ -129,12 +136,6 @@ class RayBackend:
 
     def close(self) -> None:
         """The replicas end with the dataset (their engines with them); the cluster stays up for the next pass."""
-
-    def __enter__(self) -> RayBackend:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 class _Replica:

@@ -129,6 +129,11 @@ class Schedule:
     manifest: dict[str, Any]  # the file as written (recorded with every training run)
     epochs: tuple[ScheduledEpoch, ...]
 
+    @property
+    def rescores(self) -> bool:
+        """Whether any epoch re-scores the table with the student being trained (DA-KD's dynamic mode)."""
+        return any(epoch.plan.rescore for epoch in self.epochs)
+
     def stage_ends(self) -> set[int]:
         """Epoch indices after which a stage ends (the last epoch of each stage, and the last epoch)."""
         ends = {e.index for e, nxt in zip(self.epochs, self.epochs[1:]) if nxt.plan.stage != e.plan.stage}

@@ -77,7 +77,7 @@ def _setup_schedule(config: TrainConfig) -> tuple[Schedule, tuple[Objective, ...
     """The schedule and each epoch's loss, checked (with DA-KD's re-scoring parameters and the eval sets)."""
     schedule = read_schedule(config.manifest)
     objectives = tuple(epoch_objective(epoch, config) for epoch in schedule.epochs)
-    if any(epoch.plan.rescore for epoch in schedule.epochs):
+    if schedule.rescores:
         check_rescore_params(schedule.params)
     if config.eval_sets:  # a bad set fails now, not at the first stage end
         from syllabus.evaluate.sets import load_sets
@@ -140,7 +140,7 @@ def _setup_data(config: TrainConfig, schedule: Schedule, table: Table, tokenizer
     them), and those rows' ids."""
     shards = [read_shard(epoch.shard) for epoch in schedule.epochs]
     run_ids = set().union(*shards)
-    if any(epoch.plan.rescore for epoch in schedule.epochs):
+    if schedule.rescores:
         run_ids.update(rescore_pool(table)["sample_id"])
     chat = table.metadata.get("template") == "chat"
     store = SampleStore(table.frame, tokenizer, length_limit(table, config.max_seq_len, run_ids), chat)
