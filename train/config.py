@@ -17,6 +17,8 @@ from syllabus.core.precision import PRECISIONS
 SCHEDULERS = ("cosine", "linear", "constant")
 CACHED = "cached"  # `teacher`: no model, the table's top-K cache (`curate score --teacher-topk K`)
 TRACKERS = ("none", "tensorboard", "wandb", "trackio", "mlflow")  # `train run --report-to`
+ON_POLICY_MODES = ("off", "gkd")  # `train run --on-policy` (train/on_policy.py)
+ON_POLICY_SHARE = 0.5  # GKD's lambda as the seed papers run it: "50% student generated outputs"
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,14 @@ class TrainConfig:
     loss_params: dict[str, float] = setting(help="loss parameter key=value (skew, beta, lambda), repeatable",
                                             flags=("--loss-param",), factory=dict)
     kd_weight: float | None = setting(None, "override every epoch's kd_weight", shown="each epoch's")
+    on_policy: str | None = setting(None, "train every epoch on-policy: gkd trains a share of each step's samples "
+                                    "on responses the student samples, with GKD's loss (jsd, beta 0.1, no SFT "
+                                    "term) unless --loss / --kd-weight say otherwise", choices=ON_POLICY_MODES,
+                                    shown="off")
+    on_policy_share: float | None = setting(None, "on-policy: the share of each optimizer step's samples trained on "
+                                            "the student's own responses (GKD's lambda)", shown=str(ON_POLICY_SHARE))
+    on_policy_max_new_tokens: int | None = setting(None, "on-policy: the longest response the student generates",
+                                                   shown="the table's length limit minus the prompt")
     lr: float = setting(1e-5, "peak learning rate")  # DA-KD's reproducibility card: AdamW, cosine, 1e-5
     weight_decay: float = setting(0.0, "AdamW weight decay (L2M-KD uses 0.01)")
     warmup_ratio: float = setting(0.0, "share of each LR horizon spent warming up")
@@ -88,6 +98,9 @@ class TrainConfig:
             (self.kd_weight is None or 0 <= self.kd_weight <= 1, "kd_weight must be in [0, 1]"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
             (self.save_every_steps >= 1, "save_every_steps must be >= 1"),
+            (self.on_policy_share is None or 0 <= self.on_policy_share <= 1, "on_policy_share must be in [0, 1]"),
+            (self.on_policy_max_new_tokens is None or self.on_policy_max_new_tokens >= 1,
+             "on_policy_max_new_tokens must be >= 1"),
         ]
         check_choices(self)
         for ok, message in checks:
@@ -104,6 +117,9 @@ class TrainConfig:
                 raise ConfigError(f"--loss {self.loss}: {err}") from None
         elif self.loss_params:
             raise ConfigError("--loss-param needs --loss: the schedule's own losses keep their parameters")
+        if self.on_policy in (None, "off") and (self.on_policy_share is not None
+                                                or self.on_policy_max_new_tokens is not None):
+            raise ConfigError("--on-policy-share and --on-policy-max-new-tokens need --on-policy gkd")
 
     @classmethod
     def from_sources(cls, yaml_path: Path | None, given: dict[str, Any]) -> TrainConfig:

@@ -37,6 +37,8 @@ class Batch:
     cols: torch.Tensor  # (N,) position whose output predicts a response token (prompt_len-1 .. len-2 of its sample)
     targets: torch.Tensor  # (N,) the response token predicted there (EOS included)
     teacher_bins: TopK | None = None  # (N, K) the teacher's cached top K at those positions (`--teacher cached`)
+    generated: torch.Tensor | None = None  # (N,) bool: the position is in a response the student generated
+    # (on-policy: trained on the divergence alone, `train.on_policy`); None: every response is the ground truth
 
     @property
     def num_tokens(self) -> int:
@@ -53,7 +55,7 @@ class Batch:
         moved = (None if t is None else t.to(device) for t in (
             self.input_ids, self.attention_mask, self.position_ids, self.rows, self.cols, self.targets))
         bins = None if self.teacher_bins is None else TopK(*(t.to(device) for t in self.teacher_bins))
-        return Batch(*moved, teacher_bins=bins)
+        return Batch(*moved, teacher_bins=bins, generated=None if self.generated is None else self.generated.to(device))
 
 
 @dataclass(frozen=True)
@@ -187,22 +189,30 @@ def step_groups(micro: list[list[str]], grad_accum: int, rank: int = 0,
     return [(step, step[rank::world_size]) for step in steps]
 
 
-def collate(encoded: list[Encoded], pad_id: int, pack_tokens: int | None = None) -> Batch:
+def collate(encoded: list[Encoded], pad_id: int, pack_tokens: int | None = None,
+            generated: list[bool] | None = None) -> Batch:
     """A micro-batch of samples: packed (padding-free) when `pack_tokens` is given, else one padded row each.
 
     Args:
         encoded: the samples, in the micro-batch's order.
         pad_id: filler id (padding, or the tail of a packed row).
         pack_tokens: the token budget of a packed row (`core.packing.pack_sequences`); None: padded rows.
+        generated: per sample, whether its response is the student's own (on-policy); None or all False: none is.
     """
     sequences, prompt_lens = [e.ids for e in encoded], [len(e.prompt_ids) for e in encoded]
     if pack_tokens is not None:
         packed = pack_sequences(sequences, pad_id, pack_tokens)
-        return Batch(packed.input_ids, None, packed.position_ids,
-                     *scored_positions(sequences, prompt_lens, packed.rows, packed.offsets))
-    input_ids, attention_mask = pad_sequences(sequences, pad_id)
-    n = len(sequences)
-    return Batch(input_ids, attention_mask, None, *scored_positions(sequences, prompt_lens, list(range(n)), [0] * n))
+        batch = Batch(packed.input_ids, None, packed.position_ids,
+                      *scored_positions(sequences, prompt_lens, packed.rows, packed.offsets))
+    else:
+        input_ids, attention_mask = pad_sequences(sequences, pad_id)
+        n = len(sequences)
+        batch = Batch(input_ids, attention_mask, None,
+                      *scored_positions(sequences, prompt_lens, list(range(n)), [0] * n))
+    if generated is not None and any(generated):  # scored positions run sample by sample, in this order
+        counts = torch.tensor([len(e.response_ids) for e in encoded])
+        batch.generated = torch.repeat_interleave(torch.tensor(generated, dtype=torch.bool), counts)
+    return batch
 
 
 def cached_bins(cache: TopKCache, sample_ids: list[str], encoded: list[Encoded]) -> TopK:

@@ -33,13 +33,15 @@ from syllabus.core.workdir import claim_output, release_output
 
 from . import snapshot
 from .checkpoints import card_facts, keep_best, save_checkpoint
-from .config import CACHED, TrainConfig
+from .config import CACHED, ON_POLICY_SHARE, TrainConfig
 from .data import Batch, SampleStore, cached_bins, collate, epoch_micro_batches, length_limit, read_shard, step_groups
 from .distributed import lockstep_passes, on_main, rank_seed, shard_student, shard_teacher
 from .losses import Objective
 from .metrics import MetricsLog
+from .on_policy import (GKD_KD_WEIGHT, GKD_LOSS, OnPolicy, generated_samples, generation_seed, sample_responses,
+                        with_response)
 from .rescore import check_rescore_params, rescore_epoch, rescore_pool
-from .run import RUN_NAMES, Progress, Run
+from .run import RUN_NAMES, Progress, Run, unwrapped
 from .student import DistillStudent
 
 
@@ -56,6 +58,7 @@ def setup(config: TrainConfig) -> Run:
     table = _setup_table(config, schedule)
     student_ref, teacher_ref, cache = _setup_model_refs(config, table)
     accelerator, sharded = _setup_accelerator(config)
+    on_policy = _setup_on_policy(config, schedule, objectives, cache, sharded)
     torch.manual_seed(rank_seed(config.seed, accelerator.process_index))  # before LoRA draws its initial weights
     model = _setup_student(config, student_ref)
     teacher, teacher_head = _setup_teacher(config, teacher_ref, accelerator, sharded)
@@ -70,7 +73,7 @@ def setup(config: TrainConfig) -> Run:
                student=DistillStudent(model, config.loss_chunk_tokens, cache.teacher_vocab_size if cache else None),
                teacher=teacher, teacher_head=teacher_head, cache=cache, tokenizer=tokenizer, store=store,
                pack_tokens=pack_tokens, manifest_fingerprint=identity["manifest_fingerprint"], objectives=objectives,
-               on_stage_end=evaluate_stage if config.eval_sets else None, sharded=sharded)
+               on_stage_end=evaluate_stage if config.eval_sets else None, sharded=sharded, on_policy=on_policy)
 
 
 def _setup_schedule(config: TrainConfig) -> tuple[Schedule, tuple[Objective, ...]]:
@@ -84,6 +87,43 @@ def _setup_schedule(config: TrainConfig) -> tuple[Schedule, tuple[Objective, ...
 
         load_sets(config.eval_sets, config.eval_limit)
     return schedule, objectives
+
+
+def _setup_on_policy(config: TrainConfig, schedule: Schedule, objectives: tuple[Objective, ...],
+                     cache: TopKCache | None, sharded: bool) -> tuple[OnPolicy, ...]:
+    """Each epoch's on-policy rule (`train.on_policy`), refused where this run cannot generate or score it.
+
+    Raises:
+        TrainError: an on-policy epoch with the teacher as a top-K cache (it holds the teacher on the ground truth
+            only), under FSDP (the sharded student cannot generate yet), or with a loss without a teacher.
+    """
+    rules = tuple(epoch_on_policy(epoch, config) for epoch in schedule.epochs)
+    active = [i for i, rule in enumerate(rules) if rule.active]
+    if not active:
+        return rules
+    first = f"{config.manifest}: epoch {active[0] + 1} trains on-policy ({len(active)} epoch(s))"
+    if cache is not None:
+        raise TrainError(f"{first}, and --teacher cached holds the teacher's top K on the ground-truth responses "
+                         "only, not on the responses the student generates: give --teacher a model")
+    if sharded:
+        raise TrainError(f"{first}, and an FSDP-sharded student cannot generate yet: train on-policy with DDP "
+                         "(without --fsdp), or off-policy with --fsdp")
+    no_teacher = [i for i in active if not objectives[i].uses_teacher]
+    if no_teacher:
+        raise TrainError(f"{config.manifest}: epoch {no_teacher[0] + 1} trains on-policy with loss "
+                         f"{objectives[no_teacher[0]].loss!r} at kd_weight {objectives[no_teacher[0]].kd_weight:g}: "
+                         "a generated response has no ground truth, only the teacher to learn from; choose a KD "
+                         "loss (--loss jsd) or a kd_weight > 0")
+    return rules
+
+
+def epoch_on_policy(epoch: ScheduledEpoch, config: TrainConfig) -> OnPolicy:
+    """The epoch's on-policy rule: `--on-policy` for every epoch, else off (the schedule's own rule comes with the
+    manifest's on-policy fields)."""
+    if config.on_policy in (None, "off"):
+        return OnPolicy()
+    share = ON_POLICY_SHARE if config.on_policy_share is None else config.on_policy_share
+    return OnPolicy(config.on_policy, share, config.on_policy_max_new_tokens)
 
 
 def _setup_table(config: TrainConfig, schedule: Schedule) -> Table:
@@ -168,6 +208,9 @@ def run_identity(config: TrainConfig, schedule: Schedule, table: Table, student_
     run may change them (fsdp: how, not what; the snapshot records it)."""
     settings = {k: v for k, v in config.as_dict().items()
                 if k not in ("resume", "overwrite", "max_steps", "save_every_steps", "report_to", "fsdp")}
+    if config.on_policy is None:  # runs from before on-policy training resume as they were
+        for key in ("on_policy", "on_policy_share", "on_policy_max_new_tokens"):
+            del settings[key]
     for role in ("student", "teacher"):  # the embedded pair, however it was named
         settings[role] = recorded_name(settings[role], role)
     return {
@@ -419,10 +462,21 @@ def epoch_objective(epoch: ScheduledEpoch, config: TrainConfig) -> Objective:
     loss = config.loss or plan.loss
     params = dict(config.loss_params) if config.loss else dict(plan.loss_params)
     kd_weight = plan.kd_weight if config.kd_weight is None else config.kd_weight
+    if config.on_policy == "gkd":  # GKD's own loss, unless overridden (train/on_policy.py: GKD_LOSS)
+        loss, params = (loss, params) if config.loss else (GKD_LOSS[0], dict(GKD_LOSS[1]))
+        kd_weight = GKD_KD_WEIGHT if config.kd_weight is None else config.kd_weight
     try:
         return Objective(loss, plan.temperature, kd_weight, params)
     except ValueError as err:
         raise TrainError(f"{config.manifest}, epoch {epoch.index + 1}: {err}") from None
+
+
+def teacher_states(teacher: Any, batch: Batch, autocast: Any) -> torch.Tensor:
+    """(N, H') the teacher's final hidden states at the batch's scored positions, on the sequences as collated: the
+    ground truth, or the response the student generated (on-policy)."""
+    with torch.no_grad(), autocast():
+        hidden = teacher.get_decoder()(**batch.model_inputs()).last_hidden_state
+    return hidden[batch.rows, batch.cols]
 
 
 def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, optimizer: Any, scheduler: Any,
@@ -435,6 +489,8 @@ def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, o
     """
     acc = run.accelerator
     local_tokens = sum(b.num_tokens for b, weight in zip(group, weights) if weight)
+    local_generated = sum(int(b.generated.sum()) for b, weight in zip(group, weights)
+                          if weight and b.generated is not None)
     global_tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), reduction="sum").item())
     # DDP averages gradients over ranks; scale so the result is the sum over all tokens / global token count.
     scale = acc.num_processes / max(1, global_tokens)
@@ -443,9 +499,7 @@ def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, o
         batch = batch.to(acc.device)
         teacher_hidden = teacher_head = None
         if objective.uses_teacher and run.teacher is not None:  # it runs only for batches that need it (else cached)
-            with torch.no_grad(), acc.autocast():
-                hidden = run.teacher.get_decoder()(**batch.model_inputs()).last_hidden_state
-            teacher_hidden, teacher_head = hidden[batch.rows, batch.cols], run.teacher_head
+            teacher_hidden, teacher_head = teacher_states(run.teacher, batch, acc.autocast), run.teacher_head
         # gradients are all-reduced (FSDP: reduce-scattered) once per optimizer step, at the last micro-batch
         last = k == len(group) - 1
         if run.sharded:
@@ -464,12 +518,16 @@ def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, o
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    totals = torch.tensor([loss_total, sft_total, kd_total], dtype=torch.float64, device=acc.device)
-    loss_total, sft_total, kd_total = acc.reduce(totals, reduction="sum").tolist()
+    totals = torch.tensor([loss_total, sft_total, kd_total, local_generated], dtype=torch.float64, device=acc.device)
+    loss_total, sft_total, kd_total, generated = acc.reduce(totals, reduction="sum").tolist()
     n = max(1, global_tokens)
-    return {"loss": loss_total / n, "ce": sft_total / n,  # cross-entropy of the ground truth (the SFT term)
-            "kd": kd_total / n, "kd_weight": objective.kd_weight, "loss_name": objective.loss, "tokens": global_tokens,
-            "grad_norm": float(grad_norm)}
+    record = {"loss": loss_total / n,
+              "ce": sft_total / max(1, global_tokens - generated),  # cross-entropy of the ground-truth tokens
+              "kd": kd_total / n, "kd_weight": objective.kd_weight, "loss_name": objective.loss, "tokens": global_tokens,
+              "grad_norm": float(grad_norm)}
+    if generated:
+        record["generated_tokens"] = int(generated)
+    return record
 
 
 def fit(run: Run, progress: Progress) -> Path:
@@ -492,7 +550,7 @@ def fit(run: Run, progress: Progress) -> Path:
     stage_ends = schedule.stage_ends()
     stopped = False
     for epoch in schedule.epochs[progress.epoch:]:
-        plan, objective = epoch.plan, run.objectives[epoch.index]
+        plan, objective, rule = epoch.plan, run.objectives[epoch.index], run.on_policy[epoch.index]
         if plan.restart_optimizer and epoch.index > progress.optimizer_epoch and progress.step_in_epoch == 0:
             progress.optimizer_epoch = epoch.index
             optimizer, scheduler = build_optimizer(run, epoch.index)
@@ -506,7 +564,10 @@ def fit(run: Run, progress: Progress) -> Path:
             t0 = time.perf_counter()
             step, mine = steps[step_in_epoch]
             passes, weights = lockstep_passes(step, mine, acc.num_processes, run.sharded)
-            batches = [micro_batch(run, ids, objective) for ids in passes]
+            responses = (student_responses(run, model, rule, (epoch.index, step_in_epoch), step, passes, weights)
+                         if rule.active else [{} for _ in passes])
+            generation = time.perf_counter() - t0
+            batches = [micro_batch(run, ids, objective, own) for ids, own in zip(passes, responses)]
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             stats = train_step(run, model, batches, objective, optimizer, scheduler, weights)
             progress.advance()
@@ -514,6 +575,8 @@ def fit(run: Run, progress: Progress) -> Path:
             record = {"step": progress.global_step, "epoch": epoch.index, "stage": plan.stage,
                       "temperature": plan.temperature, "lr": lr,
                       "tokens_per_second": stats["tokens"] / elapsed, **stats}
+            if rule.active:
+                record["generation_seconds"] = generation
             metrics.write(record, acc.is_main_process)
             if config.report_to != "none":  # the numbers of the record (accelerate logs from the main process)
                 acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=progress.global_step)
@@ -544,10 +607,40 @@ def fit(run: Run, progress: Progress) -> Path:
     return final
 
 
-def micro_batch(run: Run, sample_ids: list[str], objective: Objective) -> Batch:
-    """The collated micro-batch of these samples, with the teacher's cached top K when the teacher is a cache."""
+def student_responses(run: Run, model: Any, rule: OnPolicy, position: tuple[int, int], step: list[list[str]],
+                      passes: list[list[str]], weights: list[float]) -> list[dict[str, list[int]]]:
+    """The responses the student samples for this rank's share of a step's generated samples (`train.on_policy`),
+    one mapping sample id -> response ids per pass (empty for a weight-0 pass, which trains on nothing)."""
+    epoch, step_index = position
+    acc, seed = run.accelerator, run.config.seed
+    chosen = generated_samples(step, rule.share, seed, epoch, step_index)
+    student = unwrapped(run, model)
+    eos, pad = run.tokenizer.eos_token_id, run.tokenizer.pad_token_id
+    responses: list[dict[str, list[int]]] = []
+    for k, (ids, weight) in enumerate(zip(passes, weights)):
+        mine = [s for s in ids if s in chosen] if weight else []
+        prompts = [run.store.encoded(s).prompt_ids for s in mine]
+        budgets = [max(1, min(run.store.limit.max_seq_len - len(p), rule.max_new_tokens or math.inf))
+                   for p in prompts]
+        # this pass is micro-batch rank + k * world of the step (`data.step_groups`), on any number of processes
+        micro = acc.process_index + k * acc.num_processes
+        sampled = sample_responses(student, prompts, budgets, eos, pad, generation_seed(seed, epoch, step_index, micro),
+                                   acc.autocast)
+        responses.append(dict(zip(mine, sampled)))
+    return responses
+
+
+def micro_batch(run: Run, sample_ids: list[str], objective: Objective,
+                responses: dict[str, list[int]] | None = None) -> Batch:
+    """The collated micro-batch of these samples, with the teacher's cached top K when the teacher is a cache, and
+    the student's own responses in place of the ground truth for the samples in `responses` (on-policy)."""
     encoded = [run.store.encoded(s) for s in sample_ids]
-    batch = collate(encoded, run.tokenizer.pad_token_id, run.pack_tokens)
+    generated = None
+    if responses:
+        eos = run.tokenizer.eos_token_id
+        generated = [s in responses for s in sample_ids]
+        encoded = [with_response(e, responses[s], eos) if s in responses else e for s, e in zip(sample_ids, encoded)]
+    batch = collate(encoded, run.tokenizer.pad_token_id, run.pack_tokens, generated)
     if run.cache is not None and objective.uses_teacher:
         batch.teacher_bins = cached_bins(run.cache, sample_ids, encoded)
     return batch

@@ -97,6 +97,10 @@ class Objective:
     def uses_teacher(self) -> bool:
         return self.kd_scale > 0
 
+    def divergence_only(self) -> Objective:
+        """This loss at kd_weight 1: the divergence without the SFT term (a response the student generated)."""
+        return self if self.kd_weight == 1.0 else Objective(self.loss, self.temperature, 1.0, self.params)
+
     def divergence_grad(self, log_p: torch.Tensor, log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This loss's per-token divergence (N,) and q * dD/dq (N, V), with its parameters by keyword."""
         kwargs = {_KWARGS.get(k, k): v for k, v in self.params.items()}

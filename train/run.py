@@ -17,6 +17,7 @@ from syllabus.core.topk_cache import TopKCache
 from .config import TrainConfig
 from .data import SampleStore
 from .losses import Objective
+from .on_policy import OnPolicy
 from .student import DistillStudent
 
 
@@ -72,6 +73,7 @@ class Run:
     objectives: tuple[Objective, ...]
     on_stage_end: Callable[[Run, Path, int, int], None] | None = None  # (run, checkpoint, stage, global step)
     sharded: bool = False  # the student is sharded over the processes (FSDP)
+    on_policy: tuple[OnPolicy, ...] = ()  # each epoch's on-policy rule (`train.on_policy`); () or off: none
 
 
 def unwrapped(run: Run, model: Any) -> Any:

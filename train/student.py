@@ -43,16 +43,26 @@ class DistillStudent(torch.nn.Module):
             teacher_kwargs = {"teacher_hidden": scaled(teacher_hidden, teacher_head.scale),
                               "teacher_head": teacher_head.weight, "teacher_softcap": teacher_head.softcap,
                               "teacher_bias": scaled(teacher_head.bias, teacher_head.scale)}
-        return chunked_loss_sums(
-            scaled(hidden[batch.rows, batch.cols], head.scale),
-            head.weight,
-            batch.targets,
-            objective=objective,
-            student_bias=scaled(head.bias, head.scale),
-            student_softcap=head.softcap,
-            chunk_tokens=self.chunk_tokens,
-            **teacher_kwargs,
-        )
+        def sums(objective: Objective, valid: torch.Tensor | None) -> LossSums:
+            return chunked_loss_sums(
+                scaled(hidden[batch.rows, batch.cols], head.scale),
+                head.weight,
+                batch.targets,
+                valid,
+                objective=objective,
+                student_bias=scaled(head.bias, head.scale),
+                student_softcap=head.softcap,
+                chunk_tokens=self.chunk_tokens,
+                **teacher_kwargs,
+            )
+
+        if batch.generated is None:
+            return sums(objective, None)
+        # On-policy: a generated response is trained on the divergence alone (no SFT term: `train.on_policy`); the
+        # SFT sum reported is the ground truth's
+        truth, own = sums(objective, ~batch.generated), sums(objective.divergence_only(), batch.generated)
+        return LossSums(truth.loss_sum + own.loss_sum, truth.sft_sum, truth.kd_sum + own.kd_sum,
+                        truth.num_tokens + own.num_tokens)
 
 
 def scaled(tensor: torch.Tensor | None, scale: float) -> torch.Tensor | None:

@@ -1,0 +1,163 @@
+"""On-policy distillation (`train run --on-policy gkd`): the share drawn, the student's own responses (EOS a target,
+the prompt masked), the teacher's signal on them, GKD's loss, the refusals, and exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from syllabus.core.logits import logit_head
+from syllabus.core.tokens import Encoded
+from syllabus.train.data import collate
+from syllabus.train.loop import teacher_states
+from syllabus.train.on_policy import generated_samples, generation_seed, sample_responses, with_response
+from test_train import PREEMPT, app, metrics, runner, schedule, table, train_args  # noqa: F401 (table: a fixture)
+
+EOS = 2  # SmolLM2's <|im_end|> is 2; the helpers' tiny models use the real tokenizer
+
+
+def weights(out):
+    return load_file(out / "checkpoints" / "final" / "model.safetensors")
+
+
+def test_each_step_draws_exactly_its_share_the_same_on_every_run():
+    step = [[f"s{i}" for i in range(k, k + 4)] for k in range(0, 12, 4)]  # 3 micro-batches of 4
+    drawn = generated_samples(step, 0.5, seed=0, epoch=1, step_index=2)
+    assert len(drawn) == 6 and drawn <= {s for micro in step for s in micro}
+    assert drawn == generated_samples(step, 0.5, seed=0, epoch=1, step_index=2)  # a resumed run draws the same
+    assert len({frozenset(generated_samples(step, 0.5, 0, 1, k)) for k in range(8)}) > 1  # steps differ
+    assert generated_samples(step, 0.0, 0, 1, 2) == set() and len(generated_samples(step, 1.0, 0, 1, 2)) == 12
+    assert len(generated_samples(step, 0.3, 0, 0, 0)) == round(0.3 * 12)
+    assert generation_seed(0, 1, 2, 0) != generation_seed(0, 1, 2, 1)
+
+
+def test_a_response_ends_after_its_first_eos_which_it_keeps(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).train()
+    prompts = [[1, 400, 500, 600], [1, 700]]
+    free = sample_responses(model, prompts, [12, 12], eos_id=-1, pad_id=0, seed=7)
+    assert model.training  # it samples in eval mode, then goes back to training
+    assert [len(r) for r in free] == [12, 12]  # no EOS: the budget ends them
+    stop = free[0][3]  # a token the student samples: made its EOS, the same draw stops there
+    cut = sample_responses(model, prompts, [12, 5], eos_id=stop, pad_id=0, seed=7)
+    assert cut[0] == free[0][: free[0].index(stop) + 1] and cut[0][-1] == stop
+    assert len(cut[1]) <= 5 and cut[1] == free[1][: len(cut[1])]
+
+
+def test_rng_outside_generation_is_untouched(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    sample_responses(model, [[1, 400]], [4], eos_id=-1, pad_id=0, seed=11)
+    assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.parametrize("pack_tokens", [None, 512], ids=["padded", "packed"])
+def test_generated_tokens_are_the_targets_and_the_teacher_sees_that_sequence(tiny_teacher, pack_tokens):
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_teacher, dtype=torch.float32).eval()
+    truth = Encoded([1, 400, 500], [610, 620, EOS], "ok")
+    other = Encoded([1, 700], [710, EOS], "ok")
+    own = with_response(truth, [901, 902, 903, EOS], EOS)
+    assert not own.truncated and with_response(truth, [901, 902], EOS).truncated
+    batch = collate([own, other], pad_id=0, pack_tokens=pack_tokens, generated=[True, False])
+    assert batch.targets.tolist() == [901, 902, 903, EOS, 710, EOS]  # the prompt is never a target; EOS is
+    assert batch.generated.tolist() == [True] * 4 + [False] * 2
+    states = teacher_states(teacher, batch, contextlib.nullcontext)
+    got = logit_head(teacher).logits(states[:4]).log_softmax(-1)
+    with torch.no_grad():
+        direct = teacher(torch.tensor([own.ids])).logits[0, len(own.prompt_ids) - 1: -1].float().log_softmax(-1)
+    torch.testing.assert_close(got, direct, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_share_0_trains_exactly_the_off_policy_run(table, tmp_path, tiny_model, tiny_teacher):
+    sched = schedule(table, tmp_path, "full", epochs=2)
+    off = runner.invoke(app, train_args(sched, tmp_path / "off", tiny_model, tiny_teacher, "--loss", "jsd",
+                                        "--loss-param", "beta=0.1", "--kd-weight", "1"))
+    assert off.exit_code == 0, off.output
+    on = runner.invoke(app, train_args(sched, tmp_path / "on", tiny_model, tiny_teacher, "--on-policy", "gkd",
+                                       "--on-policy-share", "0"))
+    assert on.exit_code == 0, on.output
+    a, b = weights(tmp_path / "off"), weights(tmp_path / "on")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(r["loss_name"] == "jsd" and r["kd_weight"] == 1.0 for r in metrics(tmp_path / "on"))
+
+
+@pytest.mark.slow
+def test_share_1_trains_on_generated_tokens_only(table, tmp_path, tiny_model, tiny_teacher):
+    sched = schedule(table, tmp_path, "full", epochs=1)
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--on-policy", "gkd",
+                                           "--on-policy-share", "1", "--on-policy-max-new-tokens", "8"))
+    assert result.exit_code == 0, result.output
+    m = metrics(out)
+    assert len(m) == 3 and all(r["generated_tokens"] == r["tokens"] for r in m)  # every response is the student's
+    assert all(r["tokens"] <= 4 * 8 for r in m)  # 4 samples of at most 8 generated tokens, no prompt token
+    assert all(r["ce"] == 0.0 and r["kd"] > 0 and r["generation_seconds"] > 0 for r in m)
+    off = runner.invoke(app, train_args(sched, tmp_path / "gkd-half", tiny_model, tiny_teacher, "--on-policy", "gkd",
+                                        "--on-policy-max-new-tokens", "8"))
+    assert off.exit_code == 0, off.output
+    half = metrics(tmp_path / "gkd-half")
+    assert all(0 < r["generated_tokens"] < r["tokens"] for r in half)  # 2 of each step's 4 samples
+
+
+def test_on_policy_refusals_say_what_to_do(table, tmp_path, tiny_model, tiny_teacher):
+    sched = schedule(table, tmp_path, "full", epochs=1)
+    result = runner.invoke(app, train_args(sched, tmp_path / "b", tiny_model, tiny_teacher, "--on-policy", "gkd",
+                                           "--loss", "sft"))
+    assert result.exit_code == 2 and "no ground truth" in result.output and "--loss jsd" in result.output
+    result = runner.invoke(app, train_args(sched, tmp_path / "c", tiny_model, tiny_teacher, "--on-policy-share", "0.3"))
+    assert result.exit_code == 2 and "need --on-policy gkd" in result.output
+
+
+def test_on_policy_refuses_a_cached_teacher_and_fsdp(table, tmp_path):
+    from syllabus.core.schedule import read_schedule
+    from syllabus.train.config import TrainConfig
+    from syllabus.train.loop import TrainError, _setup_on_policy, epoch_objective
+
+    sched = read_schedule(schedule(table, tmp_path, "full", epochs=2))
+    config = TrainConfig(manifest=str(sched.path), out=str(tmp_path / "o"), on_policy="gkd")
+    objectives = tuple(epoch_objective(e, config) for e in sched.epochs)
+    with pytest.raises(TrainError, match="epoch 1 trains on-policy .2 epoch.*--teacher cached.*give --teacher a model"):
+        _setup_on_policy(config, sched, objectives, cache=object(), sharded=False)
+    with pytest.raises(TrainError, match="FSDP-sharded student cannot generate yet: train on-policy with DDP"):
+        _setup_on_policy(config, sched, objectives, cache=None, sharded=True)
+    assert [rule.share for rule in _setup_on_policy(config, sched, objectives, None, False)] == [0.5, 0.5]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_during_an_on_policy_epoch_is_exact(table, tmp_path, real_tokenizer_dir, tiny_teacher):
+    from helpers import tiny_llama
+
+    student = tiny_llama(real_tokenizer_dir, tmp_path / "dropout-student", seed=3, dropout=0.1)
+    sched = schedule(table, tmp_path, "full", epochs=2)
+    extra = ("--save-every-steps", "2", "--on-policy", "gkd", "--on-policy-max-new-tokens", "12")
+    assert runner.invoke(app, train_args(sched, tmp_path / "ref", student, tiny_teacher, *extra)).exit_code == 0
+    out = tmp_path / "killed"
+    args = train_args(sched, out, student, tiny_teacher, *extra)
+    killed = subprocess.run([sys.executable, PREEMPT, "train-step", "5", "syllabus.train", *args],
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    assert json.loads((out / "state" / "progress.json").read_text())["global_step"] == 4  # mid-epoch 2
+    resumed = subprocess.run([sys.executable, "-m", "syllabus.train", *args, "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(tmp_path / "ref"), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_a_lora_student_samples_with_its_adapters(table, tmp_path, tiny_model, tiny_teacher):
+    sched = schedule(table, tmp_path, "full", epochs=1)
+    out = tmp_path / "lora"
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--lora", "r=4", "--on-policy", "gkd",
+                                           "--on-policy-share", "1", "--on-policy-max-new-tokens", "4",
+                                           "--max-steps", "2"))
+    assert result.exit_code == 0, result.output
+    assert [r["generated_tokens"] == r["tokens"] for r in metrics(out)] == [True, True]

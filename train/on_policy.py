@@ -1,0 +1,126 @@
+"""On-policy distillation: part of each optimizer step trains on responses the current student samples.
+
+`gkd` (Agarwal et al. 2024, as the seed papers' GKD base runs it): a share lambda of each step's samples is trained
+on a response the student samples for that sample's prompt (temperature 1, top-p 1, top-k off), the rest on the
+ground truth. The KD term on a generated response is taken against the live teacher on that very sequence (the
+teacher forward runs on the micro-batch as collated, generated rows included), and a generated response carries no
+SFT term: its tokens are trained on the divergence alone.
+
+Choices where the papers and peers are silent or differ (docs/methods.md, "On-policy"):
+- Per sample, exactly: each optimizer step generates for round(lambda x n) of its n samples, drawn by a generator
+  seeded by (seed, epoch, step). TRL's GKDTrainer and DistiLLM flip one coin per micro-batch, which is lambda only on
+  average (a 4-step run at lambda 0.5 trains on no generated sample with probability 1/16). The draw is a function
+  of the step's position, so a resumed run and a run on more processes draw the same samples, and it needs no state.
+- Sampling seeds: each micro-batch's generation is seeded by (seed, epoch, step, its index in the step) inside a
+  forked RNG, so training's own randomness (dropout) is the same as in the off-policy run, and 2 processes generate
+  what 1 process with grad_accum 2 generates.
+- The student samples in eval mode (no dropout) with its KV cache, under the run's autocast.
+- EOS is a target where the student produced it: a response is cut after its first EOS, which it keeps (the bug TRL
+  fixed in PR #6357, and that DistiLLM still has, strips every EOS when pad = eos). A response that reaches the
+  length budget (the table's `max_seq_len` minus the prompt, or `--on-policy-max-new-tokens`) ends there, no EOS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from syllabus.core.tokens import Encoded
+# GKD's loss in the SRD/DistiLLM lineage: DistiLLM's GKD script (scripts/gpt2/gkd/gkd_base.sh: --type mixed-jsd,
+# --kd-ratio 1.0) calls `js_distance` at its default lam 0.9, the mixture's weight on the student:
+# m = 0.1 p + 0.9 q, loss 0.9 KL(q || m) + 0.1 KL(p || m), which is our jsd at beta 0.1 (beta weighs the teacher).
+# TRL's GKDTrainer defaults to beta 0.5. kd_weight 1: no SFT term, as SRD B.3.3 and SpectrumKD run their GKD bases.
+GKD_LOSS = ("jsd", {"beta": 0.1})
+GKD_KD_WEIGHT = 1.0
+
+
+@dataclass(frozen=True)
+class OnPolicy:
+    """An epoch's on-policy rule: the mode, the share of each step's samples that is generated, and the longest
+    generated response (None: the table's length budget)."""
+
+    mode: str = "off"
+    share: float = 0.0
+    max_new_tokens: int | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the epoch draws generated samples (at share 0 it draws none: the off-policy run, GKD's loss)."""
+        return self.mode != "off"
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed from integers, stable across Python versions and platforms (no `hash`)."""
+    digest = hashlib.sha256(struct.pack(f"<{len(parts)}q", *parts)).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def generated_samples(step: list[list[str]], share: float, seed: int, epoch: int, step_index: int) -> set[str]:
+    """The samples of an optimizer step (its micro-batches over all ranks) that train on a generated response:
+    round(share x n) of its n samples, drawn by a generator seeded by (seed, epoch, step_index)."""
+    samples = [s for micro in step for s in micro]
+    count = round(share * len(samples))
+    if count == 0:
+        return set()
+    return set(random.Random(_seed(seed, epoch, step_index)).sample(samples, count))
+
+
+def generation_seed(seed: int, epoch: int, step_index: int, micro_index: int) -> int:
+    """The sampling seed of micro-batch `micro_index` of a step (its index among the step's micro-batches over all
+    ranks: the same on 1 process with grad_accum 2 as on 2 processes)."""
+    return _seed(seed, epoch, step_index, micro_index, 1)
+
+
+@torch.no_grad()
+def sample_responses(model: Any, prompts: list[list[int]], budgets: list[int], eos_id: int, pad_id: int, seed: int,
+                     autocast: Any = contextlib.nullcontext) -> list[list[int]]:
+    """One response per prompt sampled from `model` (temperature 1, top-p 1, top-k off), at most budgets[i] tokens,
+    cut after its first EOS (kept: a target).
+
+    Args:
+        model: the Hugging Face causal LM being trained (unwrapped); put in eval mode while it samples.
+        prompts: token ids of each prompt.
+        budgets: the most tokens each response may have (>= 1).
+        eos_id: the token that ends a response, as the ground truth ends with it.
+        pad_id: left padding of the batched prompts (only the attention mask decides what is read).
+        seed: the sampling seed; the global RNG is forked, so the caller's randomness is left as it was.
+        autocast: the training autocast context factory, so generation runs in the run's precision.
+    """
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):  # left padding: every row's next token is at the same column
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    was_training = model.training
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), autocast():
+            torch.manual_seed(seed)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                                 temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max(budgets),
+                                 eos_token_id=eos_id, pad_token_id=pad_id, use_cache=True)
+    finally:
+        model.train(was_training)
+    responses = []
+    for row, budget in enumerate(budgets):
+        tokens = out[row, width:].tolist()[:budget]
+        if eos_id in tokens:
+            tokens = tokens[: tokens.index(eos_id) + 1]
+        responses.append(tokens)
+    return responses
+
+
+def with_response(enc: Encoded, response: list[int], eos_id: int) -> Encoded:
+    """The sample with its ground-truth response replaced by a generated one (truncated where it has no EOS)."""
+    return Encoded(enc.prompt_ids, response, "ok", truncated=response[-1:] != [eos_id])
