@@ -239,3 +239,24 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+@pytest.mark.slow
+def test_two_processes_generate_and_train_on_policy_what_one_process_does(table, tmp_path, tiny_model, tiny_teacher):
+    # each rank samples for its own micro-batches, seeded by their index in the step: the same responses as one
+    # process running both micro-batches of the step (11 rows: rank 1 has no micro-batch in each epoch's last step)
+    sched, _ = build_schedule(table.path, "full", tmp_path / "sched", {"epochs": 2})
+    one, two = tmp_path / "one", tmp_path / "two"
+    on_policy = ("--on-policy", "gkd", "--on-policy-max-new-tokens", "8")
+    result = runner.invoke(app, args(sched, one, tiny_model, tiny_teacher, "--grad-accum", "2", *on_policy))
+    assert result.exit_code == 0, result.output
+    ran = torchrun("-m", "syllabus.train", *args(sched, two, tiny_model, tiny_teacher, "--grad-accum", "1", *on_policy))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    a, b = metrics(one), metrics(two)
+    assert [r["generated_tokens"] for r in b] == [r["generated_tokens"] for r in a]
+    assert [r["tokens"] for r in b] == [r["tokens"] for r in a] and all(r["generated_tokens"] > 0 for r in a)
+    for key in ("loss", "kd", "grad_norm"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-4), key
+    wa, wb = final_weights(one), final_weights(two)
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=1e-4, msg=name)
