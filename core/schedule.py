@@ -22,6 +22,7 @@ from typing import Any
 
 from .io import JSONFileError, read_json
 from .loss_params import check_kd_weight, check_temperature, resolve_loss_params
+from .on_policy import check_on_policy
 
 SCHEMA_VERSION = 1
 KIND = "syllabus.schedule"
@@ -57,6 +58,9 @@ class EpochPlan:
             same thing whatever defaults a later trainer has.
         restart_optimizer: start a new optimizer and LR schedule at this epoch (SRD, L2M-KD stages).
         rescore: recompute DDS with the current student before this epoch (DA-KD dynamic mode).
+        on_policy: "off", or the on-policy rule of the epoch (`core.on_policy.MODES`: gkd trains a share of each
+            step's samples on responses the student generates, `train/on_policy.py`).
+        on_policy_share: the share of each optimizer step's samples that is generated (0 when off).
 
     Raises:
         ScheduleError: a value the trainer would refuse (named, with the rule).
@@ -69,6 +73,8 @@ class EpochPlan:
     loss_params: Mapping[str, float]
     restart_optimizer: bool = False
     rescore: bool = False
+    on_policy: str = "off"
+    on_policy_share: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.stage, bool) or not isinstance(self.stage, int) or self.stage < 0:
@@ -76,6 +82,7 @@ class EpochPlan:
         try:  # the trainer's own rules (syllabus.core.loss_params)
             check_temperature(self.temperature)
             check_kd_weight(self.kd_weight)
+            check_on_policy(self.on_policy, self.on_policy_share)
             resolved = resolve_loss_params(self.loss, dict(self.loss_params))
         except ValueError as err:
             raise ScheduleError(str(err)) from None
@@ -99,11 +106,16 @@ class EpochPlan:
             "loss_params": {k: _number(v) for k, v in sorted(self.loss_params.items())},
             "restart_optimizer": self.restart_optimizer,
             "rescore": self.rescore,
+            # an off-policy epoch's record has no on-policy keys: schedules from before on-policy training read the
+            # same, and their bytes (so their fingerprints) do not change
+            **({"on_policy": self.on_policy, "on_policy_share": _number(self.on_policy_share)}
+               if self.on_policy != "off" else {}),
         }
 
 
 _PLAN_KEYS = tuple(f.name for f in fields(EpochPlan))
-_RECORD_KEYS = ("epoch", "shard", "num_samples", *_PLAN_KEYS)
+_OPTIONAL_KEYS = ("on_policy", "on_policy_share")  # written only for an on-policy epoch (both or neither)
+_RECORD_KEYS = ("epoch", "shard", "num_samples", *(k for k in _PLAN_KEYS if k not in _OPTIONAL_KEYS))
 
 
 @dataclass(frozen=True)
@@ -144,14 +156,16 @@ def _epoch(schedule_dir: Path, index: int, record: Any, where: str) -> Scheduled
     if not isinstance(record, dict):
         raise ScheduleError(f"{where}: epoch {index + 1} is not a mapping")
     missing = [k for k in _RECORD_KEYS if k not in record]
-    unknown = sorted(set(record) - set(_RECORD_KEYS))
+    if any(k in record for k in _OPTIONAL_KEYS):
+        missing += [k for k in _OPTIONAL_KEYS if k not in record]
+    unknown = sorted(set(record) - set(_RECORD_KEYS) - set(_OPTIONAL_KEYS))
     if missing or unknown:
         problem = "lacks " + ", ".join(missing) if missing else "has unknown key(s) " + ", ".join(unknown)
         raise ScheduleError(f"{where}: epoch {index + 1} {problem}; rebuild the schedule with `curate schedule`")
     if record["epoch"] != index + 1 or record["shard"] != shard_name(index):
         raise ScheduleError(f"{where}: record {index + 1} names epoch {record['epoch']} ({record['shard']})")
     try:
-        plan = EpochPlan(**{k: record[k] for k in _PLAN_KEYS})
+        plan = EpochPlan(**{k: record[k] for k in _PLAN_KEYS if k in record})
     except (ScheduleError, TypeError) as err:
         raise ScheduleError(f"{where}: epoch {index + 1}: {err}") from None
     num_samples = record["num_samples"]

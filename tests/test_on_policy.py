@@ -114,7 +114,7 @@ def test_on_policy_refusals_say_what_to_do(table, tmp_path, tiny_model, tiny_tea
                                            "--loss", "sft"))
     assert result.exit_code == 2 and "no ground truth" in result.output and "--loss jsd" in result.output
     result = runner.invoke(app, train_args(sched, tmp_path / "c", tiny_model, tiny_teacher, "--on-policy-share", "0.3"))
-    assert result.exit_code == 2 and "need --on-policy gkd" in result.output
+    assert result.exit_code == 2 and "--on-policy-share needs --on-policy gkd" in result.output
 
 
 def test_on_policy_refuses_a_cached_teacher_and_fsdp(table, tmp_path):
@@ -161,3 +161,18 @@ def test_a_lora_student_samples_with_its_adapters(table, tmp_path, tiny_model, t
                                            "--max-steps", "2"))
     assert result.exit_code == 0, result.output
     assert [r["generated_tokens"] == r["tokens"] for r in metrics(out)] == [True, True]
+
+
+@pytest.mark.slow
+def test_the_schedules_on_policy_epochs_train_on_policy_unless_overridden(table, tmp_path, tiny_model, tiny_teacher):
+    sched = schedule(table, tmp_path, "full", epochs=2, on_policy="gkd", on_policy_share=0.25)
+    out = tmp_path / "manifest"
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, "--on-policy-max-new-tokens", "6",
+                                           "--max-steps", "2"))
+    assert result.exit_code == 0, result.output
+    m = metrics(out)
+    assert all(0 < r["generated_tokens"] <= 6 and r["loss_name"] == "jsd" for r in m)  # 1 of each step's 4
+    off = tmp_path / "off"
+    result = runner.invoke(app, train_args(sched, off, tiny_model, tiny_teacher, "--on-policy", "off", "--max-steps", "2"))
+    assert result.exit_code == 0, result.output
+    assert all("generated_tokens" not in r and r["loss_name"] == "jsd" for r in metrics(off))

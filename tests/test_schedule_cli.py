@@ -142,7 +142,7 @@ def test_help_params_lists_every_field_with_its_paper_default():
     result = run("schedule", "--help-params", "spectrum")
     assert result.exit_code == 0, result.output
     listed = [line.split()[1].rstrip(":") for line in result.output.splitlines() if line.strip().startswith("-p ")]
-    assert listed == [f.name for f in dataclasses.fields(SpectrumConfig)]
+    assert listed == [f.name for f in dataclasses.fields(SpectrumConfig)] + ["on_policy", "on_policy_share"]
     assert "-p early_share: float = 0.1" in result.output and "lambda_a" in result.output
     every = run("schedule", "--help-params", "all")
     assert every.exit_code == 0 and all(f"{m}: " in every.output for m in ("spectrum", "srd", "l2m", "dakd", "full"))

@@ -217,3 +217,42 @@ def test_shards_hold_the_computed_epochs_in_order(tmp_path):
     for e, epoch in zip(manifest(out)["epochs"], expected):
         assert pl.read_parquet(out / e["shard"])["sample_id"].to_list() == epoch.sample_ids.to_list()
         assert math.isclose(e["temperature"], epoch.plan.temperature)
+
+
+@pytest.mark.parametrize("method", list(SMALL))
+def test_every_method_takes_an_on_policy_base_and_records_it_per_epoch(tmp_path, method):
+    table = write(tmp_path, make_frame(40))
+    off, _ = build_schedule(table.path, method, tmp_path / "off", SMALL[method])
+    on, _ = build_schedule(table.path, method, tmp_path / "on", {**SMALL[method], "on_policy": "gkd"})
+    off_epochs, on_epochs = manifest(off)["epochs"], manifest(on)["epochs"]
+    assert all(set(e) == EPOCH_KEYS for e in off_epochs)  # an off-policy record is as it always was
+    assert all(e["on_policy"] == "gkd" and e["on_policy_share"] == 0.5 for e in on_epochs)
+    assert [e["num_samples"] for e in on_epochs] == [e["num_samples"] for e in off_epochs]  # same curriculum
+    assert (manifest(on)["params"]["on_policy"], manifest(on)["params"]["on_policy_share"]) == ("gkd", 0.5)
+    # GKD's loss where the method's loss is the base KD method's, no SFT term where the papers drop it
+    loss = {"spectrum": "jsd", "srd": "jsd", "l2m": "skl", "dakd": "bdl", "full": "jsd", "random": "jsd"}[method]
+    assert all(e["loss"] == loss for e in on_epochs)
+    kd_weights = [1.0 if method in ("spectrum", "srd") else e["kd_weight"] for e in off_epochs]
+    assert [e["kd_weight"] for e in on_epochs] == kd_weights
+    assert all(e["loss_params"] == {"beta": 0.1} for e in on_epochs if loss == "jsd")
+    given, _ = build_schedule(table.path, method, tmp_path / "given", {**SMALL[method], "on_policy": "gkd",
+                                                                     "on_policy_share": 0.25, "loss": "rkl"})
+    assert all(e["loss"] == "rkl" and e["on_policy_share"] == 0.25 for e in manifest(given)["epochs"])
+
+
+def test_on_policy_parameters_are_checked(tmp_path):
+    table = write(tmp_path, make_frame(40))
+    with pytest.raises(ScheduleError, match="on_policy must be one of off, gkd, got 'gdk'"):
+        build_schedule(table.path, "full", tmp_path / "a", {"on_policy": "gdk"})
+    with pytest.raises(ScheduleError, match=r"on_policy_share must be a number in \[0, 1\], got 1.5"):
+        build_schedule(table.path, "full", tmp_path / "b", {"on_policy": "gkd", "on_policy_share": 1.5})
+    with pytest.raises(ScheduleError, match="on_policy_share 0.3 needs an on-policy mode"):
+        build_schedule(table.path, "full", tmp_path / "c", {"on_policy_share": 0.3})
+    on, _ = build_schedule(table.path, "full", tmp_path / "on", {"epochs": 1, "on_policy": "gkd"})
+    record = manifest(on)
+    del record["epochs"][0]["on_policy_share"]  # half the pair: refused, naming the key
+    (on / "manifest.json").write_text(json.dumps(record))
+    from syllabus.core.schedule import read_schedule
+
+    with pytest.raises(ScheduleError, match="epoch 1 lacks on_policy_share"):
+        read_schedule(on)

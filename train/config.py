@@ -12,13 +12,13 @@ from syllabus.core import settings
 from syllabus.core.config import ConfigError, check_choices, from_sources, setting
 from syllabus.core.loss_params import LOSSES, resolve_loss_params
 from syllabus.core.models import DEFAULT_STUDENT, DEFAULT_TEACHER
+from syllabus.core.on_policy import DEFAULT_SHARE
+from syllabus.core.on_policy import MODES as ON_POLICY_MODES
 from syllabus.core.precision import PRECISIONS
 
 SCHEDULERS = ("cosine", "linear", "constant")
 CACHED = "cached"  # `teacher`: no model, the table's top-K cache (`curate score --teacher-topk K`)
 TRACKERS = ("none", "tensorboard", "wandb", "trackio", "mlflow")  # `train run --report-to`
-ON_POLICY_MODES = ("off", "gkd")  # `train run --on-policy` (train/on_policy.py)
-ON_POLICY_SHARE = 0.5  # GKD's lambda as the seed papers run it: "50% student generated outputs"
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,12 @@ class TrainConfig:
     loss_params: dict[str, float] = setting(help="loss parameter key=value (skew, beta, lambda), repeatable",
                                             flags=("--loss-param",), factory=dict)
     kd_weight: float | None = setting(None, "override every epoch's kd_weight", shown="each epoch's")
-    on_policy: str | None = setting(None, "train every epoch on-policy: gkd trains a share of each step's samples "
-                                    "on responses the student samples, with GKD's loss (jsd, beta 0.1, no SFT "
-                                    "term) unless --loss / --kd-weight say otherwise", choices=ON_POLICY_MODES,
-                                    shown="off")
+    on_policy: str | None = setting(None, "override every epoch's on-policy rule: gkd trains a share of each step's "
+                                    "samples on responses the student samples, with GKD's loss (jsd, beta 0.1, "
+                                    "no SFT term) unless --loss / --kd-weight say otherwise; off trains on the "
+                                    "ground truth", choices=ON_POLICY_MODES, shown="each epoch's, from the schedule")
     on_policy_share: float | None = setting(None, "on-policy: the share of each optimizer step's samples trained on "
-                                            "the student's own responses (GKD's lambda)", shown=str(ON_POLICY_SHARE))
+                                            "the student's own responses (GKD's lambda)", shown=str(DEFAULT_SHARE))
     on_policy_max_new_tokens: int | None = setting(None, "on-policy: the longest response the student generates",
                                                    shown="the table's length limit minus the prompt")
     lr: float = setting(1e-5, "peak learning rate")  # DA-KD's reproducibility card: AdamW, cosine, 1e-5
@@ -117,9 +117,9 @@ class TrainConfig:
                 raise ConfigError(f"--loss {self.loss}: {err}") from None
         elif self.loss_params:
             raise ConfigError("--loss-param needs --loss: the schedule's own losses keep their parameters")
-        if self.on_policy in (None, "off") and (self.on_policy_share is not None
-                                                or self.on_policy_max_new_tokens is not None):
-            raise ConfigError("--on-policy-share and --on-policy-max-new-tokens need --on-policy gkd")
+        if self.on_policy in (None, "off") and self.on_policy_share is not None:
+            raise ConfigError("--on-policy-share needs --on-policy gkd (it overrides every epoch's rule with its own "
+                              "share; a schedule's on-policy epochs keep theirs without it)")
 
     @classmethod
     def from_sources(cls, yaml_path: Path | None, given: dict[str, Any]) -> TrainConfig:

@@ -21,6 +21,7 @@ import torch
 from syllabus.core.cards import write_model_card
 from syllabus.core.io import atomic_write_json
 from syllabus.core.logits import LogitHead, checked_logit_head
+from syllabus.core import on_policy as rules
 from syllabus.core.models import (ModelRef, check_same_tokenizer, load_tokenizer, recorded_name, resolve_model,
                                    tokenizer_fingerprint)
 from syllabus.core.packing import packing_is_exact, row_budget
@@ -33,13 +34,12 @@ from syllabus.core.workdir import claim_output, release_output
 
 from . import snapshot
 from .checkpoints import card_facts, keep_best, save_checkpoint
-from .config import CACHED, ON_POLICY_SHARE, TrainConfig
+from .config import CACHED, TrainConfig
 from .data import Batch, SampleStore, cached_bins, collate, epoch_micro_batches, length_limit, read_shard, step_groups
 from .distributed import lockstep_passes, on_main, rank_seed, shard_student, shard_teacher
 from .losses import Objective
 from .metrics import MetricsLog
-from .on_policy import (GKD_KD_WEIGHT, GKD_LOSS, OnPolicy, generated_samples, generation_seed, sample_responses,
-                        with_response)
+from .on_policy import OnPolicy, generated_samples, generation_seed, sample_responses, with_response
 from .rescore import check_rescore_params, rescore_epoch, rescore_pool
 from .run import RUN_NAMES, Progress, Run, unwrapped
 from .student import DistillStudent
@@ -118,12 +118,16 @@ def _setup_on_policy(config: TrainConfig, schedule: Schedule, objectives: tuple[
 
 
 def epoch_on_policy(epoch: ScheduledEpoch, config: TrainConfig) -> OnPolicy:
-    """The epoch's on-policy rule: `--on-policy` for every epoch, else off (the schedule's own rule comes with the
-    manifest's on-policy fields)."""
-    if config.on_policy in (None, "off"):
+    """The epoch's on-policy rule: the manifest's (`EpochPlan.on_policy`, `on_policy_share`), unless `--on-policy`
+    overrides every epoch's (off: the ground truth everywhere; gkd: at `--on-policy-share`, default 0.5)."""
+    if config.on_policy is None:
+        mode, share = epoch.plan.on_policy, epoch.plan.on_policy_share
+    elif config.on_policy == "off":
         return OnPolicy()
-    share = ON_POLICY_SHARE if config.on_policy_share is None else config.on_policy_share
-    return OnPolicy(config.on_policy, share, config.on_policy_max_new_tokens)
+    else:
+        mode, share = config.on_policy, config.on_policy_share
+        share = rules.DEFAULT_SHARE if share is None else share
+    return OnPolicy(mode, share, config.on_policy_max_new_tokens) if mode != "off" else OnPolicy()
 
 
 def _setup_table(config: TrainConfig, schedule: Schedule) -> Table:
@@ -462,9 +466,10 @@ def epoch_objective(epoch: ScheduledEpoch, config: TrainConfig) -> Objective:
     loss = config.loss or plan.loss
     params = dict(config.loss_params) if config.loss else dict(plan.loss_params)
     kd_weight = plan.kd_weight if config.kd_weight is None else config.kd_weight
-    if config.on_policy == "gkd":  # GKD's own loss, unless overridden (train/on_policy.py: GKD_LOSS)
-        loss, params = (loss, params) if config.loss else (GKD_LOSS[0], dict(GKD_LOSS[1]))
-        kd_weight = GKD_KD_WEIGHT if config.kd_weight is None else config.kd_weight
+    if config.on_policy == "gkd":  # GKD's own loss, unless overridden (core/on_policy.py); a schedule's on-policy
+        # epochs carry the loss `curate schedule` gave them
+        loss, params = (loss, params) if config.loss else (rules.GKD_LOSS, dict(rules.GKD_LOSS_PARAMS))
+        kd_weight = rules.GKD_KD_WEIGHT if config.kd_weight is None else config.kd_weight
     try:
         return Objective(loss, plan.temperature, kd_weight, params)
     except ValueError as err:

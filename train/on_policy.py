@@ -32,12 +32,6 @@ from typing import Any
 import torch
 
 from syllabus.core.tokens import Encoded
-# GKD's loss in the SRD/DistiLLM lineage: DistiLLM's GKD script (scripts/gpt2/gkd/gkd_base.sh: --type mixed-jsd,
-# --kd-ratio 1.0) calls `js_distance` at its default lam 0.9, the mixture's weight on the student:
-# m = 0.1 p + 0.9 q, loss 0.9 KL(q || m) + 0.1 KL(p || m), which is our jsd at beta 0.1 (beta weighs the teacher).
-# TRL's GKDTrainer defaults to beta 0.5. kd_weight 1: no SFT term, as SRD B.3.3 and SpectrumKD run their GKD bases.
-GKD_LOSS = ("jsd", {"beta": 0.1})
-GKD_KD_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)

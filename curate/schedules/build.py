@@ -6,9 +6,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from syllabus.core import on_policy as rules
 from syllabus.core.table import NUMERIC_COLUMNS, Table, read_schema, read_table
 
 from .common import usable_rows
+from .common import Epoch
 from .config import ScheduleError, check_at_least, typed_params, typed_value
 from .manifest import manifest_bytes, write_schedule
 from .methods import METHODS, load_method
@@ -45,6 +47,41 @@ def make_config(method: str, params: dict[str, Any]) -> Any:
     return cls(**typed_params(cls, method, params))
 
 
+ON_POLICY_PARAMS = ("on_policy", "on_policy_share")  # taken by every method (`on_policy_base`)
+# Over an on-policy base, the methods whose loss is the base KD method's (the seeds apply SpectrumKD and SRD over
+# GKD; full and random are the base itself) train with GKD's loss unless a loss is given; L2M-KD's skew ladder and
+# DA-KD's BDL are their methods' own and stay. SpectrumKD and SRD drop the SFT term (kd_weight 1) unless a kd_weight
+# is given: "for on-policy KD, no SFT component is used (alpha = 0 throughout)" (SRD B.3.3; SpectrumKD likewise).
+GKD_LOSS_SLOT = ("spectrum", "srd", "full", "random")
+NO_SFT_ON_POLICY = {"spectrum": ("kd_weight",), "srd": ("kd_weight_first", "kd_weight_last")}
+
+
+def on_policy_base(method: str, params: dict[str, Any]) -> tuple[str, float, dict[str, Any]]:
+    """The on-policy rule in `params` (-p on_policy=gkd -p on_policy_share=0.5), and the method's parameters with
+    the defaults an on-policy base changes (GKD's loss, no SFT term: above) unless they were given.
+
+    Raises:
+        ScheduleError: an unknown mode, or a share outside [0, 1] (or given without a mode).
+    """
+    params = dict(params)
+    mode = params.pop("on_policy", "off")
+    share = params.pop("on_policy_share", None)
+    if mode != "off" and share is None:
+        share = rules.DEFAULT_SHARE
+    try:
+        rules.check_on_policy(mode, 0.0 if share is None else share)
+    except ValueError as err:
+        raise ScheduleError(f"parameter {err}") from None
+    if mode == "off":
+        return mode, 0.0, params
+    if method in GKD_LOSS_SLOT and params.get("loss") is None:
+        params["loss"] = rules.GKD_LOSS
+        params["loss_params"] = {**rules.GKD_LOSS_PARAMS, **(params.get("loss_params") or {})}
+    for name in NO_SFT_ON_POLICY.get(method, ()):
+        params.setdefault(name, rules.GKD_KD_WEIGHT)
+    return mode, float(share), params
+
+
 def _read(table_path: Path, columns: list[str]) -> Table:
     """The table without its text columns (they can be most of a table's bytes): sample_id, status, the method's
     columns and every score and token count, so that a malformed score is refused whichever column a method uses."""
@@ -69,6 +106,7 @@ def build_schedule(
         method: spectrum, srd, l2m, dakd, full or random.
         out: schedule directory to write.
         params: method parameters by name (see each method's config); missing ones take the paper's defaults.
+            Every method also takes `on_policy` (off, gkd) and `on_policy_share` (0.5): see `on_policy_base`.
         seed: seed of every random draw (DA-KD's stratified sampling, random); recorded in the manifest.
         reverse: the hard-to-easy ablation of the curriculum.
         overwrite: replace `out` if it holds another schedule.
@@ -80,11 +118,16 @@ def build_schedule(
         ScheduleError: with the column, parameter or path at fault.
         TableError: the table is missing or incomplete.
     """
-    config = make_config(method, params or {})
+    mode, share, params = on_policy_base(method, params or {})
+    config = make_config(method, params)
     table = _read(Path(table_path), config.columns())
     frame, excluded = usable_rows(table.frame, config.columns(), method, str(table_path))
     epochs = load_method(method).build(frame, config, seed=seed, reverse=reverse)
     recorded = {**dataclasses.asdict(config), "reverse": reverse}
+    if mode != "off":  # recorded only when on, so that an off-policy schedule's manifest is as it always was
+        epochs = [Epoch(e.sample_ids, dataclasses.replace(e.plan, on_policy=mode, on_policy_share=share))
+                  for e in epochs]
+        recorded.update(on_policy=mode, on_policy_share=share)
     manifest = manifest_bytes(method, recorded, table, frame.height, seed, epochs, excluded)
     write_schedule(Path(out), manifest, epochs, overwrite)
     return Path(out), excluded

@@ -107,6 +107,8 @@ def summarize_schedule(path: Path, column: str = "student_ce", ce_reduction: str
     for epoch, mean in zip(schedule.epochs, profile["mean"]):
         plan = epoch.plan
         flags = [f for f, on in (("restart", plan.restart_optimizer), ("rescore", plan.rescore)) if on]
+        if plan.on_policy != "off":
+            flags.append(f"{plan.on_policy}={plan.on_policy_share:g}")
         loss_params = " ".join(f"{k}={v:g}" for k, v in plan.loss_params.items())
         shown = "n/a" if mean is None else f"{mean:.4f}"
         lines.append(

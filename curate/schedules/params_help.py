@@ -36,7 +36,15 @@ def describe(name: str) -> str:
     width = max(map(len, heads.values()))
     for field_name, head in heads.items():
         lines.append(f"  -p {head:<{width}}  {notes.get(field_name, '')}".rstrip())
+    lines += [f"  -p {head:<{width}}  {note}" for head, note in ON_POLICY_HELP]
     return "\n".join(line for line in lines if line)
+
+
+# Every method's on-policy parameters (build.on_policy_base), listed under each.
+ON_POLICY_HELP = (
+    ("on_policy: str = 'off'", "gkd: train a share of each step on the student's own responses (docs/methods.md)"),
+    ("on_policy_share: float = 0.5", "the share of each step's samples generated (GKD's lambda), with on_policy"),
+)
 
 
 def _type(field: dataclasses.Field) -> str:
