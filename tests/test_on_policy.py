@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import subprocess
 import sys
 
@@ -17,7 +18,8 @@ from syllabus.core.logits import logit_head
 from syllabus.core.tokens import Encoded
 from syllabus.train.data import collate
 from syllabus.train.loop import teacher_states
-from syllabus.train.on_policy import generated_samples, generation_seed, sample_responses, with_response
+from syllabus.train.on_policy import (AdaptiveThreshold, ReplayBuffer, generated_samples, generation_seed,
+                                      sample_responses, with_response)
 from test_train import PREEMPT, app, metrics, runner, schedule, table, train_args  # noqa: F401 (table: a fixture)
 
 EOS = 2  # SmolLM2's <|im_end|> is 2; the helpers' tiny models use the real tokenizer
@@ -176,3 +178,36 @@ def test_the_schedules_on_policy_epochs_train_on_policy_unless_overridden(table,
     result = runner.invoke(app, train_args(sched, off, tiny_model, tiny_teacher, "--on-policy", "off", "--max-steps", "2"))
     assert result.exit_code == 0, result.output
     assert all("generated_tokens" not in r and r["loss_name"] == "jsd" for r in metrics(off))
+
+
+def test_distillms_threshold_grows_by_a_tenth_when_the_validation_loss_worsens_by_loss_eps():
+    rule = AdaptiveThreshold()
+    grew = [rule.observe(loss) for loss in (2.0, 2.05, 2.1, 1.5, 2.19, 2.2, 2.31, 9.0)]
+    # reference 2.0 -> 2.1 (grows) -> 2.2 (grows: 2.19 was not enough) -> 2.31 (grows) -> 9.0 (grows)
+    assert grew == [False, False, True, False, False, True, True, True]
+    assert rule.value == pytest.approx(0.4) and rule.reference == 9.0
+    capped = AdaptiveThreshold(value=0.95, reference=1.0)
+    assert capped.observe(1.2) and capped.value == 1.0 and capped.observe(1.4) and capped.value == 1.0
+    assert AdaptiveThreshold(**rule.state()) == rule
+
+
+def test_distillms_draw_generates_replays_or_keeps_the_ground_truth():
+    rule = AdaptiveThreshold(value=0.6)
+    # halfway through training fresh outputs take 0.6 x 0.5 = 0.3 of the draws, replays up to 0.6
+    assert [rule.choose(r, 0.5, buffered=1000, capacity=1000) for r in (0.1, 0.29, 0.31, 0.59, 0.61, 0.99)] == [
+        "generate", "generate", "replay", "replay", "truth", "truth"]
+    assert rule.choose(0.5, 0.5, buffered=10, capacity=1000) == "generate"  # a buffer not yet full is filled
+    assert AdaptiveThreshold().choose(0.0, 0.0, 0, 1000) == "truth"  # threshold 0: DistiLLM starts off-policy
+
+
+def test_the_replay_buffer_is_bounded_draws_from_its_generator_and_resumes():
+    buffer = ReplayBuffer(capacity=3)
+    buffer.push([("a", [1], [5, 2]), ("b", [1], [6, 2])])
+    buffer.push([("c", [1], [7]), ("d", [1], [8, 2])])
+    assert len(buffer) == 3 and [item[0] for item in buffer.items] == ["b", "c", "d"]  # the oldest left
+    again = ReplayBuffer.from_state(json.loads(json.dumps(buffer.state())))  # through the snapshot's JSON
+    assert list(again.items) == list(buffer.items) and again.capacity == 3
+    assert buffer.draw(2, random.Random(4)) == again.draw(2, random.Random(4))
+    assert len(set(item[0] for item in buffer.draw(3, random.Random(1)))) == 3 and len(buffer.draw(9, random.Random(1))) == 3
+    with pytest.raises(ValueError, match="capacity must be >= 1"):
+        ReplayBuffer(0)

@@ -22,6 +22,7 @@ Choices where the papers and peers are silent or differ (docs/methods.md, "On-po
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import random
@@ -118,3 +119,86 @@ def sample_responses(model: Any, prompts: list[list[int]], budgets: list[int], e
 def with_response(enc: Encoded, response: list[int], eos_id: int) -> Encoded:
     """The sample with its ground-truth response replaced by a generated one (truncated where it has no EOS)."""
     return Encoded(enc.prompt_ids, response, "ok", truncated=response[-1:] != [eos_id])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DistiLLM's adaptive off-policy scheme (Ko et al. 2024; `jongwooko/distillm`, finetune.py and distillm/buffer.py),
+# the rule of the `distillm` mode: its parts, each checked on its own (tests/test_on_policy.py).
+
+THRESHOLD_STEP = 0.1  # finetune.py: `adaptive_threshold += 0.1`, capped at 1
+DEFAULT_LOSS_EPS = 0.1  # --loss-eps
+DEFAULT_CAPACITY = 1000  # --capacity: the replay buffer's bound
+
+
+@dataclass
+class AdaptiveThreshold:
+    """The share of micro-batches that train on student outputs, raised as the validation loss worsens.
+
+    DistiLLM evaluates the student's validation loss every `eval_interval` steps; when it is at least `loss_eps`
+    above the reference, the threshold grows by 0.1 (at most 1) and that loss becomes the reference. The reference
+    starts as the loss before training and moves only when the threshold grows (as in finetune.py: a loss that falls
+    does not lower it). The threshold starts at `--init-threshold`, 0 by default: training starts on the ground
+    truth and turns to student outputs only as the validation loss says the student drifts.
+    """
+
+    value: float = 0.0
+    reference: float | None = None
+    loss_eps: float = DEFAULT_LOSS_EPS
+
+    def observe(self, loss: float) -> bool:
+        """Take a validation loss; return whether the threshold grew."""
+        if self.reference is None:  # the evaluation before the first step
+            self.reference = loss
+            return False
+        if loss >= self.reference + self.loss_eps:
+            self.value = min(1.0, round(self.value + THRESHOLD_STEP, 12))
+            self.reference = loss
+            return True
+        return False
+
+    def choose(self, draw: float, progress: float, buffered: int, capacity: int) -> str:
+        """What a micro-batch trains on for a uniform `draw` in [0, 1): "generate" (fresh student outputs, pushed
+        into the replay buffer), "replay" (a batch drawn from the buffer) or "truth" (the ground truth).
+
+        `progress` is global_step / total steps: fresh outputs take the share threshold x (1 - progress) (DistiLLM's
+        default "decreasing" replay ratio), replays the rest of the threshold, and a buffer not yet full is filled
+        with fresh outputs instead of replayed."""
+        fresh = self.value * (1 - progress)
+        if draw < fresh or (draw < self.value and buffered < capacity):
+            return "generate"
+        return "replay" if draw < self.value else "truth"
+
+    def state(self) -> dict[str, Any]:
+        return {"value": self.value, "reference": self.reference, "loss_eps": self.loss_eps}
+
+
+class ReplayBuffer:
+    """The student outputs of earlier steps, at most `capacity` (the oldest leave first, DistiLLM's
+    `deque(maxlen=capacity)`), each kept as (sample id, prompt ids, response ids): what a replayed micro-batch
+    collates. A draw takes distinct entries uniformly, from the generator it is given (seeded by the step's
+    position, so a resumed run draws the same)."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, items: list[tuple[str, list[int], list[int]]] = ()) -> None:
+        if capacity < 1:
+            raise ValueError(f"the replay buffer's capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.items: collections.deque[tuple[str, list[int], list[int]]] = collections.deque(
+            (tuple(item) for item in items), maxlen=capacity)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def push(self, entries: list[tuple[str, list[int], list[int]]]) -> None:
+        self.items.extend(entries)
+
+    def draw(self, k: int, rng: random.Random) -> list[tuple[str, list[int], list[int]]]:
+        """k distinct entries (all of them when the buffer holds fewer)."""
+        return rng.sample(list(self.items), min(k, len(self.items)))
+
+    def state(self) -> dict[str, Any]:
+        """A JSON-able record, for the run's snapshot."""
+        return {"capacity": self.capacity, "items": [list(item) for item in self.items]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ReplayBuffer:
+        return cls(state["capacity"], [tuple(item) for item in state["items"]])
