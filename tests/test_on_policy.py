@@ -211,3 +211,84 @@ def test_the_replay_buffer_is_bounded_draws_from_its_generator_and_resumes():
     assert len(set(item[0] for item in buffer.draw(3, random.Random(1)))) == 3 and len(buffer.draw(9, random.Random(1))) == 3
     with pytest.raises(ValueError, match="capacity must be >= 1"):
         ReplayBuffer(0)
+
+
+DISTILLM = ("--on-policy", "distillm", "--on-policy-max-new-tokens", "6", "--distillm-valid-rows", "4")
+
+
+@pytest.mark.slow
+def test_distillm_fills_its_buffer_then_replays_and_validates_at_epoch_ends(table, tmp_path, tiny_model, tiny_teacher):
+    sched = schedule(table, tmp_path, "full", epochs=2)
+    out = tmp_path / "distillm"
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, *DISTILLM,
+                                           "--distillm-init-threshold", "1", "--distillm-capacity", "4"))
+    assert result.exit_code == 0, result.output
+    m = metrics(out)
+    assert all(r["loss_name"] == "skl" and r["threshold"] == 1.0 for r in m)  # DistiLLM's skew KL, kd_weight 1
+    assert all(r["generate_micro_batches"] + r["replay_micro_batches"] + r["truth_micro_batches"] == 1 for r in m)
+    assert m[0]["generate_micro_batches"] == 1  # the empty buffer is filled first: 4 outputs, its capacity
+    assert sum(r["replay_micro_batches"] for r in m) >= 1 and all(r["generated_tokens"] == r["tokens"] for r in m)
+    assert [i for i, r in enumerate(m) if "valid_ce" in r] == [2, 5]  # each epoch's last step
+    state = json.loads((out / "state" / "progress.json").read_text())["distillm"]
+    assert len(state["buffer"]["items"]) == 4 and state["threshold"]["value"] == 1.0
+
+
+def test_distillms_threshold_follows_the_validation_loss_in_training(table, tmp_path, tiny_model, tiny_teacher,
+                                                                     monkeypatch):
+    from syllabus.train import loop
+
+    losses = iter([2.0, 2.05, 2.2, 2.25, 2.4, 2.4, 2.4])  # before step 1, then after each step
+    monkeypatch.setattr(loop, "validation_loss", lambda run, model, requests: next(losses))
+    sched = schedule(table, tmp_path, "full", epochs=2)
+    out = tmp_path / "rising"
+    result = runner.invoke(app, train_args(sched, out, tiny_model, tiny_teacher, *DISTILLM,
+                                           "--distillm-valid-every", "1", "--max-steps", "4"))
+    assert result.exit_code == 0, result.output
+    m = metrics(out)
+    assert [r["valid_ce"] for r in m] == [2.05, 2.2, 2.25, 2.4]
+    assert [r["threshold"] for r in m] == [0.0, 0.0, 0.1, 0.1]  # each step's draw saw the threshold before it
+    assert json.loads((out / "state" / "progress.json").read_text())["distillm"]["threshold"]["value"] == 0.2
+    assert m[0]["truth_micro_batches"] == 1 and "generated_tokens" not in m[0]  # threshold 0: the ground truth
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_during_a_distillm_epoch_is_exact(table, tmp_path, real_tokenizer_dir, tiny_teacher):
+    from helpers import tiny_llama
+
+    student = tiny_llama(real_tokenizer_dir, tmp_path / "dropout-student", seed=3, dropout=0.1)
+    sched = schedule(table, tmp_path, "full", epochs=2)
+    extra = ("--save-every-steps", "2", *DISTILLM, "--distillm-init-threshold", "0.7", "--distillm-capacity", "6")
+    assert runner.invoke(app, train_args(sched, tmp_path / "ref", student, tiny_teacher, *extra)).exit_code == 0
+    out = tmp_path / "killed"
+    args = train_args(sched, out, student, tiny_teacher, *extra)
+    killed = subprocess.run([sys.executable, PREEMPT, "train-step", "5", "syllabus.train", *args],
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    saved = json.loads((out / "state" / "progress.json").read_text())
+    assert saved["global_step"] == 4 and saved["distillm"]["buffer"]["items"]  # mid-epoch 2, outputs buffered
+    resumed = subprocess.run([sys.executable, "-m", "syllabus.train", *args, "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(tmp_path / "ref"), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["replay_micro_batches"] for r in metrics(out)] == [r["replay_micro_batches"]
+                                                                 for r in metrics(tmp_path / "ref")]
+
+
+def test_distillm_refusals_say_what_to_do(table, tmp_path, tiny_model, tiny_teacher):
+    from syllabus.core.schedule import read_schedule
+    from syllabus.train.config import TrainConfig
+    from syllabus.train.loop import TrainError, _setup_on_policy, epoch_objective
+
+    sched = schedule(table, tmp_path, "full", epochs=1)
+    result = runner.invoke(app, train_args(sched, tmp_path / "a", tiny_model, tiny_teacher, "--on-policy", "distillm",
+                                           "--on-policy-share", "0.5"))
+    assert result.exit_code == 2 and "distillm draws its own share" in result.output
+    config = TrainConfig(manifest=str(sched), out=str(tmp_path / "o"), on_policy="distillm")
+    plan = read_schedule(sched)
+    objectives = tuple(epoch_objective(e, config) for e in plan.epochs)
+    with pytest.raises(TrainError, match="runs on one process for now"):
+        _setup_on_policy(config, plan, objectives, None, False, processes=2)
+    bad = TrainConfig(manifest=str(sched), out=str(tmp_path / "o"), on_policy="distillm",
+                      distillm_valid_set=str(tmp_path / "nowhere.jsonl"))
+    with pytest.raises(TrainError, match="--distillm-valid-set"):
+        _setup_on_policy(bad, plan, objectives, None, False)

@@ -242,12 +242,17 @@ def test_every_method_takes_an_on_policy_base_and_records_it_per_epoch(tmp_path,
 
 def test_on_policy_parameters_are_checked(tmp_path):
     table = write(tmp_path, make_frame(40))
-    with pytest.raises(ScheduleError, match="on_policy must be one of off, gkd, got 'gdk'"):
+    with pytest.raises(ScheduleError, match="on_policy must be one of off, gkd, distillm, got 'gdk'"):
         build_schedule(table.path, "full", tmp_path / "a", {"on_policy": "gdk"})
     with pytest.raises(ScheduleError, match=r"on_policy_share must be a number in \[0, 1\], got 1.5"):
         build_schedule(table.path, "full", tmp_path / "b", {"on_policy": "gkd", "on_policy_share": 1.5})
     with pytest.raises(ScheduleError, match="on_policy_share 0.3 needs an on-policy mode"):
         build_schedule(table.path, "full", tmp_path / "c", {"on_policy_share": 0.3})
+    with pytest.raises(ScheduleError, match="distillm draws its own share"):
+        build_schedule(table.path, "full", tmp_path / "d", {"on_policy": "distillm", "on_policy_share": 0.5})
+    distillm, _ = build_schedule(table.path, "srd", tmp_path / "distillm", {"epochs": 3, "on_policy": "distillm"})
+    assert all((e["on_policy"], e["on_policy_share"], e["loss"], e["loss_params"], e["kd_weight"]) ==
+               ("distillm", 0.0, "skl", {"skew": 0.1}, 1.0) for e in manifest(distillm)["epochs"])
     on, _ = build_schedule(table.path, "full", tmp_path / "on", {"epochs": 1, "on_policy": "gkd"})
     record = manifest(on)
     del record["epochs"][0]["on_policy_share"]  # half the pair: refused, naming the key

@@ -39,12 +39,23 @@ class TrainConfig:
     kd_weight: float | None = setting(None, "override every epoch's kd_weight", shown="each epoch's")
     on_policy: str | None = setting(None, "override every epoch's on-policy rule: gkd trains a share of each step's "
                                     "samples on responses the student samples, with GKD's loss (jsd, beta 0.1, "
-                                    "no SFT term) unless --loss / --kd-weight say otherwise; off trains on the "
-                                    "ground truth", choices=ON_POLICY_MODES, shown="each epoch's, from the schedule")
+                                    "no SFT term); distillm lets DistiLLM's adaptive threshold choose fresh, "
+                                    "replayed or ground-truth micro-batches, with skew KL 0.1; both unless --loss "
+                                    "/ --kd-weight say otherwise; off trains on the ground truth",
+                                    choices=ON_POLICY_MODES, shown="each epoch's, from the schedule")
     on_policy_share: float | None = setting(None, "on-policy: the share of each optimizer step's samples trained on "
                                             "the student's own responses (GKD's lambda)", shown=str(DEFAULT_SHARE))
     on_policy_max_new_tokens: int | None = setting(None, "on-policy: the longest response the student generates",
                                                    shown="the table's length limit minus the prompt")
+    distillm_valid_set: str = setting("dollyeval", "distillm: the evaluation set (name or JSONL) whose ground-truth "
+                                      "CE under the student raises the threshold")
+    distillm_valid_rows: int = setting(100, "distillm: its first N rows are the validation rows")
+    distillm_valid_every: int | None = setting(None, "distillm: steps between validations (DistiLLM's eval "
+                                               "interval)", shown="each epoch's end")
+    distillm_loss_eps: float = setting(0.1, "distillm: a validation CE this much above the last reference raises "
+                                       "the threshold by 0.1")
+    distillm_init_threshold: float = setting(0.0, "distillm: the threshold at the start")
+    distillm_capacity: int = setting(1000, "distillm: the most student outputs the replay buffer keeps")
     lr: float = setting(1e-5, "peak learning rate")  # DA-KD's reproducibility card: AdamW, cosine, 1e-5
     weight_decay: float = setting(0.0, "AdamW weight decay (L2M-KD uses 0.01)")
     warmup_ratio: float = setting(0.0, "share of each LR horizon spent warming up")
@@ -101,6 +112,11 @@ class TrainConfig:
             (self.on_policy_share is None or 0 <= self.on_policy_share <= 1, "on_policy_share must be in [0, 1]"),
             (self.on_policy_max_new_tokens is None or self.on_policy_max_new_tokens >= 1,
              "on_policy_max_new_tokens must be >= 1"),
+            (self.distillm_valid_rows >= 1 and self.distillm_capacity >= 1,
+             "distillm_valid_rows and distillm_capacity must be >= 1"),
+            (self.distillm_valid_every is None or self.distillm_valid_every >= 1, "distillm_valid_every must be >= 1"),
+            (0 <= self.distillm_init_threshold <= 1, "distillm_init_threshold must be in [0, 1]"),
+            (self.distillm_loss_eps >= 0, "distillm_loss_eps must be >= 0"),
         ]
         check_choices(self)
         for ok, message in checks:
@@ -117,6 +133,9 @@ class TrainConfig:
                 raise ConfigError(f"--loss {self.loss}: {err}") from None
         elif self.loss_params:
             raise ConfigError("--loss-param needs --loss: the schedule's own losses keep their parameters")
+        if self.on_policy == "distillm" and self.on_policy_share is not None:
+            raise ConfigError("--on-policy-share: distillm draws its own share (its adaptive threshold); the share "
+                              "is --on-policy gkd's")
         if self.on_policy in (None, "off") and self.on_policy_share is not None:
             raise ConfigError("--on-policy-share needs --on-policy gkd (it overrides every epoch's rule with its own "
                               "share; a schedule's on-policy epochs keep theirs without it)")

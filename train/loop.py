@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
+from syllabus.core import on_policy as rules
 from syllabus.core.cards import write_model_card
 from syllabus.core.io import atomic_write_json
 from syllabus.core.logits import LogitHead, checked_logit_head
-from syllabus.core import on_policy as rules
 from syllabus.core.models import (ModelRef, check_same_tokenizer, load_tokenizer, recorded_name, resolve_model,
                                    tokenizer_fingerprint)
 from syllabus.core.packing import packing_is_exact, row_budget
@@ -39,7 +39,8 @@ from .data import Batch, SampleStore, cached_bins, collate, epoch_micro_batches,
 from .distributed import lockstep_passes, on_main, rank_seed, shard_student, shard_teacher
 from .losses import Objective
 from .metrics import MetricsLog
-from .on_policy import OnPolicy, generated_samples, generation_seed, sample_responses, with_response
+from .on_policy import (DistillmState, OnPolicy, generated_samples, generation_seed, micro_batch_draw,
+                        sample_responses, validation_requests, with_response)
 from .rescore import check_rescore_params, rescore_epoch, rescore_pool
 from .run import RUN_NAMES, Progress, Run, unwrapped
 from .student import DistillStudent
@@ -58,7 +59,7 @@ def setup(config: TrainConfig) -> Run:
     table = _setup_table(config, schedule)
     student_ref, teacher_ref, cache = _setup_model_refs(config, table)
     accelerator, sharded = _setup_accelerator(config)
-    on_policy = _setup_on_policy(config, schedule, objectives, cache, sharded)
+    on_policy = _setup_on_policy(config, schedule, objectives, cache, sharded, accelerator.num_processes)
     torch.manual_seed(rank_seed(config.seed, accelerator.process_index))  # before LoRA draws its initial weights
     model = _setup_student(config, student_ref)
     teacher, teacher_head = _setup_teacher(config, teacher_ref, accelerator, sharded)
@@ -90,17 +91,18 @@ def _setup_schedule(config: TrainConfig) -> tuple[Schedule, tuple[Objective, ...
 
 
 def _setup_on_policy(config: TrainConfig, schedule: Schedule, objectives: tuple[Objective, ...],
-                     cache: TopKCache | None, sharded: bool) -> tuple[OnPolicy, ...]:
+                     cache: TopKCache | None, sharded: bool, processes: int = 1) -> tuple[OnPolicy, ...]:
     """Each epoch's on-policy rule (`train.on_policy`), refused where this run cannot generate or score it.
 
     Raises:
         TrainError: an on-policy epoch with the teacher as a top-K cache (it holds the teacher on the ground truth
-            only), under FSDP (the sharded student cannot generate yet), or with a loss without a teacher.
+            only), under FSDP (the sharded student cannot generate yet), or with a loss without a teacher; a
+            distillm epoch on many processes (not yet), or with a validation set that does not load.
     """
-    rules = tuple(epoch_on_policy(epoch, config) for epoch in schedule.epochs)
-    active = [i for i, rule in enumerate(rules) if rule.active]
+    plans = tuple(epoch_on_policy(epoch, config) for epoch in schedule.epochs)
+    active = [i for i, plan in enumerate(plans) if plan.active]
     if not active:
-        return rules
+        return plans
     first = f"{config.manifest}: epoch {active[0] + 1} trains on-policy ({len(active)} epoch(s))"
     if cache is not None:
         raise TrainError(f"{first}, and --teacher cached holds the teacher's top K on the ground-truth responses "
@@ -114,7 +116,17 @@ def _setup_on_policy(config: TrainConfig, schedule: Schedule, objectives: tuple[
                          f"{objectives[no_teacher[0]].loss!r} at kd_weight {objectives[no_teacher[0]].kd_weight:g}: "
                          "a generated response has no ground truth, only the teacher to learn from; choose a KD "
                          "loss (--loss jsd) or a kd_weight > 0")
-    return rules
+    if any(plans[i].mode == "distillm" for i in active):
+        if processes > 1:
+            raise TrainError(f"{first}, and the distillm mode runs on one process for now (its replay buffer is "
+                             "one process's): train it without torchrun, or use --on-policy gkd on many")
+        from syllabus.evaluate.sets import EvalSetError, load_sets
+
+        try:
+            load_sets((config.distillm_valid_set,), config.distillm_valid_rows)
+        except EvalSetError as err:
+            raise TrainError(f"--distillm-valid-set: {err}") from None
+    return plans
 
 
 def epoch_on_policy(epoch: ScheduledEpoch, config: TrainConfig) -> OnPolicy:
@@ -212,8 +224,9 @@ def run_identity(config: TrainConfig, schedule: Schedule, table: Table, student_
     run may change them (fsdp: how, not what; the snapshot records it)."""
     settings = {k: v for k, v in config.as_dict().items()
                 if k not in ("resume", "overwrite", "max_steps", "save_every_steps", "report_to", "fsdp")}
-    if config.on_policy is None:  # runs from before on-policy training resume as they were
-        for key in ("on_policy", "on_policy_share", "on_policy_max_new_tokens"):
+    trains_on_policy = any(epoch_on_policy(epoch, config).active for epoch in schedule.epochs)
+    if not trains_on_policy:  # an off-policy run's identity is what it was before on-policy training existed
+        for key in [k for k in settings if k.startswith(("on_policy", "distillm_"))]:
             del settings[key]
     for role in ("student", "teacher"):  # the embedded pair, however it was named
         settings[role] = recorded_name(settings[role], role)
@@ -466,10 +479,11 @@ def epoch_objective(epoch: ScheduledEpoch, config: TrainConfig) -> Objective:
     loss = config.loss or plan.loss
     params = dict(config.loss_params) if config.loss else dict(plan.loss_params)
     kd_weight = plan.kd_weight if config.kd_weight is None else config.kd_weight
-    if config.on_policy == "gkd":  # GKD's own loss, unless overridden (core/on_policy.py); a schedule's on-policy
-        # epochs carry the loss `curate schedule` gave them
-        loss, params = (loss, params) if config.loss else (rules.GKD_LOSS, dict(rules.GKD_LOSS_PARAMS))
-        kd_weight = rules.GKD_KD_WEIGHT if config.kd_weight is None else config.kd_weight
+    if config.on_policy in rules.BASE_LOSS:  # the mode's own loss, unless overridden (core/on_policy.py); a
+        # schedule's on-policy epochs carry the loss `curate schedule` gave them
+        loss, params = (loss, params) if config.loss else (rules.BASE_LOSS[config.on_policy][0],
+                                                            dict(rules.BASE_LOSS[config.on_policy][1]))
+        kd_weight = rules.KD_WEIGHT if config.kd_weight is None else config.kd_weight
     try:
         return Objective(loss, plan.temperature, kd_weight, params)
     except ValueError as err:
@@ -553,6 +567,14 @@ def fit(run: Run, progress: Progress) -> Path:
     metrics = MetricsLog(run.out / "metrics.jsonl", progress.global_step, acc.is_main_process)
     start_tracking(run)
     stage_ends = schedule.stage_ends()
+    distillm, valid = _start_distillm(run, model, progress) if any(
+        p.mode == "distillm" for p in run.on_policy) else (None, [])
+
+    def save(model: Any) -> None:  # with the optimizer and scheduler in use (rebuilt at restarts)
+        if distillm is not None:
+            progress.distillm = distillm.state()
+        snapshot.save(run, progress, model, optimizer, scheduler)
+
     stopped = False
     for epoch in schedule.epochs[progress.epoch:]:
         plan, objective, rule = epoch.plan, run.objectives[epoch.index], run.on_policy[epoch.index]
@@ -569,10 +591,16 @@ def fit(run: Run, progress: Progress) -> Path:
             t0 = time.perf_counter()
             step, mine = steps[step_in_epoch]
             passes, weights = lockstep_passes(step, mine, acc.num_processes, run.sharded)
-            responses = (student_responses(run, model, rule, (epoch.index, step_in_epoch), step, passes, weights)
-                         if rule.active else [{} for _ in passes])
+            position, choices = (epoch.index, step_in_epoch), None
+            if rule.mode == "distillm":
+                passes_and_responses, choices = distillm_responses(run, model, rule, position, passes, weights,
+                                                                   distillm, progress.global_step / total_steps)
+            elif rule.active:
+                passes_and_responses = student_responses(run, model, rule, position, step, passes, weights)
+            else:
+                passes_and_responses = [(ids, None) for ids in passes]
             generation = time.perf_counter() - t0
-            batches = [micro_batch(run, ids, objective, own) for ids, own in zip(passes, responses)]
+            batches = [micro_batch(run, ids, objective, own) for ids, own in passes_and_responses]
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             stats = train_step(run, model, batches, objective, optimizer, scheduler, weights)
             progress.advance()
@@ -582,26 +610,33 @@ def fit(run: Run, progress: Progress) -> Path:
                       "tokens_per_second": stats["tokens"] / elapsed, **stats}
             if rule.active:
                 record["generation_seconds"] = generation
+            if choices is not None:  # DistiLLM: what its micro-batches trained on, and the threshold that chose
+                record.update({f"{k}_micro_batches": v for k, v in choices.items()},
+                              threshold=distillm.threshold.value)
+                every = config.distillm_valid_every
+                if (progress.global_step % every == 0) if every else step_in_epoch == len(steps) - 1:
+                    record["valid_ce"] = validation_loss(run, model, valid)
+                    distillm.threshold.observe(record["valid_ce"])
             metrics.write(record, acc.is_main_process)
             if config.report_to != "none":  # the numbers of the record (accelerate logs from the main process)
                 acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=progress.global_step)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", kd=f"{stats['kd']:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
             if progress.global_step % config.save_every_steps == 0:
-                snapshot.save(run, progress, model, optimizer, scheduler)
+                save(model)
             if config.max_steps is not None and progress.global_step >= config.max_steps:
                 stopped = True
                 break
         if stopped:
             break
         progress.finish_epoch()
-        snapshot.save(run, progress, model, optimizer, scheduler)
+        save(model)
         if epoch.index in stage_ends:
             checkpoint = save_checkpoint(run, progress, model, f"stage-{plan.stage}")
             if run.on_stage_end is not None and acc.is_main_process:
                 run.on_stage_end(run, checkpoint, plan.stage, progress.global_step)
     bar.close()
-    snapshot.save(run, progress, model, optimizer, scheduler)
+    save(model)
     final = save_checkpoint(run, progress, model, "final")
     # Drop the DDP wrapper (held here and by accelerate) before the process group is destroyed: freed afterwards, its
     # reducer would destroy the group itself while holding the GIL, and gloo's worker threads, which need the GIL to
@@ -612,39 +647,101 @@ def fit(run: Run, progress: Progress) -> Path:
     return final
 
 
+def _start_distillm(run: Run, model: Any, progress: Progress) -> tuple[DistillmState, list[Any]]:
+    """The distillm mode's state (resumed from the snapshot, or fresh with the validation loss before the first
+    step as its reference, as DistiLLM evaluates before training) and its validation rows."""
+    from syllabus.evaluate.sets import load_sets
+
+    config = run.config
+    (eval_set,) = load_sets((config.distillm_valid_set,), config.distillm_valid_rows).values()
+    valid = validation_requests(run.tokenizer, eval_set, run.table.metadata.get("template", "alpaca"),
+                                run.store.limit.max_seq_len)
+    state = DistillmState.resume(progress.distillm, config.distillm_init_threshold, config.distillm_loss_eps,
+                                 config.distillm_capacity)
+    if state.threshold.reference is None:
+        state.threshold.observe(validation_loss(run, model, valid))
+    return state, valid
+
+
+def validation_loss(run: Run, model: Any, requests: list[Any]) -> float:
+    """The student's mean per-row CE of the validation rows' references, in eval mode (DistiLLM's dev loss)."""
+    from syllabus.core.scoring import default_batch_tokens, response_nll
+
+    student = unwrapped(run, model)
+    was_training = student.training
+    student.eval()
+    with run.accelerator.autocast():
+        nll = response_nll(student, requests, default_batch_tokens(), run.tokenizer.pad_token_id)
+    student.train(was_training)
+    return sum(nll) / len(nll)
+
+
+Responses = list[list[int] | None]  # per sample of a pass: the student's own response, or None (the ground truth)
+
+
 def student_responses(run: Run, model: Any, rule: OnPolicy, position: tuple[int, int], step: list[list[str]],
-                      passes: list[list[str]], weights: list[float]) -> list[dict[str, list[int]]]:
-    """The responses the student samples for this rank's share of a step's generated samples (`train.on_policy`),
-    one mapping sample id -> response ids per pass (empty for a weight-0 pass, which trains on nothing)."""
+                      passes: list[list[str]], weights: list[float]) -> list[tuple[list[str], Responses]]:
+    """gkd: the responses the student samples for this rank's share of a step's generated samples
+    (`train.on_policy`), per pass its samples and their responses (none for a weight-0 pass, which trains on
+    nothing)."""
     epoch, step_index = position
     acc, seed = run.accelerator, run.config.seed
     chosen = generated_samples(step, rule.share, seed, epoch, step_index)
-    student = unwrapped(run, model)
-    eos, pad = run.tokenizer.eos_token_id, run.tokenizer.pad_token_id
-    responses: list[dict[str, list[int]]] = []
+    out: list[tuple[list[str], Responses]] = []
     for k, (ids, weight) in enumerate(zip(passes, weights)):
         mine = [s for s in ids if s in chosen] if weight else []
-        prompts = [run.store.encoded(s).prompt_ids for s in mine]
-        budgets = [max(1, min(run.store.limit.max_seq_len - len(p), rule.max_new_tokens or math.inf))
-                   for p in prompts]
         # this pass is micro-batch rank + k * world of the step (`data.step_groups`), on any number of processes
         micro = acc.process_index + k * acc.num_processes
-        sampled = sample_responses(student, prompts, budgets, eos, pad, generation_seed(seed, epoch, step_index, micro),
-                                   acc.autocast)
-        responses.append(dict(zip(mine, sampled)))
-    return responses
+        sampled = dict(zip(mine, sample_for(run, model, rule, mine, generation_seed(seed, epoch, step_index, micro))))
+        out.append((ids, [sampled.get(s) for s in ids]))
+    return out
 
 
-def micro_batch(run: Run, sample_ids: list[str], objective: Objective,
-                responses: dict[str, list[int]] | None = None) -> Batch:
+def sample_for(run: Run, model: Any, rule: OnPolicy, sample_ids: list[str], seed: int) -> list[list[int]]:
+    """The student's responses to these samples' prompts, each within its length budget."""
+    prompts = [run.store.encoded(s).prompt_ids for s in sample_ids]
+    budgets = [max(1, min(run.store.limit.max_seq_len - len(p), rule.max_new_tokens or math.inf)) for p in prompts]
+    return sample_responses(unwrapped(run, model), prompts, budgets, run.tokenizer.eos_token_id,
+                            run.tokenizer.pad_token_id, seed, run.accelerator.autocast)
+
+
+def distillm_responses(run: Run, model: Any, rule: OnPolicy, position: tuple[int, int], passes: list[list[str]],
+                       weights: list[float], state: DistillmState,
+                       done: float) -> tuple[list[tuple[list[str], Responses]], dict[str, int]]:
+    """distillm: per pass, DistiLLM's draw (`AdaptiveThreshold.choose`, `done` the share of training behind):
+    fresh student outputs for its samples (pushed into the replay buffer), a batch of as many replayed from the
+    buffer (which replaces the pass's samples), or the ground truth; with the count of each choice."""
+    epoch, step_index = position
+    acc, seed = run.accelerator, run.config.seed
+    out: list[tuple[list[str], Responses]] = []
+    counts = {"generate": 0, "replay": 0, "truth": 0}
+    for k, (ids, weight) in enumerate(zip(passes, weights)):
+        micro = acc.process_index + k * acc.num_processes
+        draw = micro_batch_draw(seed, epoch, step_index, micro)
+        choice = state.threshold.choose(draw.random(), done, len(state.buffer), state.buffer.capacity) \
+            if weight else "truth"
+        counts[choice] += bool(weight)
+        if choice == "generate":
+            own = sample_for(run, model, rule, ids, generation_seed(seed, epoch, step_index, micro))
+            state.buffer.push([(s, run.store.encoded(s).prompt_ids, r) for s, r in zip(ids, own)])
+            out.append((ids, own))
+        elif choice == "replay":
+            entries = state.buffer.draw(len(ids), draw)
+            out.append(([sid for sid, _, _ in entries], [list(response) for _, _, response in entries]))
+        else:
+            out.append((ids, [None] * len(ids)))
+    return out, counts
+
+
+def micro_batch(run: Run, sample_ids: list[str], objective: Objective, responses: Responses | None = None) -> Batch:
     """The collated micro-batch of these samples, with the teacher's cached top K when the teacher is a cache, and
-    the student's own responses in place of the ground truth for the samples in `responses` (on-policy)."""
+    the student's own responses in place of the ground truth where `responses` has one (on-policy)."""
     encoded = [run.store.encoded(s) for s in sample_ids]
     generated = None
-    if responses:
+    if responses and any(r is not None for r in responses):
         eos = run.tokenizer.eos_token_id
-        generated = [s in responses for s in sample_ids]
-        encoded = [with_response(e, responses[s], eos) if s in responses else e for s, e in zip(sample_ids, encoded)]
+        generated = [r is not None for r in responses]
+        encoded = [e if r is None else with_response(e, r, eos) for e, r in zip(encoded, responses)]
     batch = collate(encoded, run.tokenizer.pad_token_id, run.pack_tokens, generated)
     if run.cache is not None and objective.uses_teacher:
         batch.teacher_bins = cached_bins(run.cache, sample_ids, encoded)

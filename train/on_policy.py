@@ -1,5 +1,8 @@
 """On-policy distillation: part of each optimizer step trains on responses the current student samples.
 
+Two modes (`core/on_policy.py`): `gkd`, below, and `distillm`, DistiLLM's adaptive scheme (`AdaptiveThreshold`,
+`ReplayBuffer`, `DistillmState` at the end of this file; the loop's `distillm_responses`).
+
 `gkd` (Agarwal et al. 2024, as the seed papers' GKD base runs it): a share lambda of each step's samples is trained
 on a response the student samples for that sample's prompt (temperature 1, top-p 1, top-k off), the rest on the
 ground truth. The KD term on a generated response is taken against the live teacher on that very sequence (the
@@ -123,7 +126,7 @@ def with_response(enc: Encoded, response: list[int], eos_id: int) -> Encoded:
 
 # ---------------------------------------------------------------------------------------------------------------
 # DistiLLM's adaptive off-policy scheme (Ko et al. 2024; `jongwooko/distillm`, finetune.py and distillm/buffer.py),
-# the rule of the `distillm` mode: its parts, each checked on its own (tests/test_on_policy.py).
+# the rule of the `distillm` mode (docs/methods.md, "DistiLLM's adaptive off-policy scheme").
 
 THRESHOLD_STEP = 0.1  # finetune.py: `adaptive_threshold += 0.1`, capped at 1
 DEFAULT_LOSS_EPS = 0.1  # --loss-eps
@@ -202,3 +205,42 @@ class ReplayBuffer:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ReplayBuffer:
         return cls(state["capacity"], [tuple(item) for item in state["items"]])
+
+
+@dataclass
+class DistillmState:
+    """What the distillm mode carries from step to step, and the snapshot keeps: the threshold and the buffer."""
+
+    threshold: AdaptiveThreshold
+    buffer: ReplayBuffer
+
+    @classmethod
+    def resume(cls, saved: dict[str, Any] | None, init_threshold: float, loss_eps: float,
+               capacity: int) -> DistillmState:
+        """The state a snapshot saved (`Progress.distillm`), or a fresh one."""
+        if saved is None:
+            return cls(AdaptiveThreshold(init_threshold, None, loss_eps), ReplayBuffer(capacity))
+        return cls(AdaptiveThreshold(**saved["threshold"]), ReplayBuffer.from_state(saved["buffer"]))
+
+    def state(self) -> dict[str, Any]:
+        return {"threshold": self.threshold.state(), "buffer": self.buffer.state()}
+
+
+def micro_batch_draw(seed: int, epoch: int, step_index: int, micro_index: int) -> random.Random:
+    """The generator of a distillm micro-batch's choice and replay draw (by its position: resumed runs agree)."""
+    return random.Random(_seed(seed, epoch, step_index, micro_index, 2))
+
+
+def validation_requests(tokenizer: Any, eval_set: Any, template: str, max_seq_len: int) -> list[Any]:
+    """The validation rows as scoring requests: each row's templated prompt and first reference, tokenised as
+    training rows are (cut to `max_seq_len` where longer, as the MiniLLM evaluation cuts prompts)."""
+    from syllabus.core.engines.base import ScoringRequest
+    from syllabus.core.tokens import encode_pair
+
+    requests = []
+    for row in eval_set.rows:
+        enc = encode_pair(tokenizer, row.templated(template, tokenizer), row.references[0], max_seq_len,
+                          truncate=True, chat_template=template == "chat")
+        if enc.prompt_ids and enc.response_ids:
+            requests.append(ScoringRequest(enc.ids, len(enc.prompt_ids)))
+    return requests

@@ -38,6 +38,7 @@ class Progress:
     epoch_ids: list[str] | None = None
     num_processes: int = 1  # the ranks the position counts steps over (recorded at each snapshot)
     fsdp: bool = False  # the student and optimizer are in shards (state/sharded/: torch.distributed.checkpoint)
+    distillm: dict[str, Any] | None = None  # the distillm mode's threshold and replay buffer (`DistillmState`)
 
     def advance(self) -> None:
         self.step_in_epoch += 1

@@ -49,10 +49,11 @@ def make_config(method: str, params: dict[str, Any]) -> Any:
 
 ON_POLICY_PARAMS = ("on_policy", "on_policy_share")  # taken by every method (`on_policy_base`)
 # Over an on-policy base, the methods whose loss is the base KD method's (the seeds apply SpectrumKD and SRD over
-# GKD; full and random are the base itself) train with GKD's loss unless a loss is given; L2M-KD's skew ladder and
+# GKD; full and random are the base itself) train with the mode's loss (GKD's jsd, DistiLLM's skew KL) unless a loss
+# is given; L2M-KD's skew ladder and
 # DA-KD's BDL are their methods' own and stay. SpectrumKD and SRD drop the SFT term (kd_weight 1) unless a kd_weight
 # is given: "for on-policy KD, no SFT component is used (alpha = 0 throughout)" (SRD B.3.3; SpectrumKD likewise).
-GKD_LOSS_SLOT = ("spectrum", "srd", "full", "random")
+BASE_LOSS_SLOT = ("spectrum", "srd", "full", "random")
 NO_SFT_ON_POLICY = {"spectrum": ("kd_weight",), "srd": ("kd_weight_first", "kd_weight_last")}
 
 
@@ -66,7 +67,7 @@ def on_policy_base(method: str, params: dict[str, Any]) -> tuple[str, float, dic
     params = dict(params)
     mode = params.pop("on_policy", "off")
     share = params.pop("on_policy_share", None)
-    if mode != "off" and share is None:
+    if mode == "gkd" and share is None:
         share = rules.DEFAULT_SHARE
     try:
         rules.check_on_policy(mode, 0.0 if share is None else share)
@@ -74,12 +75,12 @@ def on_policy_base(method: str, params: dict[str, Any]) -> tuple[str, float, dic
         raise ScheduleError(f"parameter {err}") from None
     if mode == "off":
         return mode, 0.0, params
-    if method in GKD_LOSS_SLOT and params.get("loss") is None:
-        params["loss"] = rules.GKD_LOSS
-        params["loss_params"] = {**rules.GKD_LOSS_PARAMS, **(params.get("loss_params") or {})}
+    if method in BASE_LOSS_SLOT and params.get("loss") is None:
+        params["loss"], base_params = rules.BASE_LOSS[mode]
+        params["loss_params"] = {**base_params, **(params.get("loss_params") or {})}
     for name in NO_SFT_ON_POLICY.get(method, ()):
-        params.setdefault(name, rules.GKD_KD_WEIGHT)
-    return mode, float(share), params
+        params.setdefault(name, rules.KD_WEIGHT)
+    return mode, float(share or 0.0), params
 
 
 def _read(table_path: Path, columns: list[str]) -> Table:

@@ -42,8 +42,8 @@ def describe(name: str) -> str:
 
 # Every method's on-policy parameters (build.on_policy_base), listed under each.
 ON_POLICY_HELP = (
-    ("on_policy: str = 'off'", "gkd: train a share of each step on the student's own responses (docs/methods.md)"),
-    ("on_policy_share: float = 0.5", "the share of each step's samples generated (GKD's lambda), with on_policy"),
+    ("on_policy: str = 'off'", "gkd (a share of each step the student's own) or distillm (docs/methods.md)"),
+    ("on_policy_share: float = 0.5", "the share of each step's samples generated (GKD's lambda), with gkd"),
 )
 
 
