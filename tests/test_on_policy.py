@@ -134,6 +134,21 @@ def test_on_policy_refuses_a_cached_teacher_and_fsdp(table, tmp_path):
     assert [rule.share for rule in _setup_on_policy(config, sched, objectives, None, False)] == [0.5, 0.5]
 
 
+def killed_and_resumed(tmp_path, sched, student, teacher, extra):
+    """Train `extra` uninterrupted into ref/, and again into killed/ with a SIGKILL as step 5 is logged (after the
+    step-4 snapshot), then --resume it; returns (ref, killed, the snapshot the resume started from)."""
+    assert runner.invoke(app, train_args(sched, tmp_path / "ref", student, teacher, *extra)).exit_code == 0
+    out = tmp_path / "killed"
+    args = train_args(sched, out, student, teacher, *extra)
+    killed = subprocess.run([sys.executable, PREEMPT, "train-step", "5", "syllabus.train", *args],
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    saved = json.loads((out / "state" / "progress.json").read_text())
+    resumed = subprocess.run([sys.executable, "-m", "syllabus.train", *args, "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    return tmp_path / "ref", out, saved
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_during_an_on_policy_epoch_is_exact(table, tmp_path, real_tokenizer_dir, tiny_teacher):
     from helpers import tiny_llama
@@ -141,16 +156,9 @@ def test_resume_after_sigkill_during_an_on_policy_epoch_is_exact(table, tmp_path
     student = tiny_llama(real_tokenizer_dir, tmp_path / "dropout-student", seed=3, dropout=0.1)
     sched = schedule(table, tmp_path, "full", epochs=2)
     extra = ("--save-every-steps", "2", "--on-policy", "gkd", "--on-policy-max-new-tokens", "12")
-    assert runner.invoke(app, train_args(sched, tmp_path / "ref", student, tiny_teacher, *extra)).exit_code == 0
-    out = tmp_path / "killed"
-    args = train_args(sched, out, student, tiny_teacher, *extra)
-    killed = subprocess.run([sys.executable, PREEMPT, "train-step", "5", "syllabus.train", *args],
-                            capture_output=True, text=True)
-    assert killed.returncode == -9, killed.stderr
-    assert json.loads((out / "state" / "progress.json").read_text())["global_step"] == 4  # mid-epoch 2
-    resumed = subprocess.run([sys.executable, "-m", "syllabus.train", *args, "--resume"], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = weights(tmp_path / "ref"), weights(out)
+    ref, out, saved = killed_and_resumed(tmp_path, sched, student, tiny_teacher, extra)
+    assert saved["global_step"] == 4  # mid-epoch 2
+    a, b = weights(ref), weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -258,20 +266,11 @@ def test_resume_after_sigkill_during_a_distillm_epoch_is_exact(table, tmp_path, 
     student = tiny_llama(real_tokenizer_dir, tmp_path / "dropout-student", seed=3, dropout=0.1)
     sched = schedule(table, tmp_path, "full", epochs=2)
     extra = ("--save-every-steps", "2", *DISTILLM, "--distillm-init-threshold", "0.7", "--distillm-capacity", "6")
-    assert runner.invoke(app, train_args(sched, tmp_path / "ref", student, tiny_teacher, *extra)).exit_code == 0
-    out = tmp_path / "killed"
-    args = train_args(sched, out, student, tiny_teacher, *extra)
-    killed = subprocess.run([sys.executable, PREEMPT, "train-step", "5", "syllabus.train", *args],
-                            capture_output=True, text=True)
-    assert killed.returncode == -9, killed.stderr
-    saved = json.loads((out / "state" / "progress.json").read_text())
+    ref, out, saved = killed_and_resumed(tmp_path, sched, student, tiny_teacher, extra)
     assert saved["global_step"] == 4 and saved["distillm"]["buffer"]["items"]  # mid-epoch 2, outputs buffered
-    resumed = subprocess.run([sys.executable, "-m", "syllabus.train", *args, "--resume"], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = weights(tmp_path / "ref"), weights(out)
+    a, b = weights(ref), weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["replay_micro_batches"] for r in metrics(out)] == [r["replay_micro_batches"]
-                                                                 for r in metrics(tmp_path / "ref")]
+    assert [r["replay_micro_batches"] for r in metrics(out)] == [r["replay_micro_batches"] for r in metrics(ref)]
 
 
 def test_distillm_refusals_say_what_to_do(table, tmp_path, tiny_model, tiny_teacher):

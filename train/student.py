@@ -43,14 +43,16 @@ class DistillStudent(torch.nn.Module):
             teacher_kwargs = {"teacher_hidden": scaled(teacher_hidden, teacher_head.scale),
                               "teacher_head": teacher_head.weight, "teacher_softcap": teacher_head.softcap,
                               "teacher_bias": scaled(teacher_head.bias, teacher_head.scale)}
+        states, bias = scaled(hidden[batch.rows, batch.cols], head.scale), scaled(head.bias, head.scale)
+
         def sums(objective: Objective, valid: torch.Tensor | None) -> LossSums:
             return chunked_loss_sums(
-                scaled(hidden[batch.rows, batch.cols], head.scale),
+                states,
                 head.weight,
                 batch.targets,
                 valid,
                 objective=objective,
-                student_bias=scaled(head.bias, head.scale),
+                student_bias=bias,
                 student_softcap=head.softcap,
                 chunk_tokens=self.chunk_tokens,
                 **teacher_kwargs,

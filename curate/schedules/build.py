@@ -9,8 +9,7 @@ from typing import Any
 from syllabus.core import on_policy as rules
 from syllabus.core.table import NUMERIC_COLUMNS, Table, read_schema, read_table
 
-from .common import usable_rows
-from .common import Epoch
+from .common import Epoch, usable_rows
 from .config import ScheduleError, check_at_least, typed_params, typed_value
 from .manifest import manifest_bytes, write_schedule
 from .methods import METHODS, load_method
@@ -47,11 +46,9 @@ def make_config(method: str, params: dict[str, Any]) -> Any:
     return cls(**typed_params(cls, method, params))
 
 
-ON_POLICY_PARAMS = ("on_policy", "on_policy_share")  # taken by every method (`on_policy_base`)
 # Over an on-policy base, the methods whose loss is the base KD method's (the seeds apply SpectrumKD and SRD over
 # GKD; full and random are the base itself) train with the mode's loss (GKD's jsd, DistiLLM's skew KL) unless a loss
-# is given; L2M-KD's skew ladder and
-# DA-KD's BDL are their methods' own and stay. SpectrumKD and SRD drop the SFT term (kd_weight 1) unless a kd_weight
+# is given; L2M-KD's skew ladder and DA-KD's BDL are their methods' own and stay. SpectrumKD and SRD drop the SFT term (kd_weight 1) unless a kd_weight
 # is given: "for on-policy KD, no SFT component is used (alpha = 0 throughout)" (SRD B.3.3; SpectrumKD likewise).
 BASE_LOSS_SLOT = ("spectrum", "srd", "full", "random")
 NO_SFT_ON_POLICY = {"spectrum": ("kd_weight",), "srd": ("kd_weight_first", "kd_weight_last")}
@@ -107,7 +104,8 @@ def build_schedule(
         method: spectrum, srd, l2m, dakd, full or random.
         out: schedule directory to write.
         params: method parameters by name (see each method's config); missing ones take the paper's defaults.
-            Every method also takes `on_policy` (off, gkd) and `on_policy_share` (0.5): see `on_policy_base`.
+            Every method also takes `on_policy` (off, gkd, distillm) and `on_policy_share` (gkd's, 0.5): see
+            `on_policy_base`.
         seed: seed of every random draw (DA-KD's stratified sampling, random); recorded in the manifest.
         reverse: the hard-to-easy ablation of the curriculum.
         overwrite: replace `out` if it holds another schedule.
