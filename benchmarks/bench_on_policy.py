@@ -8,8 +8,11 @@ the Alpaca template, micro-batch 8, grad_accum 1, bf16 autocast, the teacher liv
 process, after one warm-up step (not counted):
 
 - off: `train run` as it is, jsd (beta 0.1) at kd_weight 1, the ground truth for every sample.
-- gkd: `train run --on-policy gkd`: 4 of each step's 8 samples on responses the student samples (transformers
-  `generate`, at most `max_new_tokens`), the same loss.
+- gkd: `train run --on-policy gkd --on-policy-engine transformers`: 4 of each step's 8 samples on responses the
+  student samples (transformers `generate` on the model being trained, at most `max_new_tokens`), the same loss.
+- gkd-vllm: the same with `--on-policy-engine vllm`: vLLM in the training process, handed the student's weights
+  before every step's generation (`--on-policy-sync-every 1`); the load is timed apart (`weight_sync`, inside
+  `generation`), and the engine's start falls in the warm-up step.
 - trl: TRL's `GKDTrainer` (lmbda 0.5, beta 0.5, temperature 1, the same max_new_tokens, bf16, per-device batch 8):
   one coin per step decides whether all 8 samples are generated; its rows are the same prompts and responses as
   chat messages (TRL formats them with the tokenizer's chat template).
@@ -110,6 +113,10 @@ def run_syllabus(variant: str, work: Path, steps: int, max_new_tokens: int) -> d
     timer.wrap(loop, "student_responses", "generation")
     timer.wrap(loop, "teacher_states", "teacher")
     timer.wrap(torch.optim.AdamW, "step", "optimizer")
+    if variant.endswith("vllm"):
+        from syllabus.core.engines.vllm_engine import VLLMEngine
+
+        timer.wrap(VLLMEngine, "load_weights", "weight_sync")
     write = MetricsLog.write
 
     def record(self, entry, main_process):  # a step is done: its parts are the ones timed since the last
@@ -118,8 +125,9 @@ def run_syllabus(variant: str, work: Path, steps: int, max_new_tokens: int) -> d
         write(self, entry, main_process)
 
     MetricsLog.write = record
-    extra = {"on_policy": "gkd", "on_policy_share": 0.5, "on_policy_max_new_tokens": max_new_tokens} \
-        if variant == "gkd" else {"loss": "jsd", "loss_params": {"beta": 0.1}, "kd_weight": 1.0}
+    extra = {"on_policy": "gkd", "on_policy_share": 0.5, "on_policy_max_new_tokens": max_new_tokens,
+             "on_policy_engine": "vllm" if variant == "gkd-vllm" else "transformers"} \
+        if variant.startswith("gkd") else {"loss": "jsd", "loss_params": {"beta": 0.1}, "kd_weight": 1.0}
     loop.train(TrainConfig(manifest=str(work / "schedule"), out=str(work / f"run-{variant}"),
                            micro_batch_size=MICRO_BATCH, max_steps=steps + 1, precision="bf16", lr=1e-5,
                            save_every_steps=10_000, overwrite=True, **extra))
@@ -128,8 +136,11 @@ def run_syllabus(variant: str, work: Path, steps: int, max_new_tokens: int) -> d
     parts = {part: statistics.mean(r.get(f"{part}_seconds", 0.0) for r in measured)
              for part in ("generation", "teacher", "optimizer")}
     parts["student"] = statistics.mean(step) - sum(parts.values())
+    sync = {"weight_sync_seconds": round(statistics.mean(r.get("weight_sync_seconds", 0.0) for r in measured), 3)} \
+        if variant.endswith("vllm") else {}
     return {"step_seconds": round(statistics.mean(step), 3), "steps": len(measured),
-            "parts_seconds": {k: round(v, 3) for k, v in parts.items()},
+            "parts_seconds": {k: round(v, 3) for k, v in parts.items()}, **sync,
+            "warm_up_step_seconds": round(records[0]["tokens"] / records[0]["tokens_per_second"], 3),
             "generated_tokens_per_step": statistics.mean(r.get("generated_tokens", 0) for r in measured),
             "tokens_per_step": statistics.mean(r["tokens"] for r in measured)}
 
@@ -195,8 +206,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=72, help="rows of the schedule (>= micro-batch x (steps + 1))")
     parser.add_argument("--steps", type=int, default=8, help="measured steps (after one warm-up step)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--variants", default="off,gkd,trl")
-    parser.add_argument("--variant", choices=["off", "gkd", "trl"])
+    parser.add_argument("--variants", default="off,gkd,gkd-vllm,trl")
+    parser.add_argument("--variant", choices=["off", "gkd", "gkd-vllm", "trl"])
     parser.add_argument("--work", type=Path)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/on_policy.json"))
     args = parser.parse_args()
@@ -217,8 +228,12 @@ def main() -> None:
                 raise SystemExit(f"{variant} failed:\n{out.stderr[-3000:]}")
             result[variant] = json.loads(out.stdout.strip().splitlines()[-1])
             print(variant, result[variant], flush=True)
-    if "off" in result and "gkd" in result:
-        result["gkd_over_off"] = round(result["gkd"]["step_seconds"] / result["off"]["step_seconds"], 2)
+    for variant in ("gkd", "gkd-vllm"):
+        if "off" in result and variant in result:
+            result[f"{variant}_over_off"] = round(result[variant]["step_seconds"] / result["off"]["step_seconds"], 2)
+    if "gkd" in result and "gkd-vllm" in result:
+        result["vllm_generation_speedup"] = round(result["gkd"]["parts_seconds"]["generation"]
+                                                  / result["gkd-vllm"]["parts_seconds"]["generation"], 2)
     if "trl" in result and "gkd" in result:
         result["trl_over_gkd"] = round(result["trl"]["step_seconds"] / result["gkd"]["step_seconds"], 2)
     write_result(result, args.out)

@@ -18,6 +18,8 @@ MODES = ("off", "gkd", "distillm")
 DEFAULT_SHARE = 0.5  # GKD's lambda as the seed papers run it: "50% student generated outputs" (SRD Table 1)
 BASE_LOSS = {"gkd": ("jsd", {"beta": 0.1}), "distillm": ("skl", {"skew": 0.1})}  # each mode's own loss
 KD_WEIGHT = 1.0  # both train on the divergence alone (kd_ratio 1.0): no SFT term
+ON_POLICY_ENGINES = ("auto", "transformers", "vllm")  # what generates the student's responses (train/on_policy.py)
+AUTO_ENGINE_RULE = "vLLM where it is installed and the run can use it (one process, no LoRA), else transformers"
 
 
 def check_on_policy(mode: str, share: float) -> None:

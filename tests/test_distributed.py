@@ -247,7 +247,7 @@ def test_two_processes_generate_and_train_on_policy_what_one_process_does(table,
     # process running both micro-batches of the step (11 rows: rank 1 has no micro-batch in each epoch's last step)
     sched, _ = build_schedule(table.path, "full", tmp_path / "sched", {"epochs": 2})
     one, two = tmp_path / "one", tmp_path / "two"
-    on_policy = ("--on-policy", "gkd", "--on-policy-max-new-tokens", "8")
+    on_policy = ("--on-policy", "gkd", "--on-policy-max-new-tokens", "8", "--on-policy-engine", "transformers")
     result = runner.invoke(app, args(sched, one, tiny_model, tiny_teacher, "--grad-accum", "2", *on_policy))
     assert result.exit_code == 0, result.output
     ran = torchrun("-m", "syllabus.train", *args(sched, two, tiny_model, tiny_teacher, "--grad-accum", "1", *on_policy))
@@ -257,6 +257,33 @@ def test_two_processes_generate_and_train_on_policy_what_one_process_does(table,
     assert [r["tokens"] for r in b] == [r["tokens"] for r in a] and all(r["generated_tokens"] > 0 for r in a)
     for key in ("loss", "kd", "grad_norm"):
         assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-4), key
+    wa, wb = final_weights(one), final_weights(two)
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_two_processes_train_distillm_what_one_process_does(table, tmp_path, tiny_model, tiny_teacher):
+    # the draws are the micro-batches' (by their index in the step), the replay buffer takes every rank's fresh
+    # outputs at the step's end in micro-batch order, and the validation rows are split over the ranks
+    sched, _ = build_schedule(table.path, "full", tmp_path / "sched", {"epochs": 3})
+    one, two = tmp_path / "one", tmp_path / "two"
+    distillm = ("--on-policy", "distillm", "--on-policy-max-new-tokens", "8", "--on-policy-engine", "transformers",
+                "--distillm-init-threshold", "1", "--distillm-capacity", "6", "--distillm-valid-rows", "5")
+    result = runner.invoke(app, args(sched, one, tiny_model, tiny_teacher, "--grad-accum", "2", *distillm))
+    assert result.exit_code == 0, result.output
+    ran = torchrun("-m", "syllabus.train", *args(sched, two, tiny_model, tiny_teacher, "--grad-accum", "1", *distillm))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    a, b = metrics(one), metrics(two)
+    choices = ("generate_micro_batches", "replay_micro_batches", "truth_micro_batches", "tokens", "generated_tokens")
+    assert [[r[k] for k in choices] for r in b] == [[r[k] for k in choices] for r in a]
+    assert sum(r["replay_micro_batches"] for r in a) >= 1 and sum(r["generate_micro_batches"] for r in a) >= 2
+    for key in ("loss", "kd", "grad_norm"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-4), key
+    validated = [(r["step"], r["threshold"]) for r in a if "valid_ce" in r]
+    assert [(r["step"], r["threshold"]) for r in b if "valid_ce" in r] == validated and len(validated) == 3
+    assert [r["valid_ce"] for r in b if "valid_ce" in r] == pytest.approx([r["valid_ce"] for r in a if "valid_ce" in r],
+                                                                          rel=1e-5)
     wa, wb = final_weights(one), final_weights(two)
     for name in wa:
         torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=1e-4, msg=name)

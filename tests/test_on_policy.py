@@ -4,6 +4,7 @@ the prompt masked), the teacher's signal on them, GKD's loss, the refusals, and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 import subprocess
@@ -20,9 +21,16 @@ from syllabus.train.data import collate
 from syllabus.train.loop import teacher_states
 from syllabus.train.on_policy import (AdaptiveThreshold, ReplayBuffer, generated_samples, generation_seed,
                                       sample_responses, with_response)
-from test_train import PREEMPT, app, metrics, runner, schedule, table, train_args  # noqa: F401 (table: a fixture)
+from test_train import PREEMPT, app, metrics, runner, schedule, table  # noqa: F401 (table: a fixture)
+from test_train import train_args as any_engine_args
 
 EOS = 2  # SmolLM2's <|im_end|> is 2; the helpers' tiny models use the real tokenizer
+
+
+def train_args(*args):
+    """`test_train.train_args` with the transformers engine, whose sampling is bit-reproducible: the tests here hold
+    exact equalities (vLLM's engine, auto's choice where it is installed, is tested in test_on_policy_vllm.py)."""
+    return [*any_engine_args(*args), "--on-policy-engine", "transformers"]
 
 
 def weights(out):
@@ -285,9 +293,28 @@ def test_distillm_refusals_say_what_to_do(table, tmp_path, tiny_model, tiny_teac
     config = TrainConfig(manifest=str(sched), out=str(tmp_path / "o"), on_policy="distillm")
     plan = read_schedule(sched)
     objectives = tuple(epoch_objective(e, config) for e in plan.epochs)
-    with pytest.raises(TrainError, match="runs on one process for now"):
-        _setup_on_policy(config, plan, objectives, None, False, processes=2)
+    assert _setup_on_policy(config, plan, objectives, None, False, processes=2)[0].mode == "distillm"  # on many
     bad = TrainConfig(manifest=str(sched), out=str(tmp_path / "o"), on_policy="distillm",
                       distillm_valid_set=str(tmp_path / "nowhere.jsonl"))
     with pytest.raises(TrainError, match="--distillm-valid-set"):
         _setup_on_policy(bad, plan, objectives, None, False)
+
+
+def test_the_engine_auto_picks_and_the_refusals_of_vllm(table, tmp_path):
+    from syllabus.core.engines import vllm_available
+    from syllabus.train.config import TrainConfig
+    from syllabus.train.loop import TrainError, generation_engine
+
+    sched = schedule(table, tmp_path, "full", epochs=1)
+    auto = TrainConfig(manifest=str(sched), out=str(tmp_path / "o"), on_policy="gkd")
+    assert generation_engine(auto, 1) == ("vllm" if vllm_available() else "transformers")
+    assert generation_engine(auto, 2) == "transformers"  # what vLLM cannot do yet, auto leaves to transformers
+    lora = TrainConfig(manifest=str(sched), out=str(tmp_path / "o"), on_policy="gkd", lora="r=4")
+    assert generation_engine(lora, 1) == "transformers"
+    missing = "" if vllm_available() else "vLLM is not installed"  # the first reason, on a machine without it
+    asked = dataclasses.replace(lora, on_policy_engine="vllm")
+    with pytest.raises(TrainError, match=f"--on-policy-engine vllm cannot run here: .*{missing or '--lora'}.*use "
+                                         "--on-policy-engine transformers"):
+        generation_engine(asked, 1)
+    with pytest.raises(TrainError, match=missing or "each of the 2 processes would start an engine"):
+        generation_engine(dataclasses.replace(auto, on_policy_engine="vllm"), 2)

