@@ -1,12 +1,13 @@
 """Settings that more than one command has, declared once: each config puts the field in its class
 (`backend: str = settings.backend()`), so `curate score` and `evaluate run` share the name, type, default, help and
-checks of the engines' placement, number format and prompt template. Light: no torch, no vllm.
+checks of the engines' placement, number format, attention and prompt template. Light: no torch, no vllm.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from syllabus.core.attention import ATTENTIONS, AUTO_ATTENTION_RULE
 from syllabus.core.config import setting
 from syllabus.core.engines import BACKENDS, ENGINE_CHOICES
 from syllabus.core.models import DEFAULT_KEEP_EVERY
@@ -24,6 +25,11 @@ def engine(role: str = "generation", auto: str = "vllm if installed") -> Any:
 def dtype() -> Any:
     return setting("auto", "inference dtype; auto: bfloat16 where the machine has native bf16 (GPUs, "
                    "AVX512-BF16/AMX CPUs), else float32", choices=DTYPES)  # resolved when the command starts
+
+
+def attention(what: str = "the transformers engine's model (vLLM picks its own)") -> Any:
+    return setting("auto", f"attention implementation of {what}; auto: {AUTO_ATTENTION_RULE}",
+                   choices=ATTENTIONS)  # resolved when the command starts (core/attention.py)
 
 
 def template(how: str) -> Any:

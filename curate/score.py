@@ -27,6 +27,7 @@ import polars as pl
 from syllabus.core.backends import LocalBackend, PartFailure, RayBackend, open_backend
 from syllabus.core.io import atomic_write_parquet, read_parquet
 from syllabus.core.models import ModelRef, check_same_tokenizer, load_tokenizer, resolve_model, tokenizer_fingerprint
+from syllabus.core.attention import resolve_attention
 from syllabus.core.precision import resolve_dtype
 from syllabus.core.table import LEAD_COLUMNS, METADATA_FILE, Table, part_name, read_table, with_dds, write_table
 from syllabus.core.tokens import Encoded, encode_pair
@@ -342,7 +343,8 @@ def engine_options(config: ScoreConfig, kind: str) -> dict[str, Any]:
     from syllabus.core.scoring import default_batch_tokens
 
     return {"dtype": dtype, "batch_tokens": config.batch_tokens or default_batch_tokens(),
-            "padding_free": config.padding_free, "pack_tokens": config.pack_tokens}
+            "padding_free": config.padding_free, "pack_tokens": config.pack_tokens,
+            "attention": resolve_attention(config.attention)}
 
 
 def gen_worker(prep: Prepared, kind: str) -> PassWorker:

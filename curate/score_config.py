@@ -53,6 +53,7 @@ class ScoreConfig:
     gen_engine: str = settings.engine("student's generation")
     ce_engine: str = settings.engine("cross-entropy passes", auto="vllm on GPU, hf on CPU")
     dtype: str = settings.dtype()
+    attention: str = settings.attention()
     part_size: int = setting(256, "rows per resumable part")
     batch_tokens: int | None = setting(None, "padded tokens per transformers forward",
                                        shown="2048 on CPU (cache-friendly), 16384 on GPU")
@@ -119,6 +120,8 @@ class ScoreConfig:
             ident.pop(key)
         if not self.teacher_topk:  # absent when unused: runs scored before the cache existed keep their identity
             ident.pop("teacher_topk")
+        if ident["attention"] in ("auto", "sdpa"):  # what models loaded with before the setting existed
+            ident.pop("attention")
         for role in ("student", "teacher"):  # the embedded pair, however it was named
             ident[role] = recorded_name(ident[role], role)
         for key in ("data", "student", "teacher", "teacher_from"):  # one file, however the user spelled its path

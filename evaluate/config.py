@@ -24,6 +24,7 @@ class EvalConfig:
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
     engine: str = settings.engine()
     dtype: str = settings.dtype()  # resolved when evaluating starts (core/precision.py)
+    attention: str = settings.attention()
     batch_tokens: int | None = setting(None, "padded tokens per transformers forward",
                                        shown="2048 on CPU, 16384 on GPU")
     label: str | None = setting(None, "name of this model in comparisons", shown="--model as given")

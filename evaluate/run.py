@@ -27,6 +27,7 @@ from syllabus.core.engines import EngineSlot
 from syllabus.core.engines.base import GenerationParams, request_seed
 from syllabus.core.io import atomic_write_bytes, atomic_write_json, atomic_write_parquet
 from syllabus.core.models import load_tokenizer, resolve_model
+from syllabus.core.attention import resolve_attention
 from syllabus.core.precision import resolve_dtype
 from syllabus.core.workdir import claim_output, release_output
 
@@ -55,7 +56,7 @@ def engine_options(config: EvalConfig, kind: str) -> dict[str, Any]:
     if kind == "vllm":
         return {"dtype": dtype, "max_model_len": p.max_prompt_tokens + p.max_new_tokens, "seed": 0,
                 "tensor_parallel_size": config.tensor_parallel_size}
-    return {"dtype": dtype, "batch_tokens": config.batch_tokens}
+    return {"dtype": dtype, "batch_tokens": config.batch_tokens, "attention": resolve_attention(config.attention)}
 
 
 def job_rows(eval_set: EvalSet, seed: int, tokenizer: Any, protocol: EvalProtocol) -> pl.DataFrame:
@@ -188,6 +189,8 @@ def _evaluate(config: EvalConfig, progress: bool) -> dict[str, Any]:
     }
     if config.tensor_parallel_size != 1:  # absent at 1, so runs from before the option keep their identity
         identity["tensor_parallel_size"] = config.tensor_parallel_size
+    if kind == "hf" and resolve_attention(config.attention) != "sdpa":  # likewise: sdpa is what models loaded with
+        identity["attention"] = resolve_attention(config.attention)
     claim_output(out, identity, config.overwrite, what="evaluation run", names=EVAL_NAMES)
     jobs = [(name, seed) for name in sets for seed in config.protocol.seeds]
     path = {job: out / "generations" / f"{job[0]}-seed{job[1]}.parquet" for job in jobs}

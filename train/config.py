@@ -85,6 +85,10 @@ class TrainConfig:
     seed: int = setting(0, "seed of the data order, the dropout and the sampling")
     disable_dropout: bool = setting(False, "train with dropout off (TRL's GKD default); the papers keep the model's "
                                     "dropout")
+    attention: str = settings.attention("the student and the teacher")
+    gradient_checkpointing: bool = setting(False, "recompute the student's decoder layers in the backward pass "
+                                           "instead of keeping their activations (about a third more compute, "
+                                           "activations of one layer at a time; with packing, LoRA and FSDP)")
     loss_chunk_tokens: int = setting(1024, "response tokens per chunk of the KD loss (bounds the memory of the "
                                      "vocabulary-wide logits)")
     save_every_steps: int = setting(50, "resumable snapshot interval in optimizer steps (Hugging Face checkpoints "

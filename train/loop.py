@@ -25,6 +25,7 @@ from syllabus.core.logits import LogitHead, checked_logit_head
 from syllabus.core.models import (ModelRef, check_same_tokenizer, load_tokenizer, recorded_name, resolve_model,
                                    tokenizer_fingerprint)
 from syllabus.core.packing import packing_is_exact, row_budget
+from syllabus.core.attention import resolve_attention
 from syllabus.core.precision import resolve_precision
 from syllabus.core.processes import die_with_parent
 from syllabus.core.schedule import Schedule, ScheduledEpoch, fingerprint_manifest, read_schedule
@@ -55,7 +56,8 @@ def setup(config: TrainConfig) -> Run:
     """Everything the loop needs, built and checked in order: the inputs first (schedule, losses, table, models),
     so that a wrong one is refused before any model loads; then the models, the data, and the run directory."""
     # "auto" becomes this machine's format here, so the run identity, the snapshot and the card record the real one
-    config = dataclasses.replace(config, precision=resolve_precision(config.precision))
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision),
+                                 attention=_resolved_attention(config))
     schedule, objectives = _setup_schedule(config)
     table = _setup_table(config, schedule)
     student_ref, teacher_ref, cache = _setup_model_refs(config, table)
@@ -79,6 +81,13 @@ def setup(config: TrainConfig) -> Run:
                pack_tokens=pack_tokens, manifest_fingerprint=identity["manifest_fingerprint"], objectives=objectives,
                on_stage_end=evaluate_stage if config.eval_sets else None, sharded=sharded, on_policy=on_policy,
                sampler=sampler)
+
+
+def _resolved_attention(config: TrainConfig) -> str:
+    try:
+        return resolve_attention(config.attention)
+    except ValueError as err:
+        raise TrainError(str(err)) from None
 
 
 def _setup_schedule(config: TrainConfig) -> tuple[Schedule, tuple[Objective, ...]]:
@@ -209,9 +218,14 @@ def _setup_accelerator(config: TrainConfig) -> tuple[Any, bool]:
 
 
 def _setup_student(config: TrainConfig, ref: ModelRef) -> Any:
-    """The student in fp32 and train mode, its logits checked reproducible, with LoRA adapters when asked."""
-    model = load_student(ref, config.disable_dropout)
+    """The student in fp32 and train mode, its logits checked reproducible, with LoRA adapters when asked, its
+    decoder layers recomputed in the backward pass with --gradient-checkpointing."""
+    model = load_student(ref, config.disable_dropout, config.attention)
     checked_logit_head(model, f"student {ref.name}")  # refuse, before training, logits we cannot reproduce
+    if config.gradient_checkpointing:
+        # Non-reentrant: it needs no input that requires grad (a LoRA student's embeddings are frozen), keeps the
+        # RNG state for dropout, and composes with FSDP2 and packed position ids
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return with_lora(model, config.lora_settings()) if config.lora else model
 
 
@@ -221,7 +235,7 @@ def _setup_teacher(config: TrainConfig, ref: ModelRef | None, accelerator: Any,
     if ref is None:
         return None, None
     # sharded models load on the CPU: `fully_shard` moves them to the device a unit at a time
-    teacher, head = load_teacher(ref, config.precision, "cpu" if sharded else accelerator.device)
+    teacher, head = load_teacher(ref, config.precision, "cpu" if sharded else accelerator.device, config.attention)
     return teacher, shard_teacher(teacher, head, accelerator) if sharded else head
 
 
@@ -257,7 +271,10 @@ def run_identity(config: TrainConfig, schedule: Schedule, table: Table, student_
     curriculum, the table and the models. Stopping, snapshot and tracking settings are left out, so that a resumed
     run may change them (fsdp: how, not what; the snapshot records it)."""
     settings = {k: v for k, v in config.as_dict().items()
-                if k not in ("resume", "overwrite", "max_steps", "save_every_steps", "report_to", "fsdp")}
+                if k not in ("resume", "overwrite", "max_steps", "save_every_steps", "report_to", "fsdp",
+                             "gradient_checkpointing")}  # how a step is computed, not what
+    if settings["attention"] == "sdpa":  # what models loaded with before the setting existed: older runs resume
+        del settings["attention"]
     trains_on_policy = any(epoch_on_policy(epoch, config).active for epoch in schedule.epochs)
     if not trains_on_policy:  # an off-policy run's identity is what it was before on-policy training existed
         for key in [k for k in settings if k.startswith(("on_policy", "distillm_"))]:
@@ -353,12 +370,13 @@ def check_distributed(accelerator: Any, config: TrainConfig) -> bool:
     return sharded
 
 
-def load_teacher(ref: ModelRef, precision: str, device: Any) -> tuple[Any, LogitHead]:
+def load_teacher(ref: ModelRef, precision: str, device: Any, attention: str = "sdpa") -> tuple[Any, LogitHead]:
     """The teacher, frozen (bf16 under bf16 training, else fp32), and how its logits come from its hidden states."""
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    teacher = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype).to(device).eval().requires_grad_(False)
+    teacher = AutoModelForCausalLM.from_pretrained(ref.path, dtype=dtype, attn_implementation=attention)
+    teacher = teacher.to(device).eval().requires_grad_(False)
     return teacher, checked_logit_head(teacher, f"teacher {ref.name}")
 
 
@@ -433,7 +451,7 @@ def packing_tokens(config: TrainConfig, models: dict[str, Any]) -> int | None:
     return budget
 
 
-def load_student(ref: ModelRef, disable_dropout: bool) -> Any:
+def load_student(ref: ModelRef, disable_dropout: bool, attention: str = "sdpa") -> Any:
     """The student in fp32 master weights and in train mode (`from_pretrained` returns eval mode: dropout off).
 
     The papers' code trains with the model's dropout (GPT-2 and OPT students: 0.1), so that is the default;
@@ -449,7 +467,9 @@ def load_student(ref: ModelRef, disable_dropout: bool) -> Any:
             if ("dropout" in key or key.endswith("pdrop")) and isinstance(value, float):
                 setattr(model_config, key, 0.0)
     model_config.use_cache = False
-    model = AutoModelForCausalLM.from_pretrained(ref.path, config=model_config, dtype=torch.float32)
+    # flash-attention 2 takes bf16/fp16 inputs only: under bf16 autocast the student's fp32 weights feed it bf16
+    model = AutoModelForCausalLM.from_pretrained(ref.path, config=model_config, dtype=torch.float32,
+                                                 attn_implementation=attention)
     if disable_dropout:
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):

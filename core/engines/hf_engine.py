@@ -41,12 +41,14 @@ class HFEngine:
         max_model_len: int | None = None,
         padding_free: bool | None = None,
         pack_tokens: int = SCORING_PACK_TOKENS,
+        attention: str = "sdpa",
         **_: Any,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = device or default_device()
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(self.device)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype),
+                                                          attn_implementation=attention).to(self.device)
         self.model.eval()
         checked_logit_head(self.model, model_path)  # logits computed from the head must be the model's own
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
