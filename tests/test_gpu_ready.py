@@ -66,9 +66,11 @@ def test_the_attention_setting_loads_both_models_with_it_and_a_non_default_one_i
         identities[attention] = json.loads((tmp_path / attention / "config.json").read_text())["config"]
     assert identities["eager"]["attention"] == "eager"
     assert "attention" not in identities["sdpa"]  # runs from before the setting keep their identity
-    refused = runner.invoke(app, train_args(table, tmp_path, tiny_model, tiny_teacher, tmp_path / "flash",
-                                            "--attention", "flash_attention_2"))
-    assert refused.exit_code == 2 and "CUDA GPUs only" in refused.output
+    for attention in ("flash_attention_2", "flex_attention"):  # neither trains on a CPU: refused before any model
+        refused = runner.invoke(app, train_args(table, tmp_path, tiny_model, tiny_teacher, tmp_path / attention,
+                                                "--attention", attention))
+        assert refused.exit_code == 2 and "CUDA GPUs only" in refused.output
+        assert not (tmp_path / attention).exists()
 
 
 def test_the_transformers_engine_takes_the_attention_setting(tiny_model):

@@ -85,9 +85,13 @@ def setup(config: TrainConfig) -> Run:
 
 def _resolved_attention(config: TrainConfig) -> str:
     try:
-        return resolve_attention(config.attention)
+        attention = resolve_attention(config.attention)
     except ValueError as err:
         raise TrainError(str(err)) from None
+    if attention == "flex_attention" and not torch.cuda.is_available():
+        raise TrainError("--attention flex_attention trains on CUDA GPUs only (torch has no backward for it on the "
+                         "CPU); use sdpa (or auto) here")
+    return attention
 
 
 def _setup_schedule(config: TrainConfig) -> tuple[Schedule, tuple[Objective, ...]]:
@@ -567,7 +571,9 @@ def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, o
     global_tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), reduction="sum").item())
     # DDP averages gradients over ranks; scale so the result is the sum over all tokens / global token count.
     scale = acc.num_processes / max(1, global_tokens)
-    loss_total = sft_total = kd_total = 0.0
+    # (loss, sft, kd) summed on the device and read once, at the step's end: an .item() per micro-batch would make
+    # the host wait for each backward before it queues the next micro-batch's work
+    sums_total = torch.zeros(3, dtype=torch.float64, device=acc.device)
     for k, (batch, weight) in enumerate(zip(group, weights)):
         batch = batch.to(acc.device)
         teacher_hidden = teacher_head = None
@@ -581,9 +587,7 @@ def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, o
         with sync, acc.autocast():
             sums = model(batch, objective, teacher_hidden, teacher_head)
         acc.backward(sums.loss_sum * (weight * scale))
-        loss_total += weight * sums.loss_sum.item()
-        sft_total += weight * sums.sft_sum.item()
-        kd_total += weight * sums.kd_sum.item()
+        sums_total += weight * torch.stack([sums.loss_sum.detach(), sums.sft_sum, sums.kd_sum]).double()
     if run.sharded:  # over the sharded gradients: the norm is a DTensor, made whole
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.config.max_grad_norm).full_tensor()
     else:
@@ -591,7 +595,7 @@ def train_step(run: Run, model: Any, group: list[Batch], objective: Objective, o
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    totals = torch.tensor([loss_total, sft_total, kd_total, local_generated], dtype=torch.float64, device=acc.device)
+    totals = torch.cat([sums_total, torch.tensor([local_generated], dtype=torch.float64, device=acc.device)])
     loss_total, sft_total, kd_total, generated = acc.reduce(totals, reduction="sum").tolist()
     n = max(1, global_tokens)
     record = {"loss": loss_total / n,
