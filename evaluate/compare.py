@@ -88,8 +88,8 @@ def compare_runs(run_dirs: list[Path], out: Path, labels: list[str] | None = Non
     for name, cells, avg in rows:
         rendered = ["-" if c is None else f"{c[0]:.2f}" if one_seed else f"{c[0]:.2f} ± {c[1]:.2f}" for c in cells]
         md.append(f"| {name} | " + " | ".join(rendered) + f" | {avg:.2f} |")
-    note = ("Scores x100 (ROUGE-L F1 or GSM8K accuracy); one seed, so no spread across seeds." if one_seed else
-            "Scores x100 (ROUGE-L F1 or GSM8K accuracy); mean over seeds ± std across seeds.")
+    note = ("Scores x100 (ROUGE-L F1, GSM8K accuracy or code pass@1); one seed, so no spread across seeds." if one_seed else
+            "Scores x100 (ROUGE-L F1, GSM8K accuracy or code pass@1); mean over seeds ± std across seeds.")
     if "unni_short" in sets:
         note += " `unni_short` is a 1-2 word-answer subset of UnNI, not the papers' 10k set."
     markdown = "\n".join(md) + "\n\n" + note + "\n"

@@ -29,6 +29,9 @@ class EvalConfig:
                                        shown="2048 on CPU, 16384 on GPU")
     label: str | None = setting(None, "name of this model in comparisons", shown="--model as given")
     overwrite: bool = setting(False, "replace OUT if it holds a different run")
+    allow_code_execution: bool = setting(False, "run the code the model writes for code sets (humaneval), each "
+                                         "program in a sandbox (evaluate/sandbox.py): model code is untrusted "
+                                         "code, so nothing runs without this")
     tensor_parallel_size: int = settings.tensor_parallel_size()
     backend: str = settings.backend()  # where the (set, seed) jobs run (core/backends.py)
     ray_address: str | None = settings.ray_address()

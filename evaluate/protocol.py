@@ -84,9 +84,14 @@ def gsm8k_correct(generation: str, reference: str) -> bool:
 
 
 def score_row(metric: str, generation: str, references: tuple[str, ...]) -> float:
-    """Per-row score x100: ROUGE-L F1 (max over references) or GSM8K exact match of the final number."""
+    """Per-row score x100: ROUGE-L F1 (max over references), GSM8K exact match of the final number, or whether the
+    code passes its tests (pass@1: run in the sandbox, `evaluate/code.py`)."""
     from syllabus.core.rouge import rouge_l  # here: the CLI imports this module for the protocol's defaults
 
+    if metric == "pass@1":
+        from .code import passes
+
+        return 100.0 * passes(generation, references)
     if metric == "gsm8k_accuracy":
         return 100.0 * gsm8k_correct(generation, references[0])
     return 100.0 * rouge_l(generation, references)

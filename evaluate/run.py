@@ -33,6 +33,7 @@ from syllabus.core.workdir import claim_output, release_output
 
 from .config import EvalConfig
 from .protocol import EvalProtocol, score_row
+from .code import CODE_METRIC, PASS_AT, pass_at_k
 from .sets import EvalSet, EvalSetError, load_sets
 
 
@@ -63,12 +64,20 @@ def job_rows(eval_set: EvalSet, seed: int, tokenizer: Any, protocol: EvalProtoco
     """One (set, seed) job's rows, as `EvalWorker` reads them: the tokenised prompts, each with its sampling seed.
 
     Raises:
-        EvalSetError: a prompt encodes to no token (named by file and line).
+        EvalSetError: a prompt encodes to no token (named by file and line), or a code prompt is longer than
+            --max-prompt-tokens (a cut code prompt cannot be completed: the program runs the whole one).
     """
     chat = protocol.template == "chat"  # the chat template writes its own special tokens
-    prompts = [tokenizer(r.templated(protocol.template, tokenizer), add_special_tokens=not chat).input_ids
-               [: protocol.max_prompt_tokens] for r in eval_set.rows]
-    for row, prompt in zip(eval_set.rows, prompts):
+    whole = [tokenizer(r.templated(protocol.template, tokenizer), add_special_tokens=not chat).input_ids
+             for r in eval_set.rows]
+    prompts = [ids[: protocol.max_prompt_tokens] for ids in whole]
+    for row, prompt, ids in zip(eval_set.rows, prompts, whole):
+        if eval_set.metric == CODE_METRIC and len(ids) > protocol.max_prompt_tokens:
+            longest = max(len(i) for i in whole)
+            raise EvalSetError(f"{eval_set.name} row {row.line}: the prompt is {len(ids)} tokens, over "
+                               f"--max-prompt-tokens {protocol.max_prompt_tokens}, and a code prompt cannot be cut "
+                               f"(the completion continues it): pass --max-prompt-tokens {longest} or more (the "
+                               "longest prompt of the set)")
         if not prompt:  # an engine cannot generate from nothing
             raise EvalSetError(f"{eval_set.path}:{row.line}: the prompt encodes to no token with this model's "
                                "tokenizer; fix or remove the row")
@@ -96,8 +105,10 @@ class EvalWorker:
         params = GenerationParams(temperature=p.temperature, top_p=p.top_p, max_new_tokens=p.max_new_tokens,
                                   seed=int(rows["seed"][0]), no_repeat_ngram_size=p.no_repeat_ngram_size)
         gens = engine.generate(rows["prompt"].to_list(), params, rows["request_seed"].to_list())
-        texts = [self.tokenizer.decode(g[0].token_ids, skip_special_tokens=True).strip() for g in gens]
         metric = rows["metric"][0]
+        # code keeps its leading indentation: the completion continues a function body
+        trim = str.rstrip if metric == CODE_METRIC else str.strip
+        texts = [trim(self.tokenizer.decode(g[0].token_ids, skip_special_tokens=True)) for g in gens]
         return pl.DataFrame(
             {
                 "set": rows["set"],
@@ -144,6 +155,11 @@ def markdown_summary(summary: dict[str, Any]) -> str:
         s = summary["results"]["sets"][name]
         lines.append(f"| {name} | {s['metric']} | {s['rows']} | {s['mean']:.2f} | {s['std']:.2f} |")
     lines.append(f"| **Avg.** | | | **{summary['results']['average']:.2f}** | |")
+    for name in summary["results"]["order"]:
+        if "pass_at_k" in summary["results"]["sets"][name]:
+            ks = ", ".join(f"{k} {v:.2f}" for k, v in summary["results"]["sets"][name]["pass_at_k"].items())
+            lines += ["", f"`{name}`: {ks} (unbiased estimator over the seeds' samples); code run with "
+                      f"{summary['code_execution']}."]
     if "unni_short" in summary["results"]["sets"]:
         lines += ["", "`unni_short` is a 1-2 word-answer subset of UnNI, not the papers' 10k UnNI set."]
     return "\n".join(lines) + "\n"
@@ -165,6 +181,36 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         release_output(Path(config.out))
 
 
+def check_code_execution(config: EvalConfig, sets: dict[str, EvalSet]) -> str | None:
+    """For code sets: refuse without --allow-code-execution, or where the sandbox cannot hold its limits; say
+    what contains the programs here (recorded in the summary). None without code sets.
+
+    Raises:
+        ValueError: as above, saying what to do.
+    """
+    code = [name for name, s in sets.items() if s.metric == CODE_METRIC]
+    if not code:
+        return None
+    if not config.allow_code_execution:
+        raise ValueError(f"--sets {','.join(code)} runs the code the model writes, and model code is untrusted "
+                         "code: pass --allow-code-execution to run it, each program in a sandbox (time, memory, "
+                         "file-size and process limits, no network; docs/methods.md, \"Code evaluation\")")
+    from .sandbox import SandboxError, isolation
+
+    try:
+        return isolation().describe()
+    except SandboxError as exc:
+        raise ValueError(f"--allow-code-execution: {exc}") from None
+
+
+def pass_at_ks(frames: list[pl.DataFrame]) -> dict[str, float]:
+    """pass@k of a code set from its seeds' per-row scores (one sample per row and seed), for each k in PASS_AT
+    up to the number of seeds."""
+    rows = pl.concat(frames).group_by("row").agg(n=pl.len(), c=(pl.col("score") > 0).sum()).sort("row")
+    n, c = rows["n"].to_list(), rows["c"].to_list()
+    return {f"pass@{k}": round(pass_at_k(n, c, k), 4) for k in PASS_AT if k <= min(n)}
+
+
 def _evaluate(config: EvalConfig, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -174,6 +220,7 @@ def _evaluate(config: EvalConfig, progress: bool) -> dict[str, Any]:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a directory for the run")
     sets = load_sets(config.sets, config.limit)  # before the model: a bad set fails at once
+    sandbox = check_code_execution(config, sets)
     model = resolve_model(config.model, "student")
     tokenizer = load_tokenizer(model)
     if config.protocol.template == "chat" and not getattr(tokenizer, "chat_template", None):
@@ -191,11 +238,12 @@ def _evaluate(config: EvalConfig, progress: bool) -> dict[str, Any]:
         identity["tensor_parallel_size"] = config.tensor_parallel_size
     if kind == "hf" and resolve_attention(config.attention) != "sdpa":  # likewise: sdpa is what models loaded with
         identity["attention"] = resolve_attention(config.attention)
-    claim_output(out, identity, config.overwrite, what="evaluation run", names=EVAL_NAMES)
     jobs = [(name, seed) for name in sets for seed in config.protocol.seeds]
+    # every prompt checked before anything is written: a refused set leaves no run behind to --overwrite
+    rows = {job: job_rows(sets[job[0]], job[1], tokenizer, config.protocol) for job in jobs}
+    claim_output(out, identity, config.overwrite, what="evaluation run", names=EVAL_NAMES)
     path = {job: out / "generations" / f"{job[0]}-seed{job[1]}.parquet" for job in jobs}
     todo = [job for job in jobs if not path[job].exists()]
-    rows = {job: job_rows(sets[job[0]], job[1], tokenizer, config.protocol) for job in todo}  # every prompt checked
     worker = EvalWorker(kind, str(model.path), engine_options(config, kind), tokenizer, config.protocol)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="evaluate", unit="set-seed",
                disable=not progress, dynamic_ncols=True)
@@ -228,6 +276,12 @@ def _evaluate(config: EvalConfig, progress: bool) -> dict[str, Any]:
         "versions": versions(),
         "results": summarize(per_seed, sets),
     }
+    for name, eval_set in sets.items():
+        if eval_set.metric == CODE_METRIC:
+            summary["results"]["sets"][name]["pass_at_k"] = pass_at_ks(
+                [pl.read_parquet(path[(name, seed)], columns=["row", "score"]) for seed in config.protocol.seeds])
+    if sandbox is not None:
+        summary["code_execution"] = sandbox
     atomic_write_json(out / "summary.json", summary)
     atomic_write_bytes(out / "summary.md", markdown_summary(summary).encode())
     return summary

