@@ -53,12 +53,32 @@ def comparable_key(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def compare_runs(run_dirs: list[Path], out: Path, labels: list[str] | None = None, allow_mismatch: bool = False) -> str:
-    """Write compare.md, compare.csv and compare.png into `out`; return the Markdown table.
+def load_judgments(judged: list[Path]) -> list[dict[str, Any]]:
+    """The judge.json of each `evaluate judge` output directory.
 
     Raises:
-        CompareError: a run has no readable summary, `out` is a file, or protocols/sets differ and `allow_mismatch`
-            is off.
+        CompareError: one is missing or damaged.
+    """
+    out = []
+    for directory in judged:
+        path = directory / "judge.json"
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            raise CompareError(f"--judged {directory}: no readable judge.json; is it an `evaluate judge` --out "
+                               "directory?") from None
+    return out
+
+
+def compare_runs(run_dirs: list[Path], out: Path, labels: list[str] | None = None, allow_mismatch: bool = False,
+                 judged: list[Path] | None = None) -> str:
+    """Write compare.md, compare.csv and compare.png into `out`; return the Markdown table. With `judged`
+    (`evaluate judge` output directories), a WR column per opponent: each run's overall win rate where a judgment
+    of it exists.
+
+    Raises:
+        CompareError: a run has no readable summary, `out` is a file, protocols/sets differ and `allow_mismatch`
+            is off, or a judged directory holds no judge.json.
     """
     if out.exists() and not out.is_dir():
         raise CompareError(f"--out {out} is a file; give a directory for compare.md, compare.csv and compare.png")
@@ -75,29 +95,40 @@ def compare_runs(run_dirs: list[Path], out: Path, labels: list[str] | None = Non
                 "its numbers are not comparable. Pass --allow-mismatch to put them in one table anyway."
             )
     sets = list(dict.fromkeys(name for s in summaries for name in s["results"]["order"]))
-    header = ["model", *sets, "Avg."]
-    rows = []
-    for name, summary in zip(names, summaries):
+    judgments = load_judgments(judged or [])
+    opponents = list(dict.fromkeys(j["b"] for j in judgments))
+    win_rate = {(Path(j["runs"][0]).resolve(), j["b"]): j["results"]["overall"]["wr"] for j in judgments}
+    header = ["model", *sets, "Avg.", *[f"WR vs {b}" for b in opponents]]
+    rows, wrs = [], []
+    for name, summary, run_dir in zip(names, summaries, run_dirs):
         cells = []
         for set_name in sets:
             r = summary["results"]["sets"].get(set_name)
             cells.append(None if r is None else (r["mean"], r["std"]))
         rows.append((name, cells, summary["results"]["average"]))
+        wrs.append([win_rate.get((Path(run_dir).resolve(), b)) for b in opponents])
     one_seed = max(len(s["protocol"]["seeds"]) for s in summaries) == 1  # a spread over one seed says nothing
     md = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
-    for name, cells, avg in rows:
+    for (name, cells, avg), wr in zip(rows, wrs):
         rendered = ["-" if c is None else f"{c[0]:.2f}" if one_seed else f"{c[0]:.2f} ± {c[1]:.2f}" for c in cells]
-        md.append(f"| {name} | " + " | ".join(rendered) + f" | {avg:.2f} |")
+        rendered += [f"{avg:.2f}", *["-" if w is None else f"{w:.1f}" for w in wr]]
+        md.append(f"| {name} | " + " | ".join(rendered) + " |")
     note = ("Scores x100 (ROUGE-L F1, GSM8K accuracy or code pass@1); one seed, so no spread across seeds." if one_seed else
             "Scores x100 (ROUGE-L F1, GSM8K accuracy or code pass@1); mean over seeds ± std across seeds.")
     if "unni_short" in sets:
         note += " `unni_short` is a 1-2 word-answer subset of UnNI, not the papers' 10k set."
+    for judge in dict.fromkeys(json.dumps(j["judge"], sort_keys=True) for j in judgments):
+        who = json.loads(judge)
+        note += (f" WR: pairwise win rate x100 over all judged pairs, ties apart (MT-bench's judge, both orders), "
+                 f"judged by {who.get('model') or who.get('name')}.")
     markdown = "\n".join(md) + "\n\n" + note + "\n"
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["model", *[f"{s}_{k}" for s in sets for k in ("mean", "std")], "avg"])
-    for name, cells, avg in rows:
-        writer.writerow([name, *[v for c in cells for v in (c if c else ("", ""))], avg])
+    writer.writerow(["model", *[f"{s}_{k}" for s in sets for k in ("mean", "std")], "avg",
+                     *[f"wr_vs_{b}" for b in opponents]])
+    for (name, cells, avg), wr in zip(rows, wrs):
+        writer.writerow([name, *[v for c in cells for v in (c if c else ("", ""))], avg,
+                         *["" if w is None else w for w in wr]])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "compare.md", markdown.encode())
     atomic_write_bytes(out / "compare.csv", buf.getvalue().encode())
