@@ -13,7 +13,8 @@ reports how it ended; what contains it, by layer:
   network holding only a loopback that is down, the program its namespace's init (so its descendants die with it);
 - files outside its directory: as root, the program runs as a dedicated unprivileged uid (`SANDBOX_UID`), which
   owns only its temporary directory. As another user it runs as that user, who can still change that user's own
-  files: run evaluations of untrusted models in a container or as a user that owns nothing else.
+  files: run evaluations of untrusted models in a container or as a user that owns nothing else. No quota bounds
+  the total it writes where anyone may write (/tmp): each file at most `file_bytes`, for at most the timeout.
 
 `isolation()` says which of these hold on this machine; `evaluate run` records it beside the scores.
 """
