@@ -80,6 +80,8 @@ def judge(
     retries: int = typer.Option(4, help="retries of a failed request, with exponential backoff (1, 2, 4, ... s)"),
     tensor_parallel_size: int = typer.Option(1, help="a judge run here: vLLM tensor parallelism (GPUs)"),
     max_tokens: int = typer.Option(1024, help="longest judgment in tokens"),
+    judge_temperature: float = typer.Option(0.0, help="the judge's sampling temperature (0: greedy, as MT-bench; "
+                                            "SpectrumKD used 0.7)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Pairwise LLM-judge win rates (MT-bench's prompt, both orders, a flip counted as a tie) per set and overall."""
@@ -87,13 +89,17 @@ def judge(
 
     from .judge import EndpointJudge, JudgeError, LocalJudge, judge_runs, markdown
 
-    if concurrency < 1 or retries < 0 or timeout_s <= 0 or max_tokens < 1 or tensor_parallel_size < 1:
-        fail("--concurrency, --max-tokens and --tensor-parallel-size must be >= 1, --retries >= 0, --timeout-s > 0")
+    if concurrency < 1 or retries < 0 or timeout_s <= 0 or max_tokens < 1 or tensor_parallel_size < 1 or \
+            judge_temperature < 0:
+        fail("--concurrency, --max-tokens and --tensor-parallel-size must be >= 1, --retries and "
+             "--judge-temperature >= 0, --timeout-s > 0")
     if judge_url:
-        judge_with: Any = EndpointJudge(judge_url, judge_model, judge_api_key_env, max_tokens=max_tokens,
-                                        timeout_s=timeout_s, retries=retries, concurrency=concurrency)
+        judge_with: Any = EndpointJudge(judge_url, judge_model, judge_api_key_env, temperature=judge_temperature,
+                                        max_tokens=max_tokens, timeout_s=timeout_s, retries=retries,
+                                        concurrency=concurrency)
     else:
-        judge_with = LocalJudge(judge_model, max_tokens=max_tokens, tensor_parallel_size=tensor_parallel_size)
+        judge_with = LocalJudge(judge_model, max_tokens=max_tokens, tensor_parallel_size=tensor_parallel_size,
+                                temperature=judge_temperature)
     try:
         chosen = tuple(int(s) for s in _csv(seeds)) if seeds else None
         summary = judge_runs(run_a, run_b, judge_with, out, chosen, progress=not quiet)

@@ -170,18 +170,19 @@ class EndpointJudge:
 @dataclass(frozen=True)
 class LocalJudge:
     """A judge model run here (`--judge-model DIR` without --judge-url): vLLM where installed, else transformers;
-    greedy, through the model's chat template, in batches whose judgments are stored as each batch ends."""
+    through the model's chat template, in batches whose judgments are stored as each batch ends."""
 
     model: str
     max_tokens: int = 1024
     tensor_parallel_size: int = 1
     batch: int = 64
+    temperature: float = 0.0  # > 0 samples, seeded per request by the judgment's order in the run
 
     def identity(self) -> dict[str, Any]:
         from syllabus.core.models import resolve_model
 
         ref = resolve_model(self.model, "teacher")
-        return {**ref.identity(), "temperature": 0.0, "max_tokens": self.max_tokens}
+        return {**ref.identity(), "temperature": self.temperature, "max_tokens": self.max_tokens}
 
     def judge_many(self, chats: list[list[dict[str, str]]], record: Callable[[int, str], None]) -> None:
         from syllabus.core.engines import GenerationParams, open_engine, vllm_available
@@ -203,10 +204,11 @@ class LocalJudge:
                            tensor_parallel_size=self.tensor_parallel_size)
         engine = open_engine(kind, str(ref.path), **options)
         try:
-            params = GenerationParams(temperature=0.0, max_new_tokens=self.max_tokens)
+            params = GenerationParams(temperature=self.temperature, max_new_tokens=self.max_tokens)
             for start in range(0, len(prompts), self.batch):
                 chunk = prompts[start:start + self.batch]
-                for k, generations in enumerate(engine.generate(chunk, params, [0] * len(chunk))):
+                seeds = list(range(start, start + len(chunk)))
+                for k, generations in enumerate(engine.generate(chunk, params, seeds)):
                     record(start + k, tokenizer.decode(generations[0].token_ids, skip_special_tokens=True))
         finally:
             engine.close()

@@ -45,13 +45,14 @@ class Judge:
     """A scripted OpenAI-compatible judge: `rule(answer_a, answer_b)` gives the reply; it counts requests."""
 
     def __init__(self, rule):
-        self.rule, self.requests, self.fail_after = rule, 0, None
+        self.rule, self.requests, self.fail_after, self.temperatures = rule, 0, None, set()
         judge = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 judge.requests += 1
+                judge.temperatures.add(body["temperature"])
                 if judge.fail_after is not None and judge.requests > judge.fail_after:
                     self.send_response(500)
                     self.end_headers()
@@ -116,11 +117,24 @@ def test_win_rates_per_set_from_a_judge_over_http(runs, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "j" / "judge.json").read_text())
     assert judge.requests == 2 * 6  # 3 rows x 2 sets, each in both orders
+    assert judge.temperatures == {0.0}
     assert summary["results"]["overall"] == {"win": 0, "loss": 6, "tie": 0, "unparsed": 0, "pairs": 6, "wr": 0.0,
                                              "wr_ties_half": 0.0}
     assert set(summary["results"]["sets"]) == {"dollyeval", "selfinst"}
     assert summary["prompt"]["version"] == "mt-bench-pair-v2" and summary["judge"]["model"] == "scripted"
     assert "| **overall** | 6 | 0 | 6 | 0 | 0 | 0.0 | 0.0 |" in (tmp_path / "j" / "judge.md").read_text()
+
+
+def test_another_judge_temperature_is_another_judgment(runs, tmp_path):
+    judge = Judge(prefers_good)
+    try:
+        for temperature in ("0", "0.7"):
+            result = runner.invoke(app, judge_args(runs, tmp_path / "j", judge.url, "--judge-temperature", temperature))
+            assert result.exit_code == 0, result.output
+    finally:
+        judge.close()
+    assert judge.requests == 2 * 12 and judge.temperatures == {0.0, 0.7}  # nothing reused across temperatures
+    assert json.loads((tmp_path / "j" / "judge.json").read_text())["judge"]["temperature"] == 0.7
 
 
 def test_a_position_biased_judge_gives_ties_and_garbage_is_counted_unparsed(runs, tmp_path):
