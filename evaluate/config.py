@@ -44,3 +44,33 @@ class EvalConfig:
             raise ValueError("--sets is empty")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeConfig:
+    """`evaluate judge`'s settings (the two runs are its arguments): where judgments go, the judge, and how it is
+    asked."""
+
+    out: str = setting(help="directory for judgments.jsonl (resumed), judge.json and judge.md", flags=("--out", "-o"),
+                       path=True)
+    judge_model: str = setting(help="the judge: its model name at --judge-url, or without it a model directory, hub "
+                               "id or default-teacher (the embedded one: a tiny judge, a check of the machinery) "
+                               "run here (vLLM where installed, else transformers)")
+    judge_url: str | None = setting(None, "OpenAI-compatible API root of the judge, e.g. http://localhost:8000/v1 "
+                                    "(`vllm serve MODEL`) or a hosted API's", shown="none: the judge runs here")
+    judge_api_key_env: str | None = setting(None, "environment variable holding the API key")
+    judge_temperature: float = setting(0.0, "the judge's sampling temperature (0: greedy, as MT-bench; SpectrumKD "
+                                       "used 0.7)")
+    max_tokens: int = setting(1024, "longest judgment in tokens")
+    seeds: tuple[int, ...] = setting(help="comma-separated seeds whose generations are judged", factory=tuple,
+                                     shown="the first of run A's protocol")
+    concurrency: int = setting(8, "judge requests in flight at once")
+    timeout_s: float = setting(120.0, "seconds per judge request")
+    retries: int = setting(4, "retries of a failed request, with exponential backoff (1, 2, 4, ... s)")
+    tensor_parallel_size: int = settings.tensor_parallel_size()  # a judge run here
+
+    def __post_init__(self) -> None:
+        if min(self.concurrency, self.max_tokens, self.tensor_parallel_size) < 1 or self.retries < 0 or \
+                self.timeout_s <= 0 or self.judge_temperature < 0:
+            raise ValueError("--concurrency, --max-tokens and --tensor-parallel-size must be >= 1, --retries and "
+                             "--judge-temperature >= 0, --timeout-s > 0")

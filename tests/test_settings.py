@@ -16,14 +16,15 @@ from syllabus.core.config import setting_of
 from syllabus.curate.cli import app as curate_app
 from syllabus.curate.score_config import ScoreConfig
 from syllabus.evaluate.cli import app as evaluate_app
-from syllabus.evaluate.config import EvalConfig
+from syllabus.evaluate.config import EvalConfig, JudgeConfig
 from syllabus.pipelines.cli import app as pipelines_app
 from syllabus.train.cli import app as train_app
 from syllabus.train.config import TrainConfig
 
 runner = CliRunner()
 PROGRAMS = {"curate": curate_app, "train": train_app, "evaluate": evaluate_app, "syllabus": pipelines_app}
-CONFIGS = {("curate", "score"): ScoreConfig, ("train", "run"): TrainConfig, ("evaluate", "run"): EvalConfig}
+CONFIGS = {("curate", "score"): ScoreConfig, ("train", "run"): TrainConfig, ("evaluate", "run"): EvalConfig,
+           ("evaluate", "judge"): JudgeConfig}
 # Fields with no option: YAML only, each for a reason (say it here when you add one).
 YAML_ONLY = {
     "enforce_eager",  # a vLLM debugging switch; None lets the engine decide
