@@ -344,7 +344,7 @@ def engine_options(config: ScoreConfig, kind: str) -> dict[str, Any]:
 
     return {"dtype": dtype, "batch_tokens": config.batch_tokens or default_batch_tokens(),
             "padding_free": config.padding_free, "pack_tokens": config.pack_tokens,
-            "attention": resolve_attention(config.attention)}
+            "attention": resolve_attention(config.attention)}  # resolved already when scoring, as dtype
 
 
 def gen_worker(prep: Prepared, kind: str) -> PassWorker:
@@ -422,8 +422,10 @@ def score(config: ScoreConfig, progress: bool = True) -> Table:
     Raises:
         ScoreError, DataError, ModelError: with what was wrong and what to do.
     """
-    try:  # "auto" becomes this machine's format here, so the table and the run identity record the real one
-        return _score(dataclasses.replace(config, dtype=resolve_dtype(config.dtype)), progress)
+    try:  # "auto" becomes this machine's format and attention here, so the table and the run identity record the
+        # real ones, and an attention this machine cannot run is refused before any model loads
+        return _score(dataclasses.replace(config, dtype=resolve_dtype(config.dtype),
+                                          attention=resolve_attention(config.attention)), progress)
     finally:
         release_output(Path(config.out))  # claimed (locked) for this process while it scores
 

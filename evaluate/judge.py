@@ -354,12 +354,9 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def _read_run(run: Path) -> dict[str, Any]:
-    try:
-        summary = json.loads((run / "summary.json").read_text())
-    except (OSError, ValueError):
-        raise ValueError(f"{run}: not a finished evaluation run (no readable summary.json); run `evaluate run` "
-                         "first") from None
-    return {**summary, "dir": str(run)}
+    from .compare import load_summary  # a CompareError (a ValueError) names a missing or damaged summary
+
+    return {**load_summary(run), "dir": str(run)}
 
 
 def _generations(run: Path, name: str, seed: int) -> dict[int, str]:

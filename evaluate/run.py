@@ -60,8 +60,9 @@ def engine_options(config: EvalConfig, kind: str) -> dict[str, Any]:
     return {"dtype": dtype, "batch_tokens": config.batch_tokens, "attention": resolve_attention(config.attention)}
 
 
-def job_rows(eval_set: EvalSet, seed: int, tokenizer: Any, protocol: EvalProtocol) -> pl.DataFrame:
-    """One (set, seed) job's rows, as `EvalWorker` reads them: the tokenised prompts, each with its sampling seed.
+def set_prompts(eval_set: EvalSet, tokenizer: Any, protocol: EvalProtocol) -> list[list[int]]:
+    """The set's prompts as the engine takes them (templated, tokenised, cut to --max-prompt-tokens): once per set,
+    whatever the number of seeds.
 
     Raises:
         EvalSetError: a prompt encodes to no token (named by file and line), or a code prompt is longer than
@@ -81,6 +82,12 @@ def job_rows(eval_set: EvalSet, seed: int, tokenizer: Any, protocol: EvalProtoco
         if not prompt:  # an engine cannot generate from nothing
             raise EvalSetError(f"{eval_set.path}:{row.line}: the prompt encodes to no token with this model's "
                                "tokenizer; fix or remove the row")
+    return prompts
+
+
+def job_rows(eval_set: EvalSet, seed: int, prompts: list[list[int]]) -> pl.DataFrame:
+    """One (set, seed) job's rows, as `EvalWorker` reads them: the set's prompts (`set_prompts`), each with its
+    sampling seed."""
     return pl.DataFrame({
         "set": eval_set.name, "metric": eval_set.metric, "seed": seed, "row": list(range(len(prompts))),
         "prompt": prompts, "request_seed": [request_seed(seed, f"{eval_set.name}:{i}") for i in range(len(prompts))],
@@ -175,8 +182,10 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     Returns:
         The summary (also written to OUT/summary.json).
     """
-    try:  # "auto" becomes this machine's format here, so the summary and the run identity record the real one
-        return _evaluate(dataclasses.replace(config, dtype=resolve_dtype(config.dtype)), progress)
+    try:  # "auto" becomes this machine's format and attention here, so the summary and the run identity record the
+        # real ones, and an attention this machine cannot run is refused before any model loads
+        return _evaluate(dataclasses.replace(config, dtype=resolve_dtype(config.dtype),
+                                             attention=resolve_attention(config.attention)), progress)
     finally:
         release_output(Path(config.out))
 
@@ -236,11 +245,11 @@ def _evaluate(config: EvalConfig, progress: bool) -> dict[str, Any]:
     }
     if config.tensor_parallel_size != 1:  # absent at 1, so runs from before the option keep their identity
         identity["tensor_parallel_size"] = config.tensor_parallel_size
-    if kind == "hf" and resolve_attention(config.attention) != "sdpa":  # likewise: sdpa is what models loaded with
-        identity["attention"] = resolve_attention(config.attention)
+    if kind == "hf" and config.attention != "sdpa":  # likewise: sdpa is what models loaded with
+        identity["attention"] = config.attention
     jobs = [(name, seed) for name in sets for seed in config.protocol.seeds]
     # every prompt checked before anything is written: a refused set leaves no run behind to --overwrite
-    rows = {job: job_rows(sets[job[0]], job[1], tokenizer, config.protocol) for job in jobs}
+    prompts = {name: set_prompts(eval_set, tokenizer, config.protocol) for name, eval_set in sets.items()}
     claim_output(out, identity, config.overwrite, what="evaluation run", names=EVAL_NAMES)
     path = {job: out / "generations" / f"{job[0]}-seed{job[1]}.parquet" for job in jobs}
     todo = [job for job in jobs if not path[job].exists()]
@@ -250,7 +259,8 @@ def _evaluate(config: EvalConfig, progress: bool) -> dict[str, Any]:
     tokens, start, failures = 0, time.perf_counter(), []
     # the backend holds the engine and closes it when the jobs end or fail
     with open_backend(config.backend, config.ray_address, config.replicas, config.tensor_parallel_size) as backend:
-        for k, frame in backend.map_parts(worker, ((k, rows[job]) for k, job in enumerate(todo))):
+        jobs_rows = ((k, job_rows(sets[name], seed, prompts[name])) for k, (name, seed) in enumerate(todo))
+        for k, frame in backend.map_parts(worker, jobs_rows):
             if isinstance(frame, PartFailure):
                 failures.append(f"{todo[k][0]} seed {todo[k][1]}: {frame.error}")
                 continue

@@ -42,6 +42,20 @@ def weights_digest(model_dir: Path) -> str:
     return h.hexdigest()
 
 
+def short_rows(dolly_rows, n):
+    """The first n Dolly rows of under 500 characters: short training runs."""
+    return [r for r in dolly_rows if len(r["prompt"]) + len(r["output"]) < 500][:n]
+
+
+def full_run_args(table, tmp_path, student, teacher, out, *extra):
+    """`train run` on a one-epoch full-data schedule of `table` (built in tmp_path/schedule), micro-batch 4."""
+    from syllabus.curate.schedules.build import build_schedule
+
+    manifest, _ = build_schedule(table.path, "full", tmp_path / "schedule", {"epochs": 1})
+    return ["run", "--manifest", str(manifest), "--out", str(out), "--student", str(student), "--teacher",
+            str(teacher), "--micro-batch-size", "4", *extra]
+
+
 def scored_table(tmp_path, rows, max_seq_len, tokenizer_dir, truncate=False):
     """A table as `curate score` writes it: token counts from the scoring tokenisation, the limit in its metadata;
     the scores are random."""

@@ -18,7 +18,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import scored_table
+from helpers import full_run_args, scored_table, short_rows
 
 pytestmark = pytest.mark.cuda
 ATTENTIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2")
@@ -139,16 +139,11 @@ def test_gradient_checkpointing_on_cuda_computes_the_same_gradients():
 
 @pytest.fixture(scope="module")
 def cuda_table(tmp_path_factory, dolly_rows, real_tokenizer_dir):
-    rows = [r for r in dolly_rows if len(r["prompt"]) + len(r["output"]) < 500][:16]
-    return scored_table(tmp_path_factory.mktemp("cuda-table"), rows, 256, real_tokenizer_dir)
+    return scored_table(tmp_path_factory.mktemp("cuda-table"), short_rows(dolly_rows, 16), 256, real_tokenizer_dir)
 
 
 def train_args(table, tmp_path, tiny_model, tiny_teacher, out, *extra):
-    from syllabus.curate.schedules.build import build_schedule
-
-    manifest, _ = build_schedule(table.path, "full", tmp_path / "schedule", {"epochs": 1})
-    return ["run", "--manifest", str(manifest), "--out", str(out), "--student", str(tiny_model), "--teacher",
-            str(tiny_teacher), "--micro-batch-size", "4", "--max-steps", "2", "--lr", "1e-3", *extra]
+    return full_run_args(table, tmp_path, tiny_model, tiny_teacher, out, "--max-steps", "2", "--lr", "1e-3", *extra)
 
 
 @pytest.mark.parametrize("extra", [(), ("--lora", "r=4", "--gradient-checkpointing")], ids=["full", "lora-gc"])

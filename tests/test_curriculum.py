@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import scored_table
+from helpers import scored_table, short_rows
 from syllabus.core.curriculum import curriculum_dataset, epoch_datasets
 from syllabus.curate.schedules.build import build_schedule
 from syllabus.train.data import epoch_micro_batches
@@ -14,7 +14,7 @@ from syllabus.train.data import epoch_micro_batches
 @pytest.fixture(scope="module")
 def spectrum(tmp_path_factory, dolly_rows, real_tokenizer_dir):
     root = tmp_path_factory.mktemp("curriculum")
-    rows = [r for r in dolly_rows if len(r["prompt"]) + len(r["output"]) < 500][:16]
+    rows = short_rows(dolly_rows, 16)
     table = scored_table(root, rows, 256, real_tokenizer_dir)
     path, _ = build_schedule(table.path, "spectrum", root / "sched", {"epochs": 4, "warmup_epochs": 1})
     return table, path

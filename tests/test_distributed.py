@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from helpers import scored_table, tiny_llama
+from helpers import scored_table, short_rows, tiny_llama
 from syllabus.curate.schedules.build import build_schedule
 from syllabus.train.cli import app
 from syllabus.train.data import epoch_micro_batches, step_groups
@@ -71,7 +71,7 @@ def test_ranks_split_each_step_and_together_see_the_epoch_once_in_order(world_si
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory, dolly_rows, real_tokenizer_dir):
-    rows = [r for r in dolly_rows if len(r["prompt"]) + len(r["output"]) < 500][:11]
+    rows = short_rows(dolly_rows, 11)
     return scored_table(tmp_path_factory.mktemp("dist"), rows, 256, real_tokenizer_dir)
 
 

@@ -18,7 +18,7 @@ from helpers import weights_digest
 from syllabus.core.engines.ngram import NGramBlocker, banned_tokens
 from syllabus.evaluate.cli import app
 from syllabus.evaluate.protocol import EvalProtocol, extract_final_number, gsm8k_correct, score_row
-from syllabus.evaluate.run import job_rows
+from syllabus.evaluate.run import set_prompts
 from syllabus.evaluate.sets import SHIPPED, EvalSetError, load_set
 
 runner = CliRunner()
@@ -242,7 +242,7 @@ def test_a_prompt_of_no_tokens_is_named_by_its_line(tmp_path):
         return SimpleNamespace(input_ids=[] if text is eval_set.rows[1].prompt else [1, 2])
 
     with pytest.raises(EvalSetError, match=re.escape(f"{eval_set.path}:2: the prompt encodes to no token")):
-        job_rows(eval_set, 10, tokenizer, EvalProtocol())
+        set_prompts(eval_set, tokenizer, EvalProtocol())
 
 
 def test_two_set_files_with_one_name_are_refused(tmp_path, tiny_model):

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from helpers import scored_table
+from helpers import full_run_args, scored_table, short_rows
 from syllabus.core.attention import resolve_attention
 from syllabus.curate.schedules.build import build_schedule
 from syllabus.train.cli import app
@@ -21,15 +21,12 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory, dolly_rows, real_tokenizer_dir):
-    rows = [r for r in dolly_rows if len(r["prompt"]) + len(r["output"]) < 500][:12]
-    return scored_table(tmp_path_factory.mktemp("gpu-ready"), rows, 256, real_tokenizer_dir)
+    return scored_table(tmp_path_factory.mktemp("gpu-ready"), short_rows(dolly_rows, 12), 256, real_tokenizer_dir)
 
 
 def train_args(table, tmp_path, student, teacher, out, *extra):
-    manifest, _ = build_schedule(table.path, "full", tmp_path / "schedule", {"epochs": 1})
-    return ["run", "--manifest", str(manifest), "--out", str(out), "--student", str(student), "--teacher",
-            str(teacher), "--micro-batch-size", "4", "--max-steps", "3", "--lr", "3e-3", "--precision", "fp32",
-            "--pack-tokens", "256", *extra]
+    return full_run_args(table, tmp_path, student, teacher, out, "--max-steps", "3", "--lr", "3e-3", "--precision",
+                         "fp32", "--pack-tokens", "256", *extra)
 
 
 def test_auto_attention_is_sdpa_without_flash_attention_and_flash_is_refused_where_it_cannot_run(monkeypatch):

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from helpers import scored_table
+from helpers import scored_table, short_rows
 from syllabus.core.table import write_table
 from syllabus.curate.schedules.build import build_schedule
 from syllabus.train.cli import app
@@ -30,7 +30,7 @@ PREEMPT = str(Path(__file__).with_name("preempt.py"))
 @pytest.fixture(scope="module")
 def table(tmp_path_factory, dolly_rows, real_tokenizer_dir):
     """12 short Dolly rows with random scores, as a hand-made table: no scoring limit in its metadata."""
-    rows = [r for r in dolly_rows if len(r["prompt"]) + len(r["output"]) < 500][:12]
+    rows = short_rows(dolly_rows, 12)
     scored = scored_table(tmp_path_factory.mktemp("scored"), rows, 256, real_tokenizer_dir)
     return write_table(scored.frame, tmp_path_factory.mktemp("train") / "table",
                        {"kind": "difficulty_table", "template": "alpaca"})
@@ -304,7 +304,7 @@ def test_training_rows_must_tokenise_as_the_table_scored_them(tmp_path, dolly_ro
 
 def test_dakd_rescoring_selects_from_the_schedules_usable_rows(tmp_path, dolly_rows, real_tokenizer_dir, tiny_model,
                                                                tiny_teacher):
-    rows = [r for r in dolly_rows if len(r["prompt"]) + len(r["output"]) < 500][:12]
+    rows = short_rows(dolly_rows, 12)
     table = scored_table(tmp_path, rows, 1024, real_tokenizer_dir)
     # one row with a NaN teacher CE (NaN > 0 is true in polars) and one without a student CE: the schedule drops both
     frame = table.frame.with_columns(
