@@ -262,16 +262,22 @@ def test_a_real_vllm_server_judges_through_the_openai_compatible_path(runs, tmp_
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_a_judge_model_runs_in_process_without_an_endpoint(runs, tmp_path, tiny_model):
+    """The judge command in a process of its own, as a user runs it: the vLLM engine it starts must not share the
+    test process's captured output (seen closing pytest's capture files when run in it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
     out = tmp_path / "j"
-    result = runner.invoke(app, ["judge", str(runs[0]), str(runs[1]), "--out", str(out), "--judge-model",
-                                 str(tiny_model), "--max-tokens", "16", "--quiet"])
-    assert result.exit_code == 0, result.output
+    command = [str(Path(sys.executable).with_name("evaluate")), "judge", str(runs[0]), str(runs[1]), "--out", str(out),
+               "--judge-model", str(tiny_model), "--max-tokens", "16", "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads((out / "judge.json").read_text())
     assert summary["results"]["overall"]["pairs"] == 6 and len(read_judgments(out / JUDGMENTS)) == 12
     assert summary["judge"]["weights_sha256"] and summary["judge"]["temperature"] == 0.0
-    again = runner.invoke(app, ["judge", str(runs[0]), str(runs[1]), "--out", str(out), "--judge-model",
-                                str(tiny_model), "--max-tokens", "16", "--quiet"])
-    assert again.exit_code == 0 and json.loads((out / "judge.json").read_text()) == summary  # nothing re-judged
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0 and json.loads((out / "judge.json").read_text()) == summary  # nothing re-judged
 
 
 def test_compare_shows_a_wr_column_where_judgments_exist(runs, tmp_path):
